@@ -1,0 +1,45 @@
+# edge-gateway — every developer and CI entry point. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# Debian packages the tests drive for real (broker, pty pairs) and `make image` needs.
+APT_TEST_PKGS  := mosquitto socat
+APT_IMAGE_PKGS := genimage rauc squashfs-tools dosfstools mtools fdisk e2fsprogs openssl
+
+.PHONY: help venv test lint demo bench hil soak image buildroot-check systemd-check clean
+
+help:
+	@echo "make demo    simulator + local Mosquitto + gateway on config/, values flowing"
+	@echo "make test    everything CI runs (.ci/run calls it)"
+	@echo "make venv    .venv/ with the app and dev tools, pinned by requirements.lock"
+	@echo "make lint    ruff + mypy"
+	@echo "make bench   benchmarks, report in build/bench/"
+	@echo "make hil     hardware-in-the-loop suite against the PLC simulator (short)"
+	@echo "make soak    long soak runs"
+	@echo "make image   SD card image + signed RAUC bundle in build/image/"
+	@echo "make systemd-check   systemd-analyze verify + security on systemd/"
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock app/pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "need Python >= 3.11"; exit 1; }
+	@tools/ensure-debian-packages $(APT_TEST_PKGS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e app
+	@touch $@
+
+test: venv
+	cd app && ../$(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check app tools hil-tests
+	$(VENV)/bin/ruff format --check app tools hil-tests
+	$(VENV)/bin/mypy app/edge_gateway
+
+clean:
+	rm -rf build .venv app/*.egg-info

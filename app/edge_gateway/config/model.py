@@ -1,0 +1,218 @@
+"""The parsed configuration snapshot: the five YAML tables as frozen dataclasses.
+
+A Snapshot is immutable and compared by value, so hot reload can diff two of them
+(`edge_gateway.config.diff`) and hand each line only what changed. Units are already
+converted: durations in seconds (float), sizes in bytes, rates in requests per second.
+`src` fields ("variables.yml:12") point back at the YAML for runtime messages and are
+ignored by comparisons.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from edge_gateway.config.expr import Scale
+
+Scheme = Literal["tcp", "tls+tcp", "rtu+tcp", "serial"]
+RegType = Literal["holding", "input", "coil", "discrete"]
+Access = Literal["R", "W", "RW"]
+Order = Literal["big", "little"]
+Datatype = Literal[
+    "bool", "uint16", "int16", "uint32", "int32", "uint64", "int64",
+    "float32", "float64", "string", "binary",
+]
+
+# Registers a datatype occupies; None = `len` must be given (string/binary: registers of 2 bytes).
+DATATYPE_REGS: dict[str, int | None] = {
+    "bool": 1, "uint16": 1, "int16": 1, "uint32": 2, "int32": 2, "float32": 2,
+    "uint64": 4, "int64": 4, "float64": 4, "string": None, "binary": None,
+}
+BIT_TYPES = ("coil", "discrete")           # one bit per address, datatype bool only
+WORD_TYPES = ("holding", "input")          # 16-bit registers
+WRITABLE_TYPES = ("holding", "coil")       # the only tables Modbus can write
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One physical connection, owned by exactly one line thread."""
+
+    id: str
+    scheme: Scheme
+    host: str                  # IP/hostname, or the serial device path for `serial`
+    port: int | None = None    # None for `serial`
+    timeout: float = 1.0       # response timeout, seconds
+    rate: float | None = None  # max requests per second on this line; None = unlimited
+    # serial line settings (scheme `serial`; baud also sizes RTU timing for `rtu+tcp`)
+    baud: int = 19200
+    parity: Literal["N", "E", "O"] = "E"
+    stopbits: int = 1
+    bytesize: int = 8
+    halfduplex: bool = True
+    rs485: Literal["none", "kernel", "rts"] = "none"
+    echo: bool = False
+    turnaround: float = 0.0    # extra quiet time before the next request, seconds
+    tls: TlsFiles | None = None  # `tls+tcp` only
+    src: str = field(default="", compare=False)
+
+    @property
+    def is_serial(self) -> bool:
+        return self.scheme == "serial"
+
+    @property
+    def rtu_framing(self) -> bool:
+        """RTU frames (CRC, silent intervals) rather than the MBAP header of Modbus/TCP."""
+        return self.scheme in ("serial", "rtu+tcp")
+
+
+@dataclass(frozen=True)
+class ModbusCfg:
+    unit_id: int
+    polling: float             # seconds between polls of this unit
+    max_regs_per_req: int = 120
+    retry: int = 3
+    endian: Order = "big"      # byte order inside a register
+    word_order: Order = "big"  # register order of 32/64-bit values
+    enable_write: bool = False
+
+
+@dataclass(frozen=True)
+class Driver:
+    """One device (unit) on an endpoint. Several drivers may share one serial endpoint."""
+
+    id: str
+    kind: Literal["static"]
+    endpoint_id: str
+    proto: Literal["modbus"]
+    modbus: ModbusCfg
+    src: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
+class Address:
+    type: RegType
+    addr: int                  # 0-based PDU address
+    len: int                   # registers (word types) or bits (bit types)
+
+    @property
+    def end(self) -> int:
+        """One past the last address used."""
+        return self.addr + self.len
+
+
+@dataclass(frozen=True)
+class Variable:
+    tag: str
+    driver_id: str
+    access: Access
+    address: Address
+    datatype: Datatype
+    endian: Order              # resolved: the variable's override or its driver's
+    word_order: Order
+    scale: Scale | None = None  # compiled once at load; compares by its source text
+    unit: str | None = None
+    src: str = field(default="", compare=False)
+
+    @property
+    def readable(self) -> bool:
+        return "R" in self.access
+
+    @property
+    def writable(self) -> bool:
+        return "W" in self.access
+
+
+@dataclass(frozen=True)
+class Backoff:
+    base: float = 0.5
+    max: float = 120.0
+
+
+@dataclass(frozen=True)
+class Connector:
+    """The MQTT 5 uplink (connector.yml). Topic templates keep their {placeholders}."""
+
+    id: str
+    kind: Literal["mqtt5"]
+    scheme: Literal["tcp", "tls"]
+    host: str
+    port: int
+    client_id: str
+    tenant: str
+    device: str
+    username: str | None = None
+    password: str | None = None
+    password_file: str | None = None   # read at connect time, so a rotated secret needs no reload
+    topic: str = "/edge/{tenant}/{device}/{tag}"
+    batch_topic: str = "/edge/{tenant}/{device}/batch"
+    cmd_topic: str = "/edge/{tenant}/{device}/cmd/{tag}"
+    ack_topic: str = "/edge/{tenant}/{device}/ack/{seq}"
+    status_topic: str = "/edge/{tenant}/{device}/status"
+    qos: Literal[0, 1, 2] = 2
+    batch: int = 32
+    max_bytes: int = 1 << 20
+    max_interval: float = 1.0
+    compression: Literal["zstd", "none"] = "zstd"
+    keepalive: float = 30.0
+    session_expiry: float = 86400.0
+    backoff: Backoff = Backoff()
+    tls: TlsFiles | None = None
+    src: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
+class BusCfg:
+    capacity: int = 65536
+    pause_hi: float = 0.8
+    resume_lo: float = 0.6
+
+
+@dataclass(frozen=True)
+class WalCfg:
+    dir: str = "/var/lib/edge-gateway/wal"
+    segment_bytes: int = 16 << 20
+    flush_ms: int = 100
+    max_bytes: int = 4 << 30
+    full_policy: Literal["drop_oldest", "pause"] = "drop_oldest"
+
+
+@dataclass(frozen=True)
+class GatewayCfg:
+    bus: BusCfg = BusCfg()
+    wal: WalCfg = WalCfg()
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9100
+    control_socket: str = "/run/edge-gateway/control.sock"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One complete, validated configuration. `revision` is a digest of the five files."""
+
+    endpoints: dict[str, Endpoint]
+    drivers: dict[str, Driver]
+    variables: tuple[Variable, ...]
+    connectors: dict[str, Connector]
+    gateway: GatewayCfg
+    revision: str = field(default="", compare=False)
+    directory: str = field(default="", compare=False)
+
+    def variables_of(self, driver_id: str) -> tuple[Variable, ...]:
+        return tuple(v for v in self.variables if v.driver_id == driver_id)
+
+    def drivers_on(self, endpoint_id: str) -> tuple[Driver, ...]:
+        return tuple(d for d in self.drivers.values() if d.endpoint_id == endpoint_id)
+
+    def variable(self, tag: str) -> Variable | None:
+        for v in self.variables:
+            if v.tag == tag:
+                return v
+        return None

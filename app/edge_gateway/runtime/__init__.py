@@ -1,0 +1,1 @@
+"""Process wiring: the gateway, supervisor, control socket, CLIs."""
