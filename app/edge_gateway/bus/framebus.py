@@ -1,0 +1,138 @@
+"""FrameBus: the bounded in-memory hand-off between line threads and the WAL writer.
+
+Producers (line threads) never block here: `publish` appends under a short lock and
+returns. Seq numbers are assigned here, under the same lock, so deque order is seq order
+and the WAL writer can append without sorting.
+
+Flow control has two sources, combined into one `paused` state with hysteresis:
+  * the ring: above `pause_hi × capacity` it pauses; it resumes only below
+    `resume_lo × capacity` (one Pause and one Resume per episode, never a flutter);
+  * a hold set by the WAL (`full_policy: pause`) via `hold()`/`release()`.
+Producers read `paused` before each cycle and skip the cycle (counting it); listeners
+registered with `on_flow` hear each transition once. A publish into a completely full ring
+is refused and counted as `framebus_drop_total{reason="ring_full"}` — never silent.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from edge_gateway.bus import metrics
+from edge_gateway.bus.frame import Frame, Kind
+from edge_gateway.config.model import BusCfg
+
+FlowListener = Callable[[bool], None]  # called with True on Pause, False on Resume
+
+
+class FrameBus:
+    def __init__(self, cfg: BusCfg, next_seq: int = 1) -> None:
+        self.capacity = cfg.capacity
+        self._hi = max(1, int(cfg.capacity * cfg.pause_hi))
+        self._lo = int(cfg.capacity * cfg.resume_lo)
+        self._ring: deque[Frame] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._next_seq = next_seq
+        self._ring_paused = False
+        self._held = False
+        self._paused = False
+        self._listeners: list[FlowListener] = []
+        self._publish_data = metrics.PUBLISH.labels(kind="data")
+        self._publish_cmd = metrics.PUBLISH.labels(kind="cmd")
+        self._drop_full = metrics.DROP.labels(reason="ring_full")
+
+    # -- producers ---------------------------------------------------------------------------------
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
+
+    def publish(self, frames: Sequence[Frame]) -> int:
+        """Assign seqs and enqueue; returns how many were accepted (the rest are counted as dropped)."""
+        with self._cond:
+            room = self.capacity - len(self._ring)
+            accepted = frames if len(frames) <= room else frames[:room]
+            seq = self._next_seq
+            for f in accepted:
+                f.seq = seq
+                seq += 1
+            self._next_seq = seq
+            self._ring.extend(accepted)
+            used = len(self._ring)
+            if accepted:
+                self._cond.notify()
+            changed = self._update_flow_locked(used)
+        n = len(accepted)
+        cmds = sum(1 for f in accepted if f.kind is Kind.CMD) if n else 0
+        self._publish_data.inc(n - cmds)
+        if cmds:
+            self._publish_cmd.inc(cmds)
+        if n < len(frames):
+            self._drop_full.inc(len(frames) - n)
+        metrics.RING_USED.set(used)
+        if changed is not None:
+            self._notify(changed)
+        return n
+
+    # -- the WAL writer ----------------------------------------------------------------------------
+    def drain(self, max_frames: int, timeout: float) -> list[Frame]:
+        """Take up to `max_frames` in seq order, waiting up to `timeout` s for the first one."""
+        with self._cond:
+            if not self._ring:
+                self._cond.wait(timeout)
+            ring = self._ring
+            n = min(max_frames, len(ring))
+            out = [ring.popleft() for _ in range(n)]
+            used = len(ring)
+            changed = self._update_flow_locked(used)
+        metrics.RING_USED.set(used)
+        if changed is not None:
+            self._notify(changed)
+        return out
+
+    def wake(self) -> None:
+        """Wake a writer blocked in `drain` (shutdown, flush request)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        return len(self._ring)
+
+    def hold(self) -> None:
+        """Pause producers on behalf of the WAL (full_policy: pause) until `release()`."""
+        self._set_hold(True)
+
+    def release(self) -> None:
+        self._set_hold(False)
+
+    # -- flow control ------------------------------------------------------------------------------
+    def on_flow(self, listener: FlowListener) -> None:
+        self._listeners.append(listener)
+
+    def _set_hold(self, held: bool) -> None:
+        with self._cond:
+            self._held = held
+            changed = self._update_flow_locked(len(self._ring))
+        if changed is not None:
+            self._notify(changed)
+
+    def _update_flow_locked(self, used: int) -> bool | None:
+        """Apply the hysteresis; returns the new paused state when it changed, else None."""
+        if not self._ring_paused and used >= self._hi:
+            self._ring_paused = True
+        elif self._ring_paused and used <= self._lo:
+            self._ring_paused = False
+        paused = self._ring_paused or self._held
+        if paused == self._paused:
+            return None
+        self._paused = paused
+        return paused
+
+    def _notify(self, paused: bool) -> None:
+        metrics.FLOW.labels(signal="pause" if paused else "resume").inc()
+        for listener in self._listeners:
+            listener(paused)
