@@ -48,7 +48,9 @@ def stop_pid(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
 
 
 def require(program: str) -> str:
-    path = shutil.which(program) or (f"/usr/sbin/{program}" if os.path.exists(f"/usr/sbin/{program}") else None)
+    path = shutil.which(program) or (
+        f"/usr/sbin/{program}" if os.path.exists(f"/usr/sbin/{program}") else None
+    )
     if not path:
         raise RuntimeError(f"{program} is not installed: run `make venv` (it installs it with apt-get)")
     return path
@@ -127,9 +129,9 @@ class PtyPair:
     def start(self, timeout: float = 5.0) -> PtyPair:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [require("socat"), "-d", "-d",
-             f"pty,raw,echo=0,link={self.a}", f"pty,raw,echo=0,link={self.b}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [require("socat"), "-d", "-d", f"pty,raw,echo=0,link={self.a}", f"pty,raw,echo=0,link={self.b}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
         while not (os.path.exists(self.a) and os.path.exists(self.b)):

@@ -18,7 +18,7 @@ def bad(reason: str) -> str:
 
 class Kind(enum.IntEnum):
     DATA = 0
-    CMD = 1   # a cloud command, logged for audit and never replayed
+    CMD = 1  # a cloud command, logged for audit and never replayed
 
 
 def now_ms() -> int:
@@ -27,10 +27,10 @@ def now_ms() -> int:
 
 @dataclass(slots=True)
 class Frame:
-    seq: int          # assigned by the FrameBus; strictly increasing, never reused, survives restarts
-    ts: int           # ms since the epoch, UTC, taken when the value was acquired
+    seq: int  # assigned by the FrameBus; strictly increasing, never reused, survives restarts
+    ts: int  # ms since the epoch, UTC, taken when the value was acquired
     tag: str
     value: Value
-    q: str = GOOD     # "good" or "bad:<reason>"
+    q: str = GOOD  # "good" or "bad:<reason>"
     kind: Kind = Kind.DATA
     meta: dict[str, object] | None = None  # optional context (MQTT source topic/qos/retain/dup, dup=possible)

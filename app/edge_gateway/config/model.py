@@ -20,18 +20,36 @@ RegType = Literal["holding", "input", "coil", "discrete"]
 Access = Literal["R", "W", "RW"]
 Order = Literal["big", "little"]
 Datatype = Literal[
-    "bool", "uint16", "int16", "uint32", "int32", "uint64", "int64",
-    "float32", "float64", "string", "binary",
+    "bool",
+    "uint16",
+    "int16",
+    "uint32",
+    "int32",
+    "uint64",
+    "int64",
+    "float32",
+    "float64",
+    "string",
+    "binary",
 ]
 
 # Registers a datatype occupies; None = `len` must be given (string/binary: registers of 2 bytes).
 DATATYPE_REGS: dict[str, int | None] = {
-    "bool": 1, "uint16": 1, "int16": 1, "uint32": 2, "int32": 2, "float32": 2,
-    "uint64": 4, "int64": 4, "float64": 4, "string": None, "binary": None,
+    "bool": 1,
+    "uint16": 1,
+    "int16": 1,
+    "uint32": 2,
+    "int32": 2,
+    "float32": 2,
+    "uint64": 4,
+    "int64": 4,
+    "float64": 4,
+    "string": None,
+    "binary": None,
 }
-BIT_TYPES = ("coil", "discrete")           # one bit per address, datatype bool only
-WORD_TYPES = ("holding", "input")          # 16-bit registers
-WRITABLE_TYPES = ("holding", "coil")       # the only tables Modbus can write
+BIT_TYPES = ("coil", "discrete")  # one bit per address, datatype bool only
+WORD_TYPES = ("holding", "input")  # 16-bit registers
+WRITABLE_TYPES = ("holding", "coil")  # the only tables Modbus can write
 
 
 @dataclass(frozen=True)
@@ -47,9 +65,9 @@ class Endpoint:
 
     id: str
     scheme: Scheme
-    host: str                  # IP/hostname, or the serial device path for `serial`
-    port: int | None = None    # None for `serial`
-    timeout: float = 1.0       # response timeout, seconds
+    host: str  # IP/hostname, or the serial device path for `serial`
+    port: int | None = None  # None for `serial`
+    timeout: float = 1.0  # response timeout, seconds
     rate: float | None = None  # max requests per second on this line; None = unlimited
     # serial line settings (scheme `serial`; baud also sizes RTU timing for `rtu+tcp`)
     baud: int = 19200
@@ -59,7 +77,7 @@ class Endpoint:
     halfduplex: bool = True
     rs485: Literal["none", "kernel", "rts"] = "none"
     echo: bool = False
-    turnaround: float = 0.0    # extra quiet time before the next request, seconds
+    turnaround: float = 0.0  # extra quiet time before the next request, seconds
     tls: TlsFiles | None = None  # `tls+tcp` only
     src: str = field(default="", compare=False)
 
@@ -76,10 +94,10 @@ class Endpoint:
 @dataclass(frozen=True)
 class ModbusCfg:
     unit_id: int
-    polling: float             # seconds between polls of this unit
+    polling: float  # seconds between polls of this unit
     max_regs_per_req: int = 120
     retry: int = 3
-    endian: Order = "big"      # byte order inside a register
+    endian: Order = "big"  # byte order inside a register
     word_order: Order = "big"  # register order of 32/64-bit values
     enable_write: bool = False
 
@@ -99,8 +117,8 @@ class Driver:
 @dataclass(frozen=True)
 class Address:
     type: RegType
-    addr: int                  # 0-based PDU address
-    len: int                   # registers (word types) or bits (bit types)
+    addr: int  # 0-based PDU address
+    len: int  # registers (word types) or bits (bit types)
 
     @property
     def end(self) -> int:
@@ -115,7 +133,7 @@ class Variable:
     access: Access
     address: Address
     datatype: Datatype
-    endian: Order              # resolved: the variable's override or its driver's
+    endian: Order  # resolved: the variable's override or its driver's
     word_order: Order
     scale: Scale | None = None  # compiled once at load; compares by its source text
     unit: str | None = None
@@ -150,7 +168,7 @@ class Connector:
     device: str
     username: str | None = None
     password: str | None = None
-    password_file: str | None = None   # read at connect time, so a rotated secret needs no reload
+    password_file: str | None = None  # read at connect time, so a rotated secret needs no reload
     topic: str = "/edge/{tenant}/{device}/{tag}"
     batch_topic: str = "/edge/{tenant}/{device}/batch"
     cmd_topic: str = "/edge/{tenant}/{device}/cmd/{tag}"

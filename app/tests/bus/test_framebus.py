@@ -36,14 +36,14 @@ def test_one_pause_and_one_resume_per_episode() -> None:
     bus = FrameBus(BusCfg(capacity=100, pause_hi=0.8, resume_lo=0.6))
     signals: list[bool] = []
     bus.on_flow(signals.append)
-    for _ in range(9):          # climb to 90, crossing 80 once
+    for _ in range(9):  # climb to 90, crossing 80 once
         bus.publish(frames(10))
     assert signals == [True] and bus.paused
-    bus.drain(15, 0)            # 75: between the marks, still paused
-    bus.publish(frames(5))      # 80 again: no second Pause
-    bus.drain(15, 0)            # 65
+    bus.drain(15, 0)  # 75: between the marks, still paused
+    bus.publish(frames(5))  # 80 again: no second Pause
+    bus.drain(15, 0)  # 65
     assert signals == [True]
-    bus.drain(5, 0)             # 60: resume
+    bus.drain(5, 0)  # 60: resume
     assert signals == [True, False] and not bus.paused
     bus.drain(10, 0)
     assert signals == [True, False]
