@@ -48,9 +48,7 @@ def stop_pid(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
 
 
 def require(program: str) -> str:
-    path = shutil.which(program) or (
-        f"/usr/sbin/{program}" if os.path.exists(f"/usr/sbin/{program}") else None
-    )
+    path = shutil.which(program) or (f"/usr/sbin/{program}" if os.path.exists(f"/usr/sbin/{program}") else None)
     if not path:
         raise RuntimeError(f"{program} is not installed: run `make venv` (it installs it with apt-get)")
     return path

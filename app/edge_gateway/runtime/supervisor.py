@@ -28,9 +28,7 @@ from edge_gateway.metrics import REGISTRY
 
 log = logging.getLogger(__name__)
 
-RESTARTS = Counter(
-    "supervisor_restart", "Worker threads restarted after a crash", ["worker"], registry=REGISTRY
-)
+RESTARTS = Counter("supervisor_restart", "Worker threads restarted after a crash", ["worker"], registry=REGISTRY)
 HEALTHY = Gauge("supervisor_healthy", "1 while every worker is alive and progressing", registry=REGISTRY)
 
 

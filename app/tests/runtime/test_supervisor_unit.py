@@ -112,9 +112,7 @@ def test_crashed_restartable_worker_is_restarted(notify_socket: socket.socket, m
         current[0].start()
 
     crashed = current[0]
-    sup = start(
-        [Watched("line:a", lambda: current[0], stale_after=1.0, restart=restart)], notify_socket, monkeypatch
-    )
+    sup = start([Watched("line:a", lambda: current[0], stale_after=1.0, restart=restart)], notify_socket, monkeypatch)
     messages_until(notify_socket, "READY=1")
     crashed.crash.set()
     deadline = time.monotonic() + 5

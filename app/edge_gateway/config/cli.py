@@ -1,0 +1,50 @@
+"""edge-cfg: lint a config directory, print the schemas, diff two configs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from edge_gateway.config import schema
+from edge_gateway.config.diff import diff
+from edge_gateway.config.loader import ConfigError, lint, load_snapshot
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="edge-cfg", description="Check and compare edge-gateway configurations.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    p_lint = sub.add_parser("lint", help="validate a config directory; exit 1 on any error")
+    p_lint.add_argument("dir")
+    p_schema = sub.add_parser("schema", help="print the JSON Schema of one file (or all)")
+    p_schema.add_argument("name", nargs="?", choices=schema.NAMES)
+    p_diff = sub.add_parser("diff", help="what a reload from OLD to NEW would touch")
+    p_diff.add_argument("old")
+    p_diff.add_argument("new")
+    args = p.parse_args(argv)
+
+    if args.cmd == "lint":
+        problems = lint(args.dir)
+        for problem in problems:
+            print(problem)
+        errors = sum(p.severity == "error" for p in problems)
+        warnings = len(problems) - errors
+        print(f"{args.dir}: {errors} error(s), {warnings} warning(s)", file=sys.stderr)
+        return 1 if errors else 0
+    if args.cmd == "schema":
+        names = [args.name] if args.name else list(schema.NAMES)
+        out = schema.schema(names[0]) if args.name else {n: schema.schema(n) for n in names}
+        print(json.dumps(out, indent=2))
+        return 0
+    try:
+        old, new = load_snapshot(args.old), load_snapshot(args.new)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    for line in diff(old, new).lines():
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

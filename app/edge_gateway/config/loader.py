@@ -1,0 +1,547 @@
+"""Five YAML files → one validated, immutable Snapshot, or every problem at once.
+
+`lint(dir)` and `load_snapshot(dir)` run the same checks: schema first (structure, types,
+ranges), then the rules a schema cannot say (cross references, overlapping addresses, `len`
+against the datatype, scale expressions, topic templates). Entries with schema errors are
+not built, but their ids still count as known, so one typo gives one message, not a cascade.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edge_gateway.config import schema
+from edge_gateway.config.expr import ExprError, Scale, compile_scale
+from edge_gateway.config.model import (
+    BIT_TYPES,
+    DATATYPE_REGS,
+    Address,
+    Backoff,
+    BusCfg,
+    Connector,
+    Driver,
+    Endpoint,
+    GatewayCfg,
+    ModbusCfg,
+    Snapshot,
+    TlsFiles,
+    Variable,
+    WalCfg,
+)
+from edge_gateway.config.source import Problem, Source, read
+from edge_gateway.config.units import parse_duration, parse_rate, parse_size
+
+FILES = {name: f"{name}.yml" for name in schema.NAMES}
+OPTIONAL = {"gateway"}
+NUMERIC = {"uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64"}
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def lint(directory: str | Path) -> list[Problem]:
+    """Every error and warning of a config directory, sorted by file and line."""
+    return _Build(Path(directory)).run()[1]
+
+
+def load_snapshot(directory: str | Path) -> Snapshot:
+    snapshot, problems = _Build(Path(directory)).run()
+    errors = [p for p in problems if p.severity == "error"]
+    if errors or snapshot is None:
+        raise ConfigError(errors or problems)
+    return snapshot
+
+
+def modicon(ref: int | str) -> tuple[str, int] | None:
+    """Modicon reference → (table, 0-based address); None when it is not one.
+    5-digit: 00001-09999 coil, 10001-19999 discrete, 30001-39999 input, 40001-49999 holding.
+    6-digit: 000001-065536 coil, 100001-165536 discrete, 300001-365536 input, 400001-465536 holding."""
+    text = str(ref).strip()
+    if not text.isdigit():
+        return None
+    n = int(text)
+    six = len(text) == 6 or n >= 100000
+    width = 100000 if six else 10000
+    last = 65536 if six else 9999
+    prefix, offset = divmod(n, width)
+    table = {0: "coil", 1: "discrete", 3: "input", 4: "holding"}.get(prefix)
+    if table is None or not 1 <= offset <= last:
+        return None
+    return table, offset - 1
+
+
+class _Build:
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.src: dict[str, Source] = {}
+
+    def run(self) -> tuple[Snapshot | None, list[Problem]]:
+        data: dict[str, Any] = {}
+        bad: dict[str, set[tuple]] = {}
+        if not self.dir.is_dir():
+            return None, [Problem(str(self.dir), 1, "not a directory")]
+        for name, fname in FILES.items():
+            path = self.dir / fname
+            shown = str(path)
+            if not path.exists():
+                src = Source(shown)
+                if name not in OPTIONAL:
+                    src.problems.append(Problem(shown, 1, f"missing: {fname} is required"))
+                self.src[name] = src
+                data[name] = None
+                bad[name] = set()
+                continue
+            src = read(path, shown)
+            self.src[name] = src
+            if src.root is None and src.problems:
+                data[name], bad[name] = None, set()
+                continue
+            empty: Any = [] if name == "variables" else {}
+            data[name] = empty if src.data is None else src.data
+            bad[name] = schema.check(src, name, data[name])
+        snapshot = None
+        if all(data.get(n) is not None or n in OPTIONAL for n in schema.NAMES):
+            snapshot = self._build(data, bad)
+        problems = [p for s in self.src.values() for p in s.problems]
+        problems.sort(key=lambda p: (schema.NAMES.index(_stem(p.file)) if _stem(p.file) in schema.NAMES else 9, p.line))
+        if any(p.severity == "error" for p in problems):
+            snapshot = None
+        return snapshot, problems
+
+    # -- building ----------------------------------------------------------------------------------
+    def _build(self, data: dict[str, Any], bad: dict[str, set[tuple]]) -> Snapshot:
+        s = self.src
+        endpoints = self._each(data["endpoints"], bad["endpoints"], s["endpoints"], self._endpoint)
+        known_endpoints = set(data["endpoints"])
+        drivers = self._each(
+            data["drivers"],
+            bad["drivers"],
+            s["drivers"],
+            lambda i, d, src: self._driver(i, d, src, endpoints, known_endpoints),
+        )
+        self._unique_units(drivers, endpoints)
+        variables = self._variables(data["variables"], bad["variables"], drivers, set(data["drivers"]))
+        connectors = self._each(data["connector"], bad["connector"], s["connector"], self._connector)
+        if isinstance(data["connector"], dict) and len(data["connector"]) != 1 and not bad["connector"]:
+            s["connector"].error((), f"exactly one connector is supported, found {len(data['connector'])}")
+        gateway = GatewayCfg()
+        if data.get("gateway") is not None and not bad["gateway"]:
+            gateway = self._gateway(data["gateway"], s["gateway"])
+        digest = hashlib.sha256()
+        for name in schema.NAMES:
+            digest.update(name.encode() + b"\0" + s[name].raw + b"\0")
+        return Snapshot(
+            endpoints=endpoints,
+            drivers=drivers,
+            variables=tuple(variables),
+            connectors=connectors,
+            gateway=gateway,
+            revision=digest.hexdigest()[:12],
+            directory=str(self.dir),
+        )
+
+    def _each(self, table: Any, bad: set[tuple], src: Source, build: Callable[[str, dict, Source], Any]) -> dict:
+        out = {}
+        if not isinstance(table, dict):
+            return out
+        for ident, body in table.items():
+            if (ident,) in bad or not isinstance(body, dict):
+                continue
+            item = build(ident, body, src)
+            if item is not None:
+                out[ident] = item
+        return out
+
+    def _path(self, value: str) -> str:
+        p = Path(value)
+        return str(p if p.is_absolute() else (self.dir / p).resolve())
+
+    def _endpoint(self, ident: str, e: dict, src: Source) -> Endpoint | None:
+        scheme, opts = e["scheme"], e.get("opts") or {}
+        where = f"{src.name}:{src.line((ident,))}"
+        ok = True
+        if scheme == "serial":
+            if "port" in e:
+                src.error((ident, "port"), f"{ident}: a serial endpoint has no port (host is the device path)")
+                ok = False
+            for k in ("ca", "client_cert", "client_key"):
+                if k in opts:
+                    src.error((ident, "opts", k), f"{ident}: {k} is for tls+tcp endpoints only")
+                    ok = False
+        else:
+            if "port" not in e:
+                src.error((ident,), f"{ident}: scheme {scheme} needs a port")
+                ok = False
+            serial_only = [k for k in ("parity", "stopbits", "bytesize", "rs485", "echo", "halfduplex") if k in opts]
+            for k in serial_only:
+                src.warn((ident, "opts", k), f"{ident}: {k} only applies to serial lines; ignored for {scheme}")
+            if scheme != "tls+tcp":
+                for k in ("ca", "client_cert", "client_key"):
+                    if k in opts:
+                        src.error((ident, "opts", k), f"{ident}: {k} is only used by tls+tcp endpoints")
+                        ok = False
+        tls = None
+        if scheme == "tls+tcp":
+            if not opts.get("ca"):
+                src.error((ident,), f"{ident}: tls+tcp needs opts.ca (Modbus/TCP Security authenticates the server)")
+                ok = False
+            if bool(opts.get("client_cert")) != bool(opts.get("client_key")):
+                src.error((ident, "opts"), f"{ident}: client_cert and client_key go together")
+                ok = False
+            tls = TlsFiles(*(self._path(opts[k]) if opts.get(k) else None for k in ("ca", "client_cert", "client_key")))
+        if "baud" in opts and scheme == "tcp":
+            src.warn((ident, "opts", "baud"), f"{ident}: baud is ignored for a Modbus/TCP endpoint")
+        if not ok:
+            return None
+        host = e["host"]
+        if scheme == "serial" and not host.startswith("/"):
+            host = self._path(host)
+        return Endpoint(
+            id=ident,
+            scheme=scheme,
+            host=host,
+            port=e.get("port"),
+            timeout=parse_duration(opts.get("timeout", "300ms" if scheme == "serial" else "1s")),
+            rate=parse_rate(opts["rate"]) if "rate" in opts else None,
+            baud=opts.get("baud", 19200),
+            parity=opts.get("parity", "E"),
+            stopbits=opts.get("stopbits", 1),
+            bytesize=opts.get("bytesize", 8),
+            halfduplex=opts.get("halfduplex", True),
+            rs485=opts.get("rs485", "none"),
+            echo=opts.get("echo", False),
+            turnaround=parse_duration(opts.get("turnaround", "0ms")),
+            tls=tls,
+            src=where,
+        )
+
+    def _driver(
+        self, ident: str, d: dict, src: Source, endpoints: dict[str, Endpoint], known: set[str]
+    ) -> Driver | None:
+        kind = d.get("kind", "static")
+        if kind in ("dyn", "wasm"):
+            src.error(
+                (ident, "kind"),
+                f"{ident}: kind {kind!r} is reserved and not supported in this release; use static",
+            )
+            return None
+        if d["proto"] != "modbus":
+            src.error((ident, "proto"), f"{ident}: proto {d['proto']!r} is not supported (supported: modbus)")
+            return None
+        if d["endpoint_id"] not in known:
+            src.error((ident, "endpoint_id"), f"{ident}: unknown endpoint_id {d['endpoint_id']!r}")
+            return None
+        if schema.check(src, "drivers", d["cfg"], schema_ref="modbus", base=(ident, "cfg")):
+            return None
+        c = d["cfg"]
+        if d["endpoint_id"] not in endpoints:
+            return None  # the endpoint itself is broken and already reported
+        return Driver(
+            id=ident,
+            kind="static",
+            endpoint_id=d["endpoint_id"],
+            proto="modbus",
+            modbus=ModbusCfg(
+                unit_id=c["unit_id"],
+                polling=parse_duration(c.get("polling", "1s")),
+                max_regs_per_req=c.get("max_regs_per_req", 120),
+                retry=c.get("retry", 3),
+                endian=c.get("endian", "big"),
+                word_order=c.get("word_order", "big"),
+                enable_write=c.get("enable_write", False),
+            ),
+            src=f"{src.name}:{src.line((ident,))}",
+        )
+
+    def _unique_units(self, drivers: dict[str, Driver], endpoints: dict[str, Endpoint]) -> None:
+        seen: dict[tuple[str, int], str] = {}
+        for d in drivers.values():
+            key = (d.endpoint_id, d.modbus.unit_id)
+            if key in seen:
+                self.src["drivers"].error(
+                    (d.id, "cfg", "unit_id"),
+                    f"{d.id}: unit_id {d.modbus.unit_id} on {d.endpoint_id} is already used by driver {seen[key]}",
+                )
+            else:
+                seen[key] = d.id
+            ep = endpoints.get(d.endpoint_id)
+            if ep and not ep.is_serial and d.modbus.polling < ep.timeout:
+                self.src["drivers"].warn(
+                    (d.id, "cfg", "polling"), f"{d.id}: polling is shorter than the endpoint timeout"
+                )
+
+    def _variables(
+        self, items: Any, bad: set[tuple], drivers: dict[str, Driver], known_drivers: set[str]
+    ) -> list[Variable]:
+        src = self.src["variables"]
+        out: list[Variable] = []
+        tags: dict[str, int] = {}
+        index: dict[str, int] = {}
+        if not isinstance(items, list):
+            return out
+        for i, v in enumerate(items):
+            if (i,) in bad or not isinstance(v, dict):
+                continue
+            tag = v["tag"]
+            if tag in tags:
+                src.error((i, "tag"), f"duplicate tag {tag!r} (first at line {tags[tag]})")
+                continue
+            tags[tag] = src.line((i, "tag"))
+            var = self._variable(i, v, src, drivers, known_drivers)
+            if var is not None:
+                out.append(var)
+                index[tag] = i
+        self._overlaps(out, src, index)
+        return out
+
+    def _variable(self, i: int, v: dict, src: Source, drivers: dict[str, Driver], known: set[str]) -> Variable | None:
+        tag, did = v["tag"], v["driver_id"]
+        if did not in known:
+            src.error((i, "driver_id"), f"{tag}: unknown driver_id {did!r}")
+            return None
+        driver = drivers.get(did)
+        address = self._address(i, v, src)
+        dt, access = v["datatype"], v.get("access", "R")
+        if address is None:
+            return None
+        ok = driver is not None  # a broken driver is reported already; still check the tag itself
+        regs = DATATYPE_REGS[dt]
+        if address.type in BIT_TYPES:
+            if dt != "bool":
+                src.error((i, "datatype"), f"{tag}: a {address.type} holds one bit; datatype must be bool, not {dt}")
+                ok = False
+            elif address.len != 1:
+                src.error(
+                    (i, "address", "len"),
+                    f"{tag}: len {address.len} does not fit bool on a {address.type} (1 bit)",
+                )
+                ok = False
+        elif regs is not None and address.len != regs:
+            src.error(
+                (i, "address", "len"),
+                f"{tag}: len {address.len} does not fit {dt} ({regs} register{'s' if regs > 1 else ''})",
+            )
+            ok = False
+        if address.end > 65536:
+            src.error((i, "address"), f"{tag}: address range {address.addr}..{address.end - 1} exceeds 65535")
+            ok = False
+        writable = "W" in access
+        if writable and address.type not in ("holding", "coil"):
+            src.error((i, "access"), f"{tag}: access {access} on a read-only {address.type} table")
+            ok = False
+        if writable and driver is not None and not driver.modbus.enable_write:
+            src.error((i, "access"), f"{tag}: access {access} but driver {did} does not have enable_write: true")
+            ok = False
+        scale: Scale | None = None
+        if "scale" in v:
+            if dt not in NUMERIC:
+                src.error((i, "scale"), f"{tag}: scale applies to numeric datatypes, not {dt}")
+                ok = False
+            else:
+                try:
+                    scale = compile_scale(v["scale"])
+                except ExprError as e:
+                    col = src.column((i, "scale")) + e.column - 1
+                    src.error((i, "scale"), f"{tag}: scale: {e.message} (column {col})")
+                    ok = False
+                else:
+                    if writable and not scale.invertible:
+                        src.warn((i, "scale"), f"{tag}: scale is not affine, so writes to this tag will be refused")
+        if not ok or driver is None:
+            return None
+        return Variable(
+            tag=tag,
+            driver_id=did,
+            access=access,
+            address=address,
+            datatype=dt,
+            endian=v.get("endian", driver.modbus.endian),
+            word_order=v.get("word_order", driver.modbus.word_order),
+            scale=scale,
+            unit=v.get("unit"),
+            src=f"{src.name}:{src.line((i,))}",
+        )
+
+    def _address(self, i: int, v: dict, src: Source) -> Address | None:
+        a, tag, dt = v["address"], v["tag"], v["datatype"]
+        if "ref" in a:
+            if "type" in a or "addr" in a:
+                src.error((i, "address"), f"{tag}: give either ref or type+addr, not both")
+                return None
+            conv = modicon(a["ref"])
+            if conv is None:
+                src.error(
+                    (i, "address", "ref"),
+                    f"{tag}: {a['ref']!r} is not a Modicon reference (e.g. 40001, 400001)",
+                )
+                return None
+            rtype, addr = conv
+        else:
+            if "type" not in a or "addr" not in a:
+                src.error((i, "address"), f"{tag}: address needs type and addr (or a Modicon ref)")
+                return None
+            rtype, addr = a["type"], a["addr"]
+            guess = modicon(addr) if addr >= 10001 else None
+            if guess is not None and guess[0] == rtype:
+                src.warn(
+                    (i, "address", "addr"),
+                    f"{tag}: addr {addr} looks like a Modicon reference; did you mean ref: {addr} "
+                    f"({rtype} addr {guess[1]})? addr is the 0-based PDU address",
+                )
+        length = a.get("len")
+        if length is None:
+            regs = DATATYPE_REGS[dt]
+            if regs is None:
+                src.error((i, "address"), f"{tag}: datatype {dt} needs address.len (registers)")
+                return None
+            length = 1 if rtype in BIT_TYPES else regs
+        return Address(type=rtype, addr=addr, len=length)
+
+    def _overlaps(self, variables: list[Variable], src: Source, index: dict[str, int]) -> None:
+        groups: dict[tuple[str, str], list[Variable]] = defaultdict(list)
+        for v in variables:
+            groups[(v.driver_id, v.address.type)].append(v)
+        for vs in groups.values():
+            vs.sort(key=lambda v: (v.address.addr, index[v.tag]))
+            reach: Variable | None = None
+            for v in vs:
+                if reach is not None and v.address.addr < reach.address.end:
+                    later = max(v, reach, key=lambda x: index[x.tag])
+                    other = reach if later is v else v
+                    src.error(
+                        (index[later.tag], "address"),
+                        f"{later.tag}: {later.address.type} {later.address.addr}..{later.address.end - 1} overlaps "
+                        f"{other.tag} ({other.address.addr}..{other.address.end - 1}) on driver {v.driver_id}",
+                    )
+                if reach is None or v.address.end > reach.address.end:
+                    reach = v
+
+    def _connector(self, ident: str, c: dict, src: Source) -> Connector | None:
+        ok = True
+        m = re.match(r"^(tcp|tls)://([^/:\s]+)(?::([0-9]+))?$", c["endpoint"])
+        assert m is not None  # the schema pattern guarantees it
+        scheme, host = m.group(1), m.group(2)
+        port = int(m.group(3)) if m.group(3) else (8883 if scheme == "tls" else 1883)
+        if not 1 <= port <= 65535:
+            src.error((ident, "endpoint"), f"{ident}: port {port} out of range 1..65535")
+            ok = False
+        if "password" in c and "password_file" in c:
+            src.error((ident, "password_file"), f"{ident}: give password or password_file, not both")
+            ok = False
+        tls_cfg = c.get("tls")
+        if tls_cfg and scheme != "tls":
+            src.error((ident, "tls"), f"{ident}: tls settings need a tls:// endpoint")
+            ok = False
+        if tls_cfg and bool(tls_cfg.get("client_cert")) != bool(tls_cfg.get("client_key")):
+            src.error((ident, "tls"), f"{ident}: client_cert and client_key go together")
+            ok = False
+        defaults = Connector.__dataclass_fields__
+        need = {
+            "topic": {"tag"},
+            "cmd_topic": {"tag"},
+            "ack_topic": {"seq"},
+            "batch_topic": set(),
+            "status_topic": set(),
+        }
+        allowed = {"tenant", "device"}
+        for key, must in need.items():
+            text = c.get(key, defaults[key].default)
+            names = set(_PLACEHOLDER.findall(text))
+            unknown = names - allowed - must
+            if unknown:
+                src.error((ident, key), f"{ident}: {key} has unknown placeholder(s) {', '.join(sorted(unknown))}")
+                ok = False
+            if must - names:
+                src.error((ident, key), f"{ident}: {key} must contain {{{next(iter(must))}}}")
+                ok = False
+            if "+" in text or "#" in text:
+                src.error((ident, key), f"{ident}: {key} must not contain MQTT wildcards")
+                ok = False
+        if "{tenant}" not in c.get("cmd_topic", "{tenant}") or "{device}" not in c.get("cmd_topic", "{device}"):
+            src.warn(
+                (ident, "cmd_topic"),
+                f"{ident}: cmd_topic without {{tenant}} and {{device}}: all gateways on the broker run them",
+            )
+        backoff = c.get("backoff") or {}
+        bk = Backoff(parse_duration(backoff.get("base", "500ms")), parse_duration(backoff.get("max", "2m")))
+        if bk.base > bk.max:
+            src.error((ident, "backoff"), f"{ident}: backoff.base is larger than backoff.max")
+            ok = False
+        if not ok:
+            return None
+        tls = (
+            TlsFiles(*(self._path(tls_cfg[k]) if tls_cfg.get(k) else None for k in ("ca", "client_cert", "client_key")))
+            if tls_cfg
+            else (TlsFiles() if scheme == "tls" else None)
+        )
+        kw: dict[str, Any] = {
+            k: c[k]
+            for k in (
+                "topic",
+                "batch_topic",
+                "cmd_topic",
+                "ack_topic",
+                "status_topic",
+                "qos",
+                "batch",
+                "compression",
+                "username",
+                "password",
+            )
+            if k in c
+        }
+        return Connector(
+            id=ident,
+            kind="mqtt5",
+            scheme=scheme,
+            host=host,
+            port=port,
+            client_id=c.get("client_id", c["device"]),
+            tenant=c["tenant"],
+            device=c["device"],
+            password_file=self._path(c["password_file"]) if "password_file" in c else None,
+            max_bytes=parse_size(c.get("max_bytes", "1MiB")),
+            max_interval=parse_duration(c.get("max_interval", "1s")),
+            keepalive=parse_duration(c.get("keepalive", "30s")),
+            session_expiry=parse_duration(c.get("session_expiry", "1d")),
+            backoff=bk,
+            tls=tls,
+            src=f"{src.name}:{src.line((ident,))}",
+            **kw,
+        )
+
+    def _gateway(self, g: dict, src: Source) -> GatewayCfg:
+        b, w = g.get("bus") or {}, g.get("wal") or {}
+        bus = BusCfg(b.get("capacity", 65536), b.get("pause_hi", 0.8), b.get("resume_lo", 0.6))
+        if bus.resume_lo >= bus.pause_hi:
+            src.error(("bus",), f"bus: resume_lo ({bus.resume_lo}) must be below pause_hi ({bus.pause_hi})")
+        wal = WalCfg(
+            dir=self._path(w.get("dir", WalCfg.dir)),
+            segment_bytes=parse_size(w.get("segment_bytes", "16MiB")),
+            flush_ms=w.get("flush_ms", 100),
+            max_bytes=parse_size(w.get("max_bytes", "4GiB")),
+            full_policy=w.get("full_policy", "drop_oldest"),
+        )
+        if wal.segment_bytes < 4096:
+            src.error(("wal", "segment_bytes"), "wal: segment_bytes must be at least 4KiB")
+        if wal.max_bytes < 2 * wal.segment_bytes:
+            src.error(("wal", "max_bytes"), "wal: max_bytes must hold at least two segments")
+        listen = (g.get("metrics") or {}).get("listen", "0.0.0.0:9100")
+        host, _, port = listen.rpartition(":")
+        if not 1 <= int(port) <= 65535:
+            src.error(("metrics", "listen"), f"metrics.listen: port {port} out of range 1..65535")
+        sock = (g.get("control") or {}).get("socket", GatewayCfg.control_socket)
+        return GatewayCfg(bus, wal, host.strip("[]"), int(port), self._path(sock))
+
+
+def _stem(file: str) -> str:
+    return Path(file).stem

@@ -1,0 +1,57 @@
+"""The JSON Schemas shipped with the package, and schema errors as `file:line` problems."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from edge_gateway.config.source import Source
+
+NAMES = ("endpoints", "drivers", "variables", "connector", "gateway")
+
+
+@cache
+def schema(name: str) -> dict[str, Any]:
+    text = resources.files("edge_gateway.config").joinpath("schemas", f"{name}.json").read_text()
+    return dict(json.loads(text))
+
+
+@cache
+def validator(name: str) -> Draft202012Validator:
+    return Draft202012Validator(schema(name), format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+def check(src: Source, name: str, data: Any, schema_ref: str | None = None, base: tuple = ()) -> set[tuple]:
+    """Validate `data` (found at `base` in `src`); report each error at its line. Returns the
+    top-level entries (first path element) that had errors, so the loader can skip building them."""
+    v = validator(name)
+    if schema_ref is not None:
+        v = v.evolve(schema=v.schema["$defs"][schema_ref] | {"$defs": v.schema["$defs"]})
+    bad: set[tuple] = set()
+    for err in sorted(v.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+        path = base + tuple(err.absolute_path)
+        _report(src, err, path)
+        bad.add(path[:1])
+    return bad
+
+
+def _report(src: Source, err: ValidationError, path: tuple) -> None:
+    where = "/".join(map(str, path)) or "(top level)"
+    if err.validator == "additionalProperties":
+        extra = [k for k in err.instance if k not in err.schema.get("properties", {})]
+        for k in extra:
+            src.error((*path, k), f"{where}: unknown key {k!r}", key=True)
+        return
+    if err.validator == "required":
+        missing = [k for k in err.validator_value if k not in err.instance]
+        src.error(path, f"{where}: missing required key {', '.join(map(repr, missing))}")
+        return
+    if err.validator == "propertyNames":
+        src.error((*path, err.instance), f"invalid id {err.instance!r}: use letters, digits and _", key=True)
+        return
+    src.error(path, f"{where}: {err.message}{src.yaml_trap(path)}")
