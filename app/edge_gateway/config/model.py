@@ -5,6 +5,10 @@ A Snapshot is immutable and compared by value, so hot reload can diff two of the
 converted: durations in seconds (float), sizes in bytes, rates in requests per second.
 `src` fields ("variables.yml:12") point back at the YAML for runtime messages and are
 ignored by comparisons.
+
+MQTT-source parts (endpoints of scheme mqtt/mqtts, `proto: mqtt` drivers, topic-mapped tags)
+live in their own fields (`mqtt_endpoints`, `mqtt_drivers`, `mqtt_tags`), so code that polls
+Modbus never meets an endpoint or a driver it cannot poll.
 """
 
 from __future__ import annotations
@@ -187,6 +191,77 @@ class Connector:
 
 
 @dataclass(frozen=True)
+class MqttEndpoint:
+    """A local MQTT broker the gateway subscribes to (endpoints.yml, scheme mqtt | mqtts).
+    One client thread and one persistent session per endpoint, shared by its drivers."""
+
+    id: str
+    scheme: Literal["mqtt", "mqtts"]
+    host: str
+    port: int
+    client_id: str
+    username: str | None = None
+    password: str | None = None
+    password_file: str | None = None  # read at connect time, so a rotated secret needs no reload
+    keepalive: float = 30.0
+    session_expiry: float = 3600.0  # the broker queues QoS 1/2 messages this long while we are away
+    backoff: Backoff = Backoff(0.5, 30.0)
+    tls: TlsFiles | None = None  # mqtts only
+    src: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
+class Subscription:
+    filter: str  # an MQTT topic filter, + and # allowed
+    qos: Literal[0, 1, 2] = 1
+
+
+@dataclass(frozen=True)
+class MqttSourceCfg:
+    subscriptions: tuple[Subscription, ...]
+    retained: Literal["take", "ignore"] = "take"  # the broker's stored value at subscribe time
+    queue: int = 1000  # messages held between paho's thread and the bus; beyond it they are dropped
+    recover: float = 5.0  # seconds without a drop (and an empty queue) before degraded → ok
+
+
+@dataclass(frozen=True)
+class MqttDriver:
+    """A `proto: mqtt` driver: subscriptions on an MQTT endpoint whose messages become tags."""
+
+    id: str
+    kind: Literal["static"]
+    endpoint_id: str
+    proto: Literal["mqtt"]
+    cfg: MqttSourceCfg
+    src: str = field(default="", compare=False)
+
+
+PayloadFormat = Literal["number", "json", "bytes", "string"]
+
+
+@dataclass(frozen=True)
+class Payload:
+    format: PayloadFormat = "number"
+    pointer: str = ""  # RFC 6901 JSON pointer into a json payload; "" = the whole document
+    endian: Order = "big"  # byte order of a numeric `bytes` payload
+
+
+@dataclass(frozen=True)
+class MqttTag:
+    """variables.yml entry of an MQTT driver: a topic (exact, or a filter whose + / # levels are
+    captured as {1}, {2}, … in `tag`) and how its payload becomes the value."""
+
+    tag: str  # a tag name, or a template with {1}, {2}, …
+    driver_id: str
+    topic: str
+    payload: Payload
+    datatype: Datatype
+    scale: Scale | None = None
+    unit: str | None = None
+    src: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
 class BusCfg:
     capacity: int = 65536
     pause_hi: float = 0.8
@@ -222,6 +297,15 @@ class Snapshot:
     gateway: GatewayCfg
     revision: str = field(default="", compare=False)
     directory: str = field(default="", compare=False)
+    mqtt_endpoints: dict[str, MqttEndpoint] = field(default_factory=dict)
+    mqtt_drivers: dict[str, MqttDriver] = field(default_factory=dict)
+    mqtt_tags: tuple[MqttTag, ...] = ()
+
+    def mqtt_tags_of(self, driver_id: str) -> tuple[MqttTag, ...]:
+        return tuple(t for t in self.mqtt_tags if t.driver_id == driver_id)
+
+    def mqtt_drivers_on(self, endpoint_id: str) -> tuple[MqttDriver, ...]:
+        return tuple(d for d in self.mqtt_drivers.values() if d.endpoint_id == endpoint_id)
 
     def variables_of(self, driver_id: str) -> tuple[Variable, ...]:
         return tuple(v for v in self.variables if v.driver_id == driver_id)

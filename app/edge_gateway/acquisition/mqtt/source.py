@@ -1,0 +1,593 @@
+"""The MQTT source worker: one paho MQTT v5 client thread per source endpoint.
+
+Two threads per endpoint, so the network never waits for the bus and the bus never waits for
+the network:
+
+  * the client thread (this Thread) owns the paho client and runs its network loop itself,
+    with its own reconnect loop (exponential backoff with jitter, not paho's jitter-free one).
+    Its `on_message` callback only attributes the message to a subscription and appends it
+    to a bounded hand-off queue — it never decodes, never touches the bus, never blocks.
+    A full queue drops the message and counts it per subscription;
+  * the forwarder thread takes messages from the queue while the bus is not paused, maps the
+    topic to tags, decodes the payload and publishes the frames to the FrameBus. While the bus
+    is paused it takes nothing, so the queue fills and the bound does the dropping.
+
+Session: MQTT v5, clean_start FIRST_ONLY with a session expiry. Each process (and each restart
+of this worker by a reload) starts a clean session, so the broker's subscriptions are exactly
+the configured ones; within the process a reconnect resumes the session, so the broker
+delivers the QoS 1/2 messages it queued while the link was down. Subscriptions are made once
+per fresh session, each with its own MQTT v5 subscription identifier, which tells us which
+subscription (hence which driver) every message arrived through.
+
+Health per driver: `down` while not connected; `degraded` from a drop until the queue has
+drained and `recover` seconds passed without another drop (or while a subscription is refused
+by the broker); `ok` otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from paho.mqtt.client import (
+    MQTT_CLEAN_START_FIRST_ONLY,
+    CallbackAPIVersion,
+    Client,
+    ConnectFlags,
+    DisconnectFlags,
+    MQTTErrorCode,
+    MQTTMessage,
+    MQTTv5,
+)
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from edge_gateway.acquisition.mqtt import metrics, topics
+from edge_gateway.acquisition.mqtt.mapping import TopicMap
+from edge_gateway.acquisition.mqtt.payload import Malformed
+from edge_gateway.bus.frame import GOOD, Frame, bad, now_ms
+from edge_gateway.bus.framebus import FrameBus
+from edge_gateway.config.model import MqttDriver, MqttEndpoint, MqttTag
+
+log = logging.getLogger(__name__)
+
+HEALTH_CODE = {"ok": 0, "degraded": 1, "down": 2}
+TICK = 0.05  # forwarder wake-up when idle; also its heartbeat period
+LOOP_TIMEOUT = 0.1  # paho select() timeout; the client thread's heartbeat period
+BATCH = 512  # messages taken from the queue per bus publish
+STOP_DRAIN = 2.0  # seconds a stopping worker keeps handing queued messages to the bus
+WARN_EVERY = 10.0  # at most one malformed-payload warning per driver this often
+
+
+class ReadOnlyTag(Exception):
+    """A cloud command for a tag of an MQTT source."""
+
+
+@dataclass(eq=False)
+class _Driver:
+    cfg: MqttDriver
+    map: TopicMap
+    pending: int = 0  # messages of this driver in the hand-off queue (guarded by the source's lock)
+    last_drop: float | None = None  # monotonic time of the last drop of the current episode (lock)
+    health: str = "down"
+    refused: list[str] = field(default_factory=list)  # subscriptions the broker refused
+    received: int = 0
+    dropped: int = 0
+    frames: int = 0
+    malformed: int = 0
+    unmapped: int = 0
+    retained_ignored: int = 0
+    next_warn: float = 0.0
+
+    def __post_init__(self) -> None:
+        did = self.cfg.id
+        self.m_frames = metrics.FRAMES.labels(driver_id=did)
+        self.m_unmapped = metrics.UNMAPPED.labels(driver_id=did)
+        self.m_retained = metrics.RETAINED_IGNORED.labels(driver_id=did)
+        self.m_queued = metrics.QUEUED.labels(driver_id=did)
+        self.m_health = metrics.HEALTH.labels(driver_id=did)
+        self.m_health.set(HEALTH_CODE["down"])
+
+    @property
+    def id(self) -> str:
+        return self.cfg.id
+
+
+@dataclass(eq=False)
+class _Sub:
+    ident: int  # MQTT v5 subscription identifier, 1-based over this client
+    filter: str
+    qos: int
+    driver: _Driver
+    levels: topics.Levels = ()
+    granted: int | None = None  # the QoS the broker granted, None before SUBACK or when refused
+    error: str | None = None
+    received: int = 0
+    dropped: int = 0
+
+    def __post_init__(self) -> None:
+        self.levels = topics.levels(self.filter)
+        self.m_received = metrics.RECEIVED.labels(driver_id=self.driver.id, subscription=self.filter)
+        self.m_dropped = metrics.DROP.labels(driver_id=self.driver.id, subscription=self.filter)
+
+
+# (subscription, ts ms, topic, payload, qos, retain, dup)
+_Item = tuple[_Sub, int, str, bytes, int, bool, bool]
+
+
+class MqttSource(threading.Thread):
+    """Subscribes on one MQTT endpoint for all of its `proto: mqtt` drivers and publishes the
+    mapped tags to the bus. Same worker interface as a Modbus line: start(), stop(),
+    heartbeat, status(), submit_write() (refused: source tags are read-only)."""
+
+    def __init__(
+        self, endpoint: MqttEndpoint, drivers: Sequence[MqttDriver], tags: Iterable[MqttTag], bus: FrameBus
+    ) -> None:
+        super().__init__(name=f"mqtt-src-{endpoint.id}", daemon=True)
+        self.endpoint = endpoint
+        self._bus = bus
+        tags = list(tags)
+        self._drivers = {d.id: _Driver(d, TopicMap(t for t in tags if t.driver_id == d.id)) for d in drivers}
+        self._subs: list[_Sub] = []
+        for d in self._drivers.values():
+            for s in d.cfg.cfg.subscriptions:
+                self._subs.append(_Sub(len(self._subs) + 1, s.filter, s.qos, d))
+        self._by_ident = {s.ident: s for s in self._subs}
+        self._lock = threading.Lock()
+        self._queue: deque[_Item] = deque()
+        self._wake = threading.Event()
+        self._stop_evt = threading.Event()
+        self._stopping = threading.Event()  # the client is gone: forwarder drains and ends
+        self._client: Client | None = None
+        self._sub_ids = True  # the broker supports subscription identifiers (CONNACK)
+        self._pending_subs: dict[int, _Sub] = {}  # SUBSCRIBE mid → subscription, until its SUBACK
+        self._attempt = 0
+        self.connected = False
+        self.state = "starting"  # connecting | connected | backoff | stopped
+        self.last_error: str | None = None
+        self.reconnects = 0
+        self.stray = 0
+        now = time.monotonic()
+        self._net_beat = now
+        self._fwd_beat = now
+        self._m_connected = metrics.CONNECTED.labels(endpoint_id=endpoint.id)
+        self._m_reconnects = metrics.RECONNECTS.labels(endpoint_id=endpoint.id)
+        self._m_stray = metrics.STRAY.labels(endpoint_id=endpoint.id)
+        self._m_connected.set(0)
+        self._forwarder = threading.Thread(target=self._forward_loop, name=f"mqtt-fwd-{endpoint.id}", daemon=True)
+
+    # -- worker interface ---------------------------------------------------------------------------
+    @property
+    def heartbeat(self) -> float:
+        """Progress of both threads: the older of the two stamps."""
+        return min(self._net_beat, self._fwd_beat)
+
+    @property
+    def driver_ids(self) -> tuple[str, ...]:
+        return tuple(self._drivers)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop_evt.set()
+        if self.is_alive():
+            self.join(timeout)
+
+    def submit_write(self, variable: object, value: object) -> Future[None]:
+        fut: Future[None] = Future()
+        tag = getattr(variable, "tag", variable)
+        fut.set_exception(ReadOnlyTag(f"{tag}: MQTT source tags are read-only"))
+        return fut
+
+    def update_tags(self, driver_id: str, tags: Iterable[MqttTag]) -> None:
+        """Swap a driver's topic map (hot reload of variables.yml); subscriptions are unchanged."""
+        self._drivers[driver_id].map = TopicMap(tags)
+
+    def health(self, driver_id: str) -> str:
+        return self._health_of(self._drivers[driver_id], time.monotonic())
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "endpoint": self.endpoint.id,
+            "proto": "mqtt",
+            "broker": f"{self.endpoint.scheme}://{self.endpoint.host}:{self.endpoint.port}",
+            "state": self.state,
+            "connected": self.connected,
+            "reconnects": self.reconnects,
+            "last_error": self.last_error,
+            "stray": self.stray,
+            "drivers": {
+                d.id: {
+                    "health": self._health_of(d, now),
+                    "queued": d.pending,
+                    "queue": d.cfg.cfg.queue,
+                    "received": d.received,
+                    "frames": d.frames,
+                    "dropped": d.dropped,
+                    "malformed": d.malformed,
+                    "unmapped": d.unmapped,
+                    "retained_ignored": d.retained_ignored,
+                    "subscriptions": [
+                        {
+                            "filter": s.filter,
+                            "qos": s.qos,
+                            "granted": s.granted,
+                            "error": s.error,
+                            "received": s.received,
+                            "dropped": s.dropped,
+                        }
+                        for s in self._subs
+                        if s.driver is d
+                    ],
+                }
+                for d in self._drivers.values()
+            },
+        }
+
+    # -- the client thread ----------------------------------------------------------------------------
+    def run(self) -> None:
+        self._forwarder.start()
+        try:
+            while not self._stop_evt.is_set():
+                self._net_beat = time.monotonic()
+                if self._connect():
+                    self._serve()
+                if self._stop_evt.is_set():
+                    break
+                self._set_connected(False)
+                self._backoff()
+        finally:
+            self._shutdown()
+
+    def _connect(self) -> bool:
+        self.state = "connecting"
+        try:
+            client = self._client or self._make_client()
+            self._credentials(client)
+            rc = client.reconnect()
+        except (OSError, ValueError) as e:  # refused, unreachable, TLS handshake, unreadable secret
+            self.last_error = f"connect: {e}"
+            log.debug("mqtt source %s: %s", self.endpoint.id, self.last_error)
+            return False
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self.last_error = f"connect: {rc.name}"
+            return False
+        return True
+
+    def _serve(self) -> None:
+        assert self._client is not None
+        while not self._stop_evt.is_set():
+            rc = self._client.loop(LOOP_TIMEOUT)
+            self._net_beat = time.monotonic()
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                if self.connected:
+                    self.last_error = f"link lost: {rc.name}"
+                log.warning("mqtt source %s: %s", self.endpoint.id, self.last_error)
+                return
+
+    def _backoff(self) -> None:
+        bk = self.endpoint.backoff
+        delay = min(bk.max, bk.base * (2 ** min(self._attempt, 30)))
+        delay = delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - jitter, not cryptography
+        self._attempt += 1
+        self.reconnects += 1
+        self._m_reconnects.inc()
+        self.state = "backoff"
+        deadline = time.monotonic() + delay
+        while not self._stop_evt.is_set():
+            now = time.monotonic()
+            self._net_beat = now
+            if now >= deadline:
+                return
+            self._stop_evt.wait(min(LOOP_TIMEOUT, deadline - now))
+
+    def _make_client(self) -> Client:
+        ep = self.endpoint
+        c = Client(CallbackAPIVersion.VERSION2, client_id=ep.client_id, protocol=MQTTv5)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_subscribe = self._on_subscribe
+        c.on_message = self._on_message
+        c.connect_timeout = 5.0
+        if ep.scheme == "mqtts":
+            tls = ep.tls
+            c.tls_set(
+                ca_certs=tls.ca if tls else None,
+                certfile=tls.client_cert if tls else None,
+                keyfile=tls.client_key if tls else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = int(ep.session_expiry)
+        c.connect_async(
+            ep.host,
+            ep.port,
+            keepalive=max(1, round(ep.keepalive)),
+            clean_start=MQTT_CLEAN_START_FIRST_ONLY,
+            properties=props,
+        )
+        self._client = c
+        return c
+
+    def _credentials(self, c: Client) -> None:
+        """Read at every attempt, so a rotated password file needs no reload."""
+        ep = self.endpoint
+        password = ep.password
+        if ep.password_file:
+            with open(ep.password_file, encoding="utf-8") as f:
+                password = f.read().strip()
+        if ep.username is not None or password is not None:
+            c.username_pw_set(ep.username, password)
+
+    def _shutdown(self) -> None:
+        c = self._client
+        if c is not None and self.connected:
+            c.disconnect()
+            deadline = time.monotonic() + 1.0
+            while self.connected and time.monotonic() < deadline:
+                if c.loop(LOOP_TIMEOUT) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+        self._set_connected(False)
+        self.state = "stopped"
+        self._stopping.set()
+        self._wake.set()
+        self._forwarder.join(STOP_DRAIN + 2.0)
+
+    def _set_connected(self, up: bool) -> None:
+        self.connected = up
+        self._m_connected.set(1 if up else 0)
+        if up:
+            self.state = "connected"
+
+    # -- paho callbacks: on the client thread, must never block -------------------------------------------
+    def _on_connect(
+        self, client: Client, userdata: Any, flags: ConnectFlags, rc: ReasonCode, props: Properties | None
+    ) -> None:
+        if rc.is_failure:
+            self.last_error = f"broker refused the connection: {rc}"
+            log.error("mqtt source %s: %s", self.endpoint.id, self.last_error)
+            return
+        self._attempt = 0
+        self._sub_ids = getattr(props, "SubscriptionIdentifierAvailable", 1) != 0
+        self._set_connected(True)
+        log.info(
+            "mqtt source %s: connected to %s:%s (session %s)",
+            self.endpoint.id,
+            self.endpoint.host,
+            self.endpoint.port,
+            "resumed" if flags.session_present else "new",
+        )
+        if flags.session_present:
+            return  # the broker kept our subscriptions
+        for s in self._subs:
+            s.granted, s.error = None, None
+            take = s.driver.cfg.cfg.retained == "take"
+            handling = SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE if take else SubscribeOptions.RETAIN_DO_NOT_SEND
+            opts = SubscribeOptions(qos=s.qos, retainHandling=handling)
+            sp = None
+            if self._sub_ids:
+                sp = Properties(PacketTypes.SUBSCRIBE)
+                sp.SubscriptionIdentifier = s.ident
+            _, mid = client.subscribe(s.filter, options=opts, properties=sp)
+            if mid is not None:
+                self._pending_subs[mid] = s
+
+    def _on_subscribe(
+        self, client: Client, userdata: Any, mid: int, rcs: list[ReasonCode], props: Properties | None
+    ) -> None:
+        s = self._pending_subs.pop(mid, None)
+        if s is None or not rcs:
+            return
+        rc = rcs[0]
+        d = s.driver
+        if rc.is_failure:
+            s.error = str(rc)
+            if s.filter not in d.refused:
+                d.refused.append(s.filter)
+            log.error("mqtt source %s: subscription %r refused: %s", d.id, s.filter, rc)
+            return
+        s.granted = rc.value
+        if s.filter in d.refused:
+            d.refused.remove(s.filter)
+        if rc.value < s.qos:
+            log.warning("mqtt source %s: %r granted QoS %d instead of %d", d.id, s.filter, rc.value, s.qos)
+
+    def _on_disconnect(
+        self, client: Client, userdata: Any, flags: DisconnectFlags, rc: ReasonCode, props: Properties | None
+    ) -> None:
+        if self.connected and not self._stop_evt.is_set():
+            self.last_error = f"disconnected: {rc}"
+        self._set_connected(False)
+
+    def _on_message(self, client: Client, userdata: Any, msg: MQTTMessage) -> None:
+        try:
+            self._accept(msg)
+        except Exception:  # noqa: BLE001 - a bug here must not kill the network loop; logged with traceback
+            log.exception("mqtt source %s: message on %r not handled", self.endpoint.id, msg.topic)
+
+    def _accept(self, msg: MQTTMessage) -> None:
+        ts = now_ms()
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            self._stray()
+            return
+        subs = self._subs_of(msg, topic)
+        if not subs:
+            self._stray()
+            return
+        queued = False
+        for s in subs:
+            d = s.driver
+            s.received += 1
+            d.received += 1
+            s.m_received.inc()
+            if msg.retain and d.cfg.cfg.retained == "ignore":
+                d.retained_ignored += 1
+                d.m_retained.inc()
+                continue
+            with self._lock:
+                full = d.pending >= d.cfg.cfg.queue
+                if full:
+                    d.last_drop = time.monotonic()
+                else:
+                    d.pending += 1
+                    self._queue.append((s, ts, topic, msg.payload, msg.qos, msg.retain, msg.dup))
+                    queued = True
+            if full:
+                s.dropped += 1
+                d.dropped += 1
+                s.m_dropped.inc()
+        if queued:
+            self._wake.set()
+
+    def _subs_of(self, msg: MQTTMessage, topic: str) -> list[_Sub]:
+        """The subscriptions a message came through, at most one per driver (a driver whose
+        filters overlap gets one copy per matching filter from the broker, which lint warns of)."""
+        ids = getattr(msg.properties, "SubscriptionIdentifier", None) if msg.properties is not None else None
+        if ids:
+            found = [self._by_ident[i] for i in (ids if isinstance(ids, list) else [ids]) if i in self._by_ident]
+        else:
+            lv = topics.levels(topic)
+            found = [s for s in self._subs if topics.match(s.levels, lv) is not None]
+        out: list[_Sub] = []
+        for s in found:
+            if all(o.driver is not s.driver for o in out):
+                out.append(s)
+        return out
+
+    def _stray(self) -> None:
+        self.stray += 1
+        self._m_stray.inc()
+
+    # -- the forwarder thread -----------------------------------------------------------------------------
+    def _forward_loop(self) -> None:
+        carry: list[tuple[Frame, _Driver]] = []
+        give_up: float | None = None
+        while True:
+            self._wake.wait(TICK)
+            self._wake.clear()
+            now = time.monotonic()
+            self._fwd_beat = now
+            if not self._bus.paused:
+                carry = self._push(carry)
+                while not carry and self._queue:
+                    carry = self._push(self._frames(self._take(BATCH)))
+                    self._fwd_beat = time.monotonic()
+            self._update_health(now)
+            if self._stopping.is_set():
+                if not self._queue and not carry:
+                    return
+                give_up = give_up or now + STOP_DRAIN
+                if now >= give_up:
+                    self._abandon(carry)
+                    return
+
+    def _take(self, n: int) -> list[_Item]:
+        items: list[_Item] = []
+        q = self._queue
+        with self._lock:
+            while q and len(items) < n:
+                item = q.popleft()
+                item[0].driver.pending -= 1
+                items.append(item)
+        return items
+
+    def _frames(self, items: list[_Item]) -> list[tuple[Frame, _Driver]]:
+        out: list[tuple[Frame, _Driver]] = []
+        for s, ts, topic, payload, qos, retain, dup in items:
+            d = s.driver
+            route = d.map.route(topic)
+            if not route:
+                d.unmapped += 1
+                d.m_unmapped.inc()
+                continue
+            meta: dict[str, object] = {"topic": topic, "qos": qos, "retain": retain, "dup": dup}
+            for tag, target in route:
+                if tag is None:
+                    self._malformed(d, "tag", f"topic {topic!r} gives no valid tag for {target.spec.tag!r}")
+                    continue
+                try:
+                    frame = Frame(0, ts, tag, target.decoder(payload), GOOD, meta=meta)
+                except Malformed as e:
+                    self._malformed(d, e.reason, f"{tag} on {topic!r}: {e}")
+                    q = "range" if e.reason == "range" else "scale" if e.reason == "scale" else "malformed"
+                    frame = Frame(0, ts, tag, None, bad(q), meta=meta)
+                out.append((frame, d))
+        return out
+
+    def _malformed(self, d: _Driver, reason: str, message: str) -> None:
+        d.malformed += 1
+        metrics.MALFORMED.labels(driver_id=d.id, reason=reason).inc()
+        now = time.monotonic()
+        if now >= d.next_warn:
+            d.next_warn = now + WARN_EVERY
+            log.warning("mqtt source %s: malformed payload (%s): %s", d.id, reason, message)
+
+    def _push(self, frames: list[tuple[Frame, _Driver]]) -> list[tuple[Frame, _Driver]]:
+        """Publish what the bus has room for; the rest is carried to the next round (no loss)."""
+        if not frames:
+            return frames
+        room = self._bus.capacity - len(self._bus)
+        if room <= 0:
+            return frames
+        take = frames[:room]
+        n = self._bus.publish([f for f, _ in take])
+        for _, d in take[:n]:
+            d.frames += 1
+            d.m_frames.inc()
+        return take[n:] + frames[len(take) :]
+
+    def _abandon(self, carry: list[tuple[Frame, _Driver]]) -> None:
+        """Stopping while the bus stays paused: what is left is dropped, counted, and said so."""
+        items = self._take(len(self._queue))
+        for s, *_ in items:
+            s.dropped += 1
+            s.driver.dropped += 1
+            s.m_dropped.inc()
+        if items or carry:
+            log.warning(
+                "mqtt source %s: stopped with the bus paused; dropped %d queued messages and %d frames",
+                self.endpoint.id,
+                len(items),
+                len(carry),
+            )
+
+    def _health_of(self, d: _Driver, now: float) -> str:
+        if not self.connected:
+            return "down"
+        if d.refused:
+            return "degraded"
+        with self._lock:
+            last = d.last_drop
+            if last is not None and d.pending == 0 and now - last >= d.cfg.cfg.recover:
+                d.last_drop = last = None  # the episode is over
+        return "ok" if last is None else "degraded"
+
+    def _update_health(self, now: float) -> None:
+        for d in self._drivers.values():
+            h = self._health_of(d, now)
+            d.m_queued.set(d.pending)
+            if h != d.health:
+                level = logging.INFO if h == "ok" or self._stopping.is_set() else logging.WARNING
+                log.log(level, "mqtt source %s: health %s -> %s", d.id, d.health, h, extra={"driver_id": d.id})
+                d.health = h
+                d.m_health.set(HEALTH_CODE[h])
+
+
+def start_source(
+    endpoint: MqttEndpoint, drivers: Sequence[MqttDriver], tags: Iterable[MqttTag], bus: FrameBus
+) -> MqttSource:
+    """Start the client and forwarder threads of one MQTT source endpoint."""
+    src = MqttSource(endpoint, drivers, tags, bus)
+    src.start()
+    return src
