@@ -3,6 +3,10 @@
 A batch also covers the seq range it was read from, including frames that are not sent (cloud
 commands, Kind.CMD: they are in the WAL for audit only). The ack cursor moves by that range, so
 skipped frames are acknowledged together with their neighbours and never hold the cursor back.
+The range is published as the `cover` user property: a consumer checks that each batch's cover
+starts right after the previous one ends, and so tells a skipped command from a lost frame. A
+batch of skipped frames only is acknowledged without being sent; its range is carried into the
+cover of the next batch that is sent.
 
 `max_bytes` bounds the uncompressed JSON array; each frame is counted with room for the
 `"dup":"possible"` marker, so a batch re-encoded after a QoS downgrade still fits.
@@ -31,6 +35,7 @@ class Batch:
     parts: list[str] = field(default_factory=list)  # their JSON, without dup marks
     size: int = _ARRAY  # bytes of the JSON array, dup marks reserved
     opened: float = 0.0
+    cover_first: int = 0  # first seq of the published `cover` range (≤ first: carries skipped-only batches)
 
     @property
     def count(self) -> int:
@@ -54,6 +59,7 @@ class Batcher:
         self.max_interval = max_interval
         self._clock = clock
         self._open: Batch | None = None
+        self._carry: int | None = None  # first seq of skipped-only batches not yet covered by a sent one
 
     @property
     def pending(self) -> int:
@@ -78,6 +84,9 @@ class Batcher:
                 b = None
             if b is None:
                 b = self._open = Batch(f.seq, f.seq, opened=now)
+            if not b.count:
+                b.cover_first = b.first if self._carry is None else self._carry
+                self._carry = None
             b.frames.append(f)
             b.parts.append(part)
             b.size += n
@@ -101,12 +110,10 @@ class Batcher:
         if due is None or due > 0:
             return None
         b, self._open = self._open, None
-        return b
-
-    def take(self) -> Batch | None:
-        """Close the open batch now, whatever its age."""
-        b, self._open = self._open, None
+        if b is not None and not b.count and self._carry is None:
+            self._carry = b.first
         return b
 
     def clear(self) -> None:
         self._open = None
+        self._carry = None

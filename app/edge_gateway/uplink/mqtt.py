@@ -23,6 +23,9 @@ Delivery (SPEC §5):
     `"dup":"possible"` and the message `dup=possible`, record a `sys.qos_downgrade` frame in the
     WAL, count `connector_qos_downgrade_total`. If paho still holds publishes at the higher QoS
     (the broker changed under us), the client is replaced and the cursor rewound.
+  * User properties: seq_first, seq_last, count, encoding (zstd|identity), cover ("first-last": the
+    WAL range the batch accounts for, commands included, so consumers can check continuity), and
+    dup=possible after a QoS downgrade.
   * `max_bytes` bounds the uncompressed JSON; ReceiveMaximum from CONNACK bounds the window
     (paho itself ignores it).
   * Status: retained `online` on status_topic after each CONNACK, `offline` as the last will and
@@ -565,6 +568,7 @@ class Uplink(threading.Thread):
             ("seq_last", str(b.seq_last)),
             ("count", str(b.count)),
             ("encoding", self._compress.encoding),
+            ("cover", f"{b.cover_first}-{b.last}"),
         ]
         if dup:
             props.UserProperty = ("dup", "possible")

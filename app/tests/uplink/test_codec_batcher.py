@@ -97,6 +97,9 @@ def test_cmd_frames_are_covered_not_sent() -> None:
     assert only_cmds == [] and b.due_in() == 0.0  # nothing to wait for: release it at once
     skipped = b.take_due()
     assert skipped is not None and skipped.count == 0 and (skipped.first, skipped.last) == (6, 7)
+    (after,) = b.add(_frames(8, 3))
+    assert (after.cover_first, after.first, after.last) == (6, 8, 10)  # the skipped range is carried
+    assert (closed[0].cover_first, closed[0].last) == (1, 5)
 
 
 def test_window_acks_only_the_acknowledged_prefix() -> None:
