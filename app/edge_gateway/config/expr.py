@@ -19,6 +19,7 @@ Fn = Callable[[Number], Number]
 MAX_SOURCE = 200
 MAX_DEPTH = 20
 MAX_EXPONENT = 64
+MAX_DIGITS = 15  # round(value, n): more digits than a float holds is meaningless
 
 _BINOPS: dict[type[ast.operator], Callable[[Number, Number], Number]] = {
     ast.Add: operator.add,
@@ -104,18 +105,24 @@ def _fit_line(fn: Fn) -> tuple[float, float] | None:
 
 
 def compile_scale(source: str) -> Scale:
+    """Compile once at load; the closure tree then runs per sample without any parsing."""
     if not isinstance(source, str) or not source.strip():
         raise ExprError("scale must be a non-empty expression in `value`")
     if len(source) > MAX_SOURCE:
         raise ExprError(f"scale expression longer than {MAX_SOURCE} characters", MAX_SOURCE)
+    text = source.strip()
+    lead = len(source) - len(source.lstrip())  # columns are reported against `source` as written
     try:
-        tree = ast.parse(source.strip(), mode="eval")
+        tree = ast.parse(text, mode="eval")
     except SyntaxError as e:
-        raise ExprError(f"invalid expression: {e.msg}", e.offset or 1) from None
-    fn = _compile(tree.body, 0)
+        raise ExprError(f"invalid expression: {e.msg}", lead + (e.offset or 1)) from None
+    try:
+        fn = _compile(tree.body, 0)
+    except ExprError as e:
+        raise ExprError(e.message, lead + e.column) from None
     if "value" not in {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}:
-        raise ExprError("scale does not use `value`")
-    return Scale(source.strip(), fn)
+        raise ExprError("scale does not use `value`", lead + 1)
+    return Scale(text, fn)
 
 
 def _col(node: ast.AST) -> int:
@@ -142,9 +149,10 @@ def _compile(node: ast.AST, depth: int) -> Fn:
         return inner
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
         op = _BINOPS[type(node.op)]
+        left, right = _compile(node.left, d), _compile(node.right, d)
         if isinstance(node.op, ast.Pow):
             _check_exponent(node.right)
-        left, right = _compile(node.left, d), _compile(node.right, d)
+            return lambda v: _power(left(v), right(v))
         return lambda v: op(left(v), right(v))
     if isinstance(node, ast.Call):
         if not isinstance(node.func, ast.Name) or node.func.id not in _FUNCS:
@@ -155,8 +163,11 @@ def _compile(node: ast.AST, depth: int) -> Fn:
         fn, lo, hi = _FUNCS[node.func.id]
         if not lo <= len(node.args) <= hi:
             raise ExprError(f"{node.func.id}() takes {lo}..{hi} arguments, got {len(node.args)}", _col(node))
-        if node.func.id == "round" and len(node.args) == 2 and not isinstance(node.args[1], ast.Constant):
-            raise ExprError("round()'s digits must be a number", _col(node.args[1]))
+        if node.func.id == "round" and len(node.args) == 2:
+            digits = node.args[1]
+            if not (isinstance(digits, ast.Constant) and type(digits.value) is int and 0 <= digits.value <= MAX_DIGITS):
+                # round(5, -10**9) would build 10**(10**9): only small literal digit counts.
+                raise ExprError(f"round()'s digits must be an integer 0..{MAX_DIGITS}", _col(digits))
         args = [_compile(a, d) for a in node.args]
         return lambda v: fn(*(a(v) for a in args))
     what = type(node).__name__
@@ -167,6 +178,15 @@ def _compile(node: ast.AST, depth: int) -> Fn:
     elif isinstance(node, ast.BinOp | ast.UnaryOp):
         what = f"operator {type(node.op).__name__}"
     raise ExprError(f"{what} is not allowed in a scale expression", _col(node))
+
+
+def _power(base: Number, exponent: Number) -> Number:
+    """`**` in float arithmetic: (value ** 64) ** 64 overflows at once instead of building a
+    huge integer, and a negative base with a fractional exponent is an error, not a complex."""
+    result = float(base) ** exponent
+    if not isinstance(result, float):
+        raise ValueError(f"{base!r} ** {exponent!r} has no real value")
+    return result
 
 
 def _check_exponent(node: ast.AST) -> None:

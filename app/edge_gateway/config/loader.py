@@ -13,7 +13,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from edge_gateway.config import schema
 from edge_gateway.config.expr import ExprError, Scale, compile_scale
@@ -28,6 +28,7 @@ from edge_gateway.config.model import (
     Endpoint,
     GatewayCfg,
     ModbusCfg,
+    RegType,
     Snapshot,
     TlsFiles,
     Variable,
@@ -38,6 +39,7 @@ from edge_gateway.config.units import parse_duration, parse_rate, parse_size
 
 FILES = {name: f"{name}.yml" for name in schema.NAMES}
 OPTIONAL = {"gateway"}
+RESERVED_KINDS = ("dyn", "wasm")  # driver kinds named by the design, not built in this release
 NUMERIC = {"uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64"}
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
@@ -79,6 +81,15 @@ def modicon(ref: int | str) -> tuple[str, int] | None:
     return table, offset - 1
 
 
+def _bad_ref(ref: int | str) -> str:
+    text = str(ref).strip()
+    table = {"0": "coil", "1": "discrete", "3": "input", "4": "holding"}.get(text[:1])
+    if text.isdigit() and len(text) in (5, 6) and table is not None:
+        first = text[0]
+        return f"ref {text} is out of range: {table} refs are {first}0001..{first}9999 or {first}00001..{first}65536"
+    return f"ref {text!r} is not a Modicon reference (0xxxx coil, 1xxxx discrete, 3xxxx input, 4xxxx holding)"
+
+
 class _Build:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
@@ -88,14 +99,14 @@ class _Build:
         data: dict[str, Any] = {}
         bad: dict[str, set[tuple]] = {}
         if not self.dir.is_dir():
-            return None, [Problem(str(self.dir), 1, "not a directory")]
+            return None, [Problem(str(self.dir), 1, message="not a directory")]
         for name, fname in FILES.items():
             path = self.dir / fname
             shown = str(path)
             if not path.exists():
                 src = Source(shown)
                 if name not in OPTIONAL:
-                    src.problems.append(Problem(shown, 1, f"missing: {fname} is required"))
+                    src.problems.append(Problem(shown, 1, message=f"missing: {fname} is required"))
                 self.src[name] = src
                 data[name] = None
                 bad[name] = set()
@@ -112,7 +123,7 @@ class _Build:
         if all(data.get(n) is not None or n in OPTIONAL for n in schema.NAMES):
             snapshot = self._build(data, bad)
         problems = [p for s in self.src.values() for p in s.problems]
-        problems.sort(key=lambda p: (schema.NAMES.index(_stem(p.file)) if _stem(p.file) in schema.NAMES else 9, p.line))
+        problems.sort(key=_order)
         if any(p.severity == "error" for p in problems):
             snapshot = None
         return snapshot, problems
@@ -150,7 +161,7 @@ class _Build:
         )
 
     def _each(self, table: Any, bad: set[tuple], src: Source, build: Callable[[str, dict, Source], Any]) -> dict:
-        out = {}
+        out: dict[str, Any] = {}
         if not isinstance(table, dict):
             return out
         for ident, body in table.items():
@@ -228,39 +239,52 @@ class _Build:
         self, ident: str, d: dict, src: Source, endpoints: dict[str, Endpoint], known: set[str]
     ) -> Driver | None:
         kind = d.get("kind", "static")
-        if kind in ("dyn", "wasm"):
+        if kind in RESERVED_KINDS:
             src.error(
                 (ident, "kind"),
-                f"{ident}: kind {kind!r} is reserved and not supported in this release; use static",
+                f"{ident}: kind {kind!r} is reserved, not supported in this release; use kind: static",
             )
             return None
-        if d["proto"] != "modbus":
-            src.error((ident, "proto"), f"{ident}: proto {d['proto']!r} is not supported (supported: modbus)")
-            return None
+        ok = True
         if d["endpoint_id"] not in known:
             src.error((ident, "endpoint_id"), f"{ident}: unknown endpoint_id {d['endpoint_id']!r}")
+            ok = False
+        build = self._PROTOCOLS.get(d["proto"])
+        if build is None:
+            src.error(
+                (ident, "proto"),
+                f"{ident}: proto {d['proto']!r} is not supported in this release (supported: "
+                f"{', '.join(self._PROTOCOLS)})",
+            )
             return None
-        if schema.check(src, "drivers", d["cfg"], schema_ref="modbus", base=(ident, "cfg")):
-            return None
-        c = d["cfg"]
-        if d["endpoint_id"] not in endpoints:
-            return None  # the endpoint itself is broken and already reported
+        cfg = build(self, ident, d["cfg"], src)
+        if not ok or cfg is None or d["endpoint_id"] not in endpoints:
+            return None  # a broken endpoint is reported at the endpoint
         return Driver(
             id=ident,
             kind="static",
             endpoint_id=d["endpoint_id"],
-            proto="modbus",
-            modbus=ModbusCfg(
-                unit_id=c["unit_id"],
-                polling=parse_duration(c.get("polling", "1s")),
-                max_regs_per_req=c.get("max_regs_per_req", 120),
-                retry=c.get("retry", 3),
-                endian=c.get("endian", "big"),
-                word_order=c.get("word_order", "big"),
-                enable_write=c.get("enable_write", False),
-            ),
+            proto=d["proto"],
+            modbus=cfg,
             src=f"{src.name}:{src.line((ident,))}",
         )
+
+    def _modbus_cfg(self, ident: str, c: dict, src: Source) -> ModbusCfg | None:
+        if schema.check(src, "drivers", c, schema_ref="modbus", base=(ident, "cfg")):
+            return None
+        return ModbusCfg(
+            unit_id=c["unit_id"],
+            polling=parse_duration(c.get("polling", "1s")),
+            max_regs_per_req=c.get("max_regs_per_req", 120),
+            retry=c.get("retry", 3),
+            endian=c.get("endian", "big"),
+            word_order=c.get("word_order", "big"),
+            enable_write=c.get("enable_write", False),
+        )
+
+    # proto → the builder of its `cfg` (validated against drivers.json $defs/<proto>). The MQTT
+    # source driver of a later release adds `"mqtt": _mqtt_cfg` here and a `$defs/mqtt` schema.
+    _PROTOCOLS: dict[str, Callable[[_Build, str, dict, Source], ModbusCfg | None]] = {"modbus": _modbus_cfg}
 
     def _unique_units(self, drivers: dict[str, Driver], endpoints: dict[str, Endpoint]) -> None:
         seen: dict[tuple[str, int], str] = {}
@@ -350,8 +374,8 @@ class _Build:
                 try:
                     scale = compile_scale(v["scale"])
                 except ExprError as e:
-                    col = src.column((i, "scale")) + e.column - 1
-                    src.error((i, "scale"), f"{tag}: scale: {e.message} (column {col})")
+                    col = src.text_column((i, "scale")) + e.column - 1
+                    src.error((i, "scale"), f"{tag}: scale: {e.message} (column {col})", column=col)
                     ok = False
                 else:
                     if writable and not scale.invertible:
@@ -377,12 +401,19 @@ class _Build:
             if "type" in a or "addr" in a:
                 src.error((i, "address"), f"{tag}: give either ref or type+addr, not both")
                 return None
-            conv = modicon(a["ref"])
-            if conv is None:
-                src.error(
+            ref = a["ref"]
+            text = src.scalar_text((i, "address", "ref"))
+            if isinstance(ref, int) and text is not None and text.isdigit() and str(ref) != text.lstrip("0"):
+                # YAML 1.1 reads 012345 as octal 5349; a Modicon ref is decimal digits as written.
+                src.warn(
                     (i, "address", "ref"),
-                    f"{tag}: {a['ref']!r} is not a Modicon reference (e.g. 40001, 400001)",
+                    f"{tag}: YAML reads unquoted ref {text} as the octal number {ref}; "
+                    f"taken as the Modicon ref {text} — quote it to make that explicit",
                 )
+                ref = text
+            conv = modicon(ref)
+            if conv is None:
+                src.error((i, "address", "ref"), f"{tag}: {_bad_ref(ref)}")
                 return None
             rtype, addr = conv
         else:
@@ -404,7 +435,7 @@ class _Build:
                 src.error((i, "address"), f"{tag}: datatype {dt} needs address.len (registers)")
                 return None
             length = 1 if rtype in BIT_TYPES else regs
-        return Address(type=rtype, addr=addr, len=length)
+        return Address(type=cast(RegType, rtype), addr=addr, len=length)
 
     def _overlaps(self, variables: list[Variable], src: Source, index: dict[str, int]) -> None:
         groups: dict[tuple[str, str], list[Variable]] = defaultdict(list)
@@ -429,7 +460,8 @@ class _Build:
         ok = True
         m = re.match(r"^(tcp|tls)://([^/:\s]+)(?::([0-9]+))?$", c["endpoint"])
         assert m is not None  # the schema pattern guarantees it
-        scheme, host = m.group(1), m.group(2)
+        scheme: Literal["tcp", "tls"] = "tls" if m.group(1) == "tls" else "tcp"
+        host = m.group(2)
         port = int(m.group(3)) if m.group(3) else (8883 if scheme == "tls" else 1883)
         if not 1 <= port <= 65535:
             src.error((ident, "endpoint"), f"{ident}: port {port} out of range 1..65535")
@@ -444,6 +476,11 @@ class _Build:
         if tls_cfg and bool(tls_cfg.get("client_cert")) != bool(tls_cfg.get("client_key")):
             src.error((ident, "tls"), f"{ident}: client_cert and client_key go together")
             ok = False
+        if scheme == "tls" and not (tls_cfg or {}).get("ca"):
+            src.warn(
+                (ident, "tls") if tls_cfg else (ident, "endpoint"),
+                f"{ident}: tls:// without tls.ca: the broker is checked against the system CA store only",
+            )
         defaults = Connector.__dataclass_fields__
         need = {
             "topic": {"tag"},
@@ -543,5 +580,7 @@ class _Build:
         return GatewayCfg(bus, wal, host.strip("[]"), int(port), self._path(sock))
 
 
-def _stem(file: str) -> str:
-    return Path(file).stem
+def _order(p: Problem) -> tuple[int, int, int]:
+    """Files in the order a reader meets them (endpoints first), then by line and column."""
+    stem = Path(p.file).stem
+    return (schema.NAMES.index(stem) if stem in schema.NAMES else len(schema.NAMES), p.line, p.column)

@@ -54,4 +54,9 @@ def _report(src: Source, err: ValidationError, path: tuple) -> None:
     if err.validator == "propertyNames":
         src.error((*path, err.instance), f"invalid id {err.instance!r}: use letters, digits and _", key=True)
         return
+    hint = err.schema.get("description") if isinstance(err.schema, dict) else None
+    if err.validator in ("pattern", "type") and hint and hint.startswith(("a ", "an ", "one ", "host")):
+        # "'1 sec' is not a duration like 500ms, 1s" reads better than the raw regex.
+        src.error(path, f"{where}: {err.instance!r} is not {hint}{src.yaml_trap(path)}")
+        return
     src.error(path, f"{where}: {err.message}{src.yaml_trap(path)}")

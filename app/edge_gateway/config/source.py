@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -22,14 +22,21 @@ _BOOL_WORDS = {"yes", "no", "on", "off", "y", "n", "true", "false"}
 
 @dataclass(frozen=True)
 class Problem:
-    file: str
-    line: int
-    message: str
-    severity: str = "error"  # or "warning"
+    """One finding, printed `file:line: message` (the form editors and CI annotate)."""
+
+    file: str  # the path as the user gave it, e.g. config/variables.yml
+    line: int  # 1-based
+    column: int = 1  # 1-based; kept for tools, not printed
+    severity: Literal["error", "warning"] = "error"
+    message: str = ""
 
     def __str__(self) -> str:
         tag = "warning: " if self.severity == "warning" else ""
         return f"{self.file}:{self.line}: {tag}{self.message}"
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == "error"
 
 
 @dataclass
@@ -42,11 +49,24 @@ class Source:
     problems: list[Problem] = field(default_factory=list)
     raw: bytes = b""
 
-    def error(self, path: Sequence[PathElem], message: str, key: bool = False) -> None:
-        self.problems.append(Problem(self.name, self.line(path, key), message))
+    def error(self, path: Sequence[PathElem], message: str, key: bool = False, column: int | None = None) -> None:
+        self._add(path, "error", message, key, column)
 
-    def warn(self, path: Sequence[PathElem], message: str, key: bool = False) -> None:
-        self.problems.append(Problem(self.name, self.line(path, key), message, "warning"))
+    def warn(self, path: Sequence[PathElem], message: str, key: bool = False, column: int | None = None) -> None:
+        self._add(path, "warning", message, key, column)
+
+    def _add(
+        self,
+        path: Sequence[PathElem],
+        severity: Literal["error", "warning"],
+        message: str,
+        key: bool,
+        column: int | None,
+    ) -> None:
+        node = self.node(path, key)
+        line = node.start_mark.line + 1 if node is not None else 1
+        col = column if column is not None else (node.start_mark.column + 1 if node is not None else 1)
+        self.problems.append(Problem(self.name, line, col, severity, message))
 
     def node(self, path: Sequence[PathElem], key: bool = False) -> yaml.Node | None:
         """The node at `path` (or its key node when `key`); the deepest existing ancestor otherwise."""
@@ -75,9 +95,13 @@ class Source:
         node = self.node(path, key)
         return node.start_mark.line + 1 if node is not None else 1
 
-    def column(self, path: Sequence[PathElem]) -> int:
+    def text_column(self, path: Sequence[PathElem]) -> int:
+        """1-based column of the first character of a scalar's text (after its opening quote)."""
         node = self.node(path)
-        return node.start_mark.column + 1 if node is not None else 1
+        if node is None:
+            return 1
+        quoted = isinstance(node, yaml.ScalarNode) and node.style in ("'", '"')
+        return node.start_mark.column + 1 + (1 if quoted else 0)
 
     def scalar_text(self, path: Sequence[PathElem]) -> str | None:
         node = self.node(path)
@@ -98,52 +122,89 @@ class Source:
         return ""
 
 
+# Shape limits: a config is a few levels deep and at most some 100k nodes. Anchors and aliases
+# are allowed (`<<: *defaults`), but may not recurse or expand into a "billion laughs" that
+# would hang the reload thread in the schema validator.
+MAX_NODES = 2_000_000
+MAX_DEPTH = 32
+
+
 def read(path: Path, name: str) -> Source:
     src = Source(name)
     try:
         src.raw = path.read_bytes()
     except OSError as e:
-        src.problems.append(Problem(name, 1, f"cannot read: {e.strerror}"))
+        src.problems.append(Problem(name, 1, message=f"cannot read: {e.strerror}"))
         return src
     try:
         loader = yaml.SafeLoader(src.raw.decode("utf-8"))
         try:
             root = loader.get_single_node()
-            src.root = root
-            if root is not None:
-                _find_duplicate_keys(src, root)
+            if root is not None and _check_tree(src, root):
+                src.root = root
                 src.data = loader.construct_document(root)
         finally:
             loader.dispose()
     except UnicodeDecodeError as e:
-        src.problems.append(Problem(name, 1, f"not UTF-8 text: {e.reason}"))
+        src.problems.append(Problem(name, 1, message=f"not UTF-8 text: {e.reason}"))
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark else 1
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         what = " ".join(x for x in (e.context, e.problem) if x)
-        src.problems.append(Problem(name, line, f"YAML syntax error: {what}"))
+        src.problems.append(Problem(name, line, col, message=f"YAML syntax error: {what}"))
         src.root = None
     except yaml.YAMLError as e:
-        src.problems.append(Problem(name, 1, f"YAML error: {e}"))
+        src.problems.append(Problem(name, 1, message=f"YAML error: {e}"))
+        src.root = None
+    except RecursionError:  # PyYAML's composer recurses once per nesting level
+        src.problems.append(Problem(name, 1, message=f"nested deeper than {MAX_DEPTH} levels"))
+        src.root = None
     return src
 
 
-def _find_duplicate_keys(src: Source, node: yaml.Node) -> None:
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[str, int] = {}
-        for k, v in node.value:
-            if isinstance(k, yaml.ScalarNode):
-                if k.value in seen:
-                    src.problems.append(
-                        Problem(
-                            src.name,
-                            k.start_mark.line + 1,
-                            f"duplicate key {k.value!r} (first at line {seen[k.value]}); YAML keeps only the last",
-                        )
-                    )
-                else:
-                    seen[k.value] = k.start_mark.line + 1
-            _find_duplicate_keys(src, v)
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _find_duplicate_keys(src, item)
+def _check_tree(src: Source, root: yaml.Node) -> bool:
+    """Report duplicate keys (PyYAML keeps the last silently); False when the tree breaks the
+    shape limits, so it is neither constructed nor validated."""
+    checked: set[int] = set()
+    count = 0
+    stack: list[tuple[yaml.Node, tuple[int, ...]]] = [(root, ())]
+    while stack:
+        node, ancestors = stack.pop()
+        count += 1
+        where = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if id(node) in ancestors:
+            src.problems.append(Problem(src.name, *where, message="recursive alias: a node contains itself"))
+            return False
+        if len(ancestors) >= MAX_DEPTH:
+            src.problems.append(Problem(src.name, *where, message=f"nested deeper than {MAX_DEPTH} levels"))
+            return False
+        if count > MAX_NODES:
+            src.problems.append(Problem(src.name, 1, message=f"more than {MAX_NODES} nodes once aliases are expanded"))
+            return False
+        inner = (*ancestors, id(node))
+        if isinstance(node, yaml.MappingNode):
+            if id(node) not in checked:
+                checked.add(id(node))
+                _duplicate_keys(src, node)
+            stack.extend((child, inner) for pair in node.value for child in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((child, inner) for child in node.value)
+    return True
+
+
+def _duplicate_keys(src: Source, node: yaml.MappingNode) -> None:
+    seen: dict[str, int] = {}
+    for k, _v in node.value:
+        if not isinstance(k, yaml.ScalarNode):
+            continue
+        if k.value in seen:
+            src.problems.append(
+                Problem(
+                    src.name,
+                    k.start_mark.line + 1,
+                    k.start_mark.column + 1,
+                    message=f"duplicate key {k.value!r} (first at line {seen[k.value]}); YAML keeps only the last",
+                )
+            )
+        else:
+            seen[k.value] = k.start_mark.line + 1

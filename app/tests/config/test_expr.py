@@ -57,6 +57,17 @@ HOSTILE = [
     ("(" * 30 + "value" + ")" * 30, ""),
     ("-" * 50 + "value", "nested deeper"),
     ("value + " * 40 + "1", "longer than"),
+    ("round(value, -1000000000)", "digits must be an integer 0..15"),
+    ("round(value, value)", "digits must be an integer"),
+    ("value ** (1 + 1)", "exponent must be a constant"),
+    ("globals()", "function 'globals' is not allowed"),
+    ("value.__class__.__mro__[1].__subclasses__()", "not allowed"),
+    ("f'{value}'", "JoinedStr"),
+    ("b'x'", "only numbers"),
+    ("1j * value", "only numbers"),
+    ("{value}", "Set"),
+    ("(value := 3)", "NamedExpr"),
+    ("value\nimport os", "invalid expression"),
     ("42", "does not use `value`"),
     ("", "non-empty"),
 ]
@@ -95,3 +106,28 @@ def test_equality_by_source_and_inverse() -> None:
         assert not s.invertible
         with pytest.raises(ExprError, match="not affine"):
             s.inverse(1)
+
+
+def test_power_is_bounded_at_runtime() -> None:
+    """Nested constant powers stay float arithmetic: they overflow at once instead of
+    building a huge integer in the acquisition thread."""
+    s = compile_scale("((value ** 64) ** 64) ** 64")
+    with pytest.raises(ArithmeticError):
+        s(65535)
+    with pytest.raises(ArithmeticError, match="no real value"):
+        compile_scale("value ** 0.5")(-4)
+    assert compile_scale("value ** 0.5")(16) == 4.0
+
+
+def test_columns_count_leading_blanks() -> None:
+    with pytest.raises(ExprError) as e:
+        compile_scale("  value + foo")
+    assert e.value.column == 11
+
+
+def test_inverse_of_affine_forms() -> None:
+    for src, raw in (("-value + 5", 7), ("(value - 32) * 5 / 9", 212), ("value * 1e-3", 1234), ("value", 9)):
+        s = compile_scale(src)
+        assert s.inverse(s(raw)) == pytest.approx(raw)
+    with pytest.raises(ExprError, match="not affine"):
+        compile_scale("value * 0 + 3").inverse(3)  # constant: no raw value to write

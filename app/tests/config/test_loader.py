@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_gateway.config.loader import load_snapshot, modicon
+from edge_gateway.config.loader import lint, load_snapshot, modicon
 from edge_gateway.config.units import parse_duration, parse_rate, parse_size
 
 from .conftest import DEMO
@@ -121,3 +121,87 @@ def test_units() -> None:
     ):
         with pytest.raises(ValueError):
             fn(bad)
+
+
+def test_paths_resolve_against_the_config_directory(tmp_path: Path, demo_copy) -> None:
+    d = demo_copy(
+        {
+            "connector.yml": (
+                "endpoint: tcp://127.0.0.1:18830",
+                "endpoint: tls://broker.example.com\n  password_file: secrets/mqtt.pass\n"
+                "  tls: { ca: certs/ca.pem, client_cert: /abs/edge.crt, client_key: certs/edge.key }",
+            ),
+            "gateway.yml": ("listen: 127.0.0.1:9108", "listen: '[::1]:9200'"),
+        }
+    )
+    s = load_snapshot(d)
+    c = s.connectors["mqtt_cloud"]
+    assert (c.scheme, c.host, c.port) == ("tls", "broker.example.com", 8883)
+    assert c.password_file == str(d / "secrets/mqtt.pass")
+    assert c.tls is not None and (c.tls.ca, c.tls.client_cert, c.tls.client_key) == (
+        str(d / "certs/ca.pem"),
+        "/abs/edge.crt",
+        str(d / "certs/edge.key"),
+    )
+    assert s.gateway.control_socket == str((d / "../build/demo/control.sock").resolve())
+    assert (s.gateway.metrics_host, s.gateway.metrics_port) == ("::1", 9200)
+
+
+def test_len_defaults_from_the_datatype_and_the_table(tmp_path: Path) -> None:
+    (tmp_path / "endpoints.yml").write_text("p: { scheme: tcp, host: 127.0.0.1, port: 502 }\n")
+    (tmp_path / "drivers.yml").write_text(
+        "d: { endpoint_id: p, proto: modbus, cfg: { unit_id: 1, endian: little, word_order: little } }\n"
+    )
+    (tmp_path / "variables.yml").write_text(
+        "- { tag: a, driver_id: d, address: { ref: 400101 }, datatype: float64 }\n"
+        "- { tag: b, driver_id: d, address: { ref: '00003' }, datatype: bool }\n"
+        "- { tag: c, driver_id: d, address: { ref: 10001 }, datatype: bool }\n"
+        "- { tag: e, driver_id: d, address: { type: input, addr: 7 }, datatype: uint64, endian: big }\n"
+    )
+    (tmp_path / "connector.yml").write_text("c: { kind: mqtt5, endpoint: 'tcp://h', tenant: t, device: d }\n")
+    s = load_snapshot(tmp_path)
+    got = {v.tag: (v.address.type, v.address.addr, v.address.len, v.endian, v.word_order) for v in s.variables}
+    assert got == {
+        "a": ("holding", 100, 4, "little", "little"),
+        "b": ("coil", 2, 1, "little", "little"),
+        "c": ("discrete", 0, 1, "little", "little"),
+        "e": ("input", 7, 4, "big", "little"),
+    }
+    assert s.connectors["c"].port == 1883 and s.connectors["c"].tls is None
+
+
+def test_empty_and_missing_gateway_file(tmp_path: Path, demo_copy) -> None:
+    d = demo_copy()
+    (d / "gateway.yml").unlink()
+    assert load_snapshot(d).gateway.metrics_port == 9100  # gateway.yml is optional
+    (d / "variables.yml").write_text("# no tags yet\n")
+    assert load_snapshot(d).variables == ()
+
+
+def test_merge_keys_work_and_hostile_yaml_is_refused(demo_copy, monkeypatch) -> None:
+    from edge_gateway.config import source
+
+    d = demo_copy(
+        {
+            "drivers.yml": (
+                "meter1:\n  kind: static\n  endpoint_id: rs485_0\n  proto: modbus\n  cfg: { unit_id: 1,",
+                "meter1: &meter\n  kind: static\n  endpoint_id: rs485_0\n  proto: modbus\n  cfg: { unit_id: 1,",
+            )
+        }
+    )
+    (d / "drivers.yml").write_text(
+        (d / "drivers.yml").read_text() + "meter3:\n  <<: *meter\n  cfg: { unit_id: 3, polling: 2s }\n"
+    )
+    assert load_snapshot(d).drivers["meter3"].modbus.polling == 2.0
+    gw = d / "gateway.yml"
+    base = gw.read_text()
+    monkeypatch.setattr(source, "MAX_NODES", 10_000)
+    bomb = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else '1'] * 10)}]\n" for i in range(6))
+    for extra, want in (
+        ("x: &a [*a]\n", "recursive alias"),
+        ("x: " + "[" * 3000 + "]" * 3000 + "\n", "nested deeper than 32 levels"),
+        (bomb, "more than 10000 nodes"),
+    ):
+        gw.write_text(base + extra)
+        problems = lint(d)
+        assert [p.file for p in problems] == [str(gw)] and want in problems[0].message, problems
