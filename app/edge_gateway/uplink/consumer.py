@@ -137,3 +137,78 @@ class BatchSubscriber:
                 return True
             time.sleep(0.02)
         return predicate(self)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m edge_gateway.uplink.consumer`: print frames as `seq tag value q` lines (make demo), or
+    count them until `--count` distinct seqs arrived and print a JSON summary (benchmarks)."""
+    import argparse
+    import sys
+
+    from edge_gateway.uplink.codec import decode_value
+
+    p = argparse.ArgumentParser(prog="edge-consumer", description=main.__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=1883)
+    p.add_argument("--topic", action="append", help="topic filter (default /edge/#)")
+    p.add_argument("--count", type=int, default=0, help="exit after this many distinct seqs")
+    p.add_argument("--seconds", type=float, default=0.0, help="exit after this long (0 = until Ctrl-C)")
+    p.add_argument("--quiet", action="store_true", help="no frame lines, only the summary")
+    args = p.parse_args(argv)
+
+    seen: set[int] = set()
+    dups = 0
+    first_at: list[float] = []  # wall clock, so another process can compare with its own start
+    last_at = [0.0]
+    done = threading.Event()
+    lock = threading.Lock()
+
+    def on_frame(f: dict[str, Any], m: Message) -> None:
+        nonlocal dups
+        with lock:
+            if not first_at:
+                first_at.append(time.time())
+            if f["seq"] in seen:
+                dups += 1
+            else:
+                last_at[0] = time.time()
+            seen.add(f["seq"])
+            if args.count and len(seen) >= args.count:
+                done.set()
+        if not args.quiet:
+            v = decode_value(f.get("value"))
+            dup = "  dup?" if f.get("dup") else ""
+            sys.stdout.write(f"{f['seq']:>8} {f['tag']:<28} {v!s:<20} {f['q']}{dup}\n")
+            sys.stdout.flush()
+
+    sub = BatchSubscriber(args.host, args.port, tuple(args.topic or ["/edge/#"]), on_frame=on_frame, keep=False)
+    sub.start()
+    if args.quiet or args.count:
+        print(json.dumps({"subscribed": True}), flush=True)
+    else:
+        print(f"{'seq':>8} {'tag':<28} {'value':<20} q", flush=True)
+    try:
+        done.wait(args.seconds or None)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sub.stop()
+    if args.quiet or args.count:
+        missing = (max(seen) - min(seen) + 1 - len(seen)) if seen else 0
+        summary = {
+            "frames": len(seen),
+            "duplicates": dups,
+            "seq_min": min(seen) if seen else None,
+            "seq_max": max(seen) if seen else None,
+            "missing_in_range": missing,
+            "payload_bytes": sub.payload_bytes,
+            "first_frame_at": first_at[0] if first_at else None,
+            "last_new_frame_at": last_at[0] or None,
+            "errors": sub.errors[:5],
+        }
+        print(json.dumps(summary), flush=True)
+    return 0 if not sub.errors else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
