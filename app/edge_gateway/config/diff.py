@@ -62,14 +62,43 @@ def diff(old: Snapshot, new: Snapshot) -> Impact:
     if old.gateway.control_socket != new.gateway.control_socket:
         gw += ("control",)
     co_add, co_rm, co_chg = _keys(old.connectors, new.connectors)
+    m = _mqtt(old, new)
     return Impact(
-        endpoints_added=ep_add,
-        endpoints_removed=ep_rm,
-        endpoints_changed=ep_chg,
-        drivers_added=tuple(sorted(set(dr_add) | moved)),
-        drivers_removed=tuple(sorted(set(dr_rm) | moved)),
-        drivers_changed=dr_chg,
-        variables_changed=tagmaps_changed,
+        endpoints_added=_merge(ep_add, m["endpoints_added"]),
+        endpoints_removed=_merge(ep_rm, m["endpoints_removed"]),
+        endpoints_changed=_merge(ep_chg, m["endpoints_changed"]),
+        drivers_added=_merge(tuple(set(dr_add) | moved), m["drivers_added"]),
+        drivers_removed=_merge(tuple(set(dr_rm) | moved), m["drivers_removed"]),
+        drivers_changed=_merge(dr_chg, m["drivers_changed"]),
+        variables_changed=_merge(tagmaps_changed, m["variables_changed"]),
         connectors_changed=tuple(sorted(set(co_add) | set(co_rm) | set(co_chg))),
         gateway_changed=gw,
     )
+
+
+def _merge(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted(set(a) | set(b)))
+
+
+def _mqtt(old: Snapshot, new: Snapshot) -> dict[str, tuple[str, ...]]:
+    """The same impact sets for the MQTT-source parts. One client serves all drivers of an MQTT
+    endpoint, so a changed endpoint restarts its drivers (listed as changed endpoint only), a
+    changed driver restarts that endpoint's client, and changed tags only swap the tag map."""
+    ep_add, ep_rm, ep_chg = _keys(old.mqtt_endpoints, new.mqtt_endpoints)
+    dr_add, dr_rm, dr_chg = _keys(old.mqtt_drivers, new.mqtt_drivers)
+    moved = {d for d in dr_chg if old.mqtt_drivers[d].endpoint_id != new.mqtt_drivers[d].endpoint_id}
+    changed = tuple(d for d in dr_chg if d not in moved and new.mqtt_drivers[d].endpoint_id not in ep_chg)
+    tags = tuple(
+        d
+        for d in old.mqtt_drivers.keys() & new.mqtt_drivers.keys()
+        if d not in dr_chg and old.mqtt_tags_of(d) != new.mqtt_tags_of(d)
+    )
+    return {
+        "endpoints_added": ep_add,
+        "endpoints_removed": ep_rm,
+        "endpoints_changed": ep_chg,
+        "drivers_added": tuple(set(dr_add) | moved),
+        "drivers_removed": tuple(set(dr_rm) | moved),
+        "drivers_changed": changed,
+        "variables_changed": tags,
+    }

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from edge_gateway.config import schema
+from edge_gateway.config import mqtt, schema
 from edge_gateway.config.expr import ExprError, Scale, compile_scale
 from edge_gateway.config.model import (
     BIT_TYPES,
@@ -28,6 +28,9 @@ from edge_gateway.config.model import (
     Endpoint,
     GatewayCfg,
     ModbusCfg,
+    MqttDriver,
+    MqttEndpoint,
+    MqttTag,
     RegType,
     Snapshot,
     TlsFiles,
@@ -94,6 +97,10 @@ class _Build:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
         self.src: dict[str, Source] = {}
+        # MQTT-source parts (config/mqtt.py): drivers by id as written, and what was built of them
+        self._mqtt_driver_ids: set[str] = set()
+        self._mqtt_drivers: dict[str, MqttDriver] = {}
+        self._mqtt_tags: list[MqttTag] = []
 
     def run(self) -> tuple[Snapshot | None, list[Problem]]:
         data: dict[str, Any] = {}
@@ -131,14 +138,34 @@ class _Build:
     # -- building ----------------------------------------------------------------------------------
     def _build(self, data: dict[str, Any], bad: dict[str, set[tuple]]) -> Snapshot:
         s = self.src
-        endpoints = self._each(data["endpoints"], bad["endpoints"], s["endpoints"], self._endpoint)
+        ep_data, mqtt_ep_data = _split(data["endpoints"], lambda e: mqtt.is_mqtt_scheme(e.get("scheme")))
+        endpoints = self._each(ep_data, bad["endpoints"], s["endpoints"], self._endpoint)
+        mqtt_endpoints: dict[str, MqttEndpoint] = self._each(
+            mqtt_ep_data, bad["endpoints"], s["endpoints"], lambda i, e, src: mqtt.endpoint(i, e, src, self._path)
+        )
         known_endpoints = set(data["endpoints"])
+        drv_data, mqtt_drv_data = _split(data["drivers"], lambda d: d.get("proto") == "mqtt")
+        self._mqtt_driver_ids = set(mqtt_drv_data)
+        for ident, d in drv_data.items():
+            if (ident,) not in bad["drivers"] and d.get("endpoint_id") in mqtt_ep_data:
+                s["drivers"].error(
+                    (ident, "endpoint_id"),
+                    f"{ident}: proto {d['proto']} needs a Modbus endpoint; {d['endpoint_id']} is an MQTT broker "
+                    f"(scheme {mqtt_ep_data[d['endpoint_id']]['scheme']})",
+                )
         drivers = self._each(
-            data["drivers"],
+            drv_data,
             bad["drivers"],
             s["drivers"],
             lambda i, d, src: self._driver(i, d, src, endpoints, known_endpoints),
         )
+        self._mqtt_drivers = self._each(
+            mqtt_drv_data,
+            bad["drivers"],
+            s["drivers"],
+            lambda i, d, src: self._mqtt_driver(i, d, src, mqtt_endpoints, data["endpoints"]),
+        )
+        mqtt.overlapping_subscriptions(self._mqtt_drivers.values(), s["drivers"])
         self._unique_units(drivers, endpoints)
         variables = self._variables(data["variables"], bad["variables"], drivers, set(data["drivers"]))
         connectors = self._each(data["connector"], bad["connector"], s["connector"], self._connector)
@@ -158,6 +185,9 @@ class _Build:
             gateway=gateway,
             revision=digest.hexdigest()[:12],
             directory=str(self.dir),
+            mqtt_endpoints=mqtt_endpoints,
+            mqtt_drivers=self._mqtt_drivers,
+            mqtt_tags=tuple(self._mqtt_tags),
         )
 
     def _each(self, table: Any, bad: set[tuple], src: Source, build: Callable[[str, dict, Source], Any]) -> dict:
@@ -286,6 +316,35 @@ class _Build:
     # source driver of a later release adds `"mqtt": _mqtt_cfg` here and a `$defs/mqtt` schema.
     _PROTOCOLS: dict[str, Callable[[_Build, str, dict, Source], ModbusCfg | None]] = {"modbus": _modbus_cfg}
 
+    def _mqtt_driver(
+        self, ident: str, d: dict, src: Source, endpoints: dict[str, MqttEndpoint], known: dict[str, Any]
+    ) -> MqttDriver | None:
+        """A `proto: mqtt` driver: an MQTT source on an mqtt/mqtts endpoint (config/mqtt.py)."""
+        kind = d.get("kind", "static")
+        if kind in RESERVED_KINDS:
+            src.error(
+                (ident, "kind"),
+                f"{ident}: kind {kind!r} is reserved, not supported in this release; use kind: static",
+            )
+            return None
+        ok = True
+        ep = d["endpoint_id"]
+        if ep not in known:
+            src.error((ident, "endpoint_id"), f"{ident}: unknown endpoint_id {ep!r}")
+            ok = False
+        elif isinstance(known[ep], dict) and not mqtt.is_mqtt_scheme(known[ep].get("scheme")):
+            src.error(
+                (ident, "endpoint_id"),
+                f"{ident}: proto mqtt needs an mqtt or mqtts endpoint; {ep} has scheme {known[ep].get('scheme')}",
+            )
+            ok = False
+        if schema.check(src, "drivers", d["cfg"], schema_ref="mqtt", base=(ident, "cfg")):
+            return None
+        cfg = mqtt.driver_cfg(ident, d["cfg"], src)
+        if not ok or cfg is None or ep not in endpoints:
+            return None  # a broken endpoint is reported at the endpoint
+        return mqtt.driver(ident, d, cfg, src)
+
     def _unique_units(self, drivers: dict[str, Driver], endpoints: dict[str, Endpoint]) -> None:
         seen: dict[tuple[str, int], str] = {}
         for d in drivers.values():
@@ -320,17 +379,29 @@ class _Build:
                 src.error((i, "tag"), f"duplicate tag {tag!r} (first at line {tags[tag]})")
                 continue
             tags[tag] = src.line((i, "tag"))
+            if v["driver_id"] in self._mqtt_driver_ids:
+                t = mqtt.tag(i, v, src, self._mqtt_drivers.get(v["driver_id"]))
+                if t is not None:
+                    self._mqtt_tags.append(t)
+                    index[tag] = i
+                continue
             var = self._variable(i, v, src, drivers, known_drivers)
             if var is not None:
                 out.append(var)
                 index[tag] = i
         self._overlaps(out, src, index)
+        mqtt.template_shadows(self._mqtt_tags, tags, src, index)
         return out
 
     def _variable(self, i: int, v: dict, src: Source, drivers: dict[str, Driver], known: set[str]) -> Variable | None:
         tag, did = v["tag"], v["driver_id"]
         if did not in known:
             src.error((i, "driver_id"), f"{tag}: unknown driver_id {did!r}")
+            return None
+        if not mqtt.misplaced_mqtt_keys(i, v, src):
+            return None
+        if "address" not in v:
+            src.error((i,), f"{tag}: missing required key 'address' (driver {did} is a Modbus driver)")
             return None
         driver = drivers.get(did)
         address = self._address(i, v, src)
@@ -578,6 +649,14 @@ class _Build:
             src.error(("metrics", "listen"), f"metrics.listen: port {port} out of range 1..65535")
         sock = (g.get("control") or {}).get("socket", GatewayCfg.control_socket)
         return GatewayCfg(bus, wal, host.strip("[]"), int(port), self._path(sock))
+
+
+def _split(table: Any, pred: Callable[[dict], bool]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(entries where pred is false, entries where it is true); non-mapping entries go to the first."""
+    if not isinstance(table, dict):
+        return {}, {}
+    yes = {k: v for k, v in table.items() if isinstance(v, dict) and pred(v)}
+    return {k: v for k, v in table.items() if k not in yes}, yes
 
 
 def _order(p: Problem) -> tuple[int, int, int]:
