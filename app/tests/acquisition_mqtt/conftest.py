@@ -28,8 +28,12 @@ from edge_gateway.testkit import LOOPBACK, Mosquitto
 class Publisher:
     """A device on the source broker."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, auth: tuple[str, str] | None = None, tls: dict[str, str] | None = None) -> None:
         self.client = Client(CallbackAPIVersion.VERSION2, client_id=f"device-{port}", protocol=MQTTv5)
+        if auth is not None:
+            self.client.username_pw_set(*auth)
+        if tls is not None:
+            self.client.tls_set(**tls)
         self.client.connect(LOOPBACK, port)
         self.client.loop_start()
 

@@ -153,6 +153,7 @@ class MqttSource(threading.Thread):
         self._pending_subs: dict[int, _Sub] = {}  # SUBSCRIBE mid → subscription, until its SUBACK
         self._attempt = 0
         self.connected = False
+        self.session_resumed = False  # the last CONNACK had session_present: the broker kept our session
         self.state = "starting"  # connecting | connected | backoff | stopped
         self.last_error: str | None = None
         self.reconnects = 0
@@ -202,6 +203,7 @@ class MqttSource(threading.Thread):
             "broker": f"{self.endpoint.scheme}://{self.endpoint.host}:{self.endpoint.port}",
             "state": self.state,
             "connected": self.connected,
+            "session": "resumed" if self.session_resumed else "new",
             "reconnects": self.reconnects,
             "last_error": self.last_error,
             "stray": self.stray,
@@ -358,6 +360,7 @@ class MqttSource(threading.Thread):
             return
         self._attempt = 0
         self._sub_ids = getattr(props, "SubscriptionIdentifierAvailable", 1) != 0
+        self.session_resumed = bool(flags.session_present)
         self._set_connected(True)
         log.info(
             "mqtt source %s: connected to %s:%s (session %s)",
