@@ -371,6 +371,7 @@ class MqttSource(threading.Thread):
         )
         if flags.session_present:
             return  # the broker kept our subscriptions
+        self._pending_subs.clear()  # SUBACKs lost with the previous link never come
         for s in self._subs:
             s.granted, s.error = None, None
             take = s.driver.cfg.cfg.retained == "take"
@@ -445,12 +446,12 @@ class MqttSource(threading.Thread):
                 else:
                     d.pending += 1
                     self._queue.append((s, ts, topic, msg.payload, msg.qos, msg.retain, msg.dup))
-                    queued = True
+                    queued = len(self._queue) == 1
             if full:
                 s.dropped += 1
                 d.dropped += 1
                 s.m_dropped.inc()
-        if queued:
+        if queued:  # only the first message of a burst wakes the forwarder, which then takes them all
             self._wake.set()
 
     def _subs_of(self, msg: MQTTMessage, topic: str) -> list[_Sub]:
