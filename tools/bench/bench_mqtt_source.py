@@ -3,11 +3,11 @@
 
 Two figures:
   * end to end: a device process publishes N messages as fast as it can on wildcard topics
-    (`bench/<dev>/v`, QoS 0 and QoS 1); the source (paho client thread + forwarder) maps them to
+    (`bench/<dev>/v`, QoS 0 and QoS 1); the source (one paho client thread) maps them to
     tags and publishes frames to a FrameBus that a drainer thread empties (standing in for the WAL
     writer). Rate = frames on the bus / time from the first to the last frame; loss and drops are
     counted (they must be 0 when the bus never pauses);
-  * mapping + decoding alone (the forwarder's per-message work) for a number payload and a JSON
+  * mapping + decoding alone (the per-message forwarding work) for a number payload and a JSON
     payload with a pointer, in-process, no broker.
 
     .venv/bin/python tools/bench/bench_mqtt_source.py --out build/bench [--quick]
@@ -184,7 +184,7 @@ def main() -> int:
         )
     lines += [
         "",
-        "Forwarder work alone (topic → tags + payload → value, cached routes, 200 topics):",
+        "Forwarding work alone (topic → tags + payload → value, cached routes, 200 topics):",
         "",
         "| payload | messages/s | frames/s |",
         "|---|---|---|",
