@@ -1,0 +1,60 @@
+"""A consumer's view of the WAL: a read position, and an ack position that survives restarts."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from edge_gateway.bus.frame import Frame
+
+if TYPE_CHECKING:
+    from edge_gateway.bus.wal import Wal
+
+
+class Cursor:
+    """`read` moves the read position; `ack` moves the durable position; `rewind` goes back
+    to the first unacked frame (after a reconnect, to resend what was not acknowledged)."""
+
+    def __init__(self, wal: Wal, name: str, acked: int) -> None:
+        self._wal = wal
+        self.name = name
+        self._pos = acked + 1
+        self._hint = [0, 0]
+
+    @property
+    def acked(self) -> int:
+        return self._wal.acks.get(self.name, 0)
+
+    @property
+    def position(self) -> int:
+        """The seq the next read starts at."""
+        return self._pos
+
+    @property
+    def lag(self) -> int:
+        return max(0, self._wal.committed_seq - self.acked)
+
+    def read(self, max_frames: int, timeout: float) -> list[Frame]:
+        """Committed frames from the read position on, waiting up to `timeout` s for one."""
+        frames = self._wal.read(self._pos, max_frames, self._hint)
+        if not frames and timeout > 0 and self._wal.wait_committed(self._pos - 1, timeout):
+            frames = self._wal.read(self._pos, max_frames, self._hint)
+        if not frames and self._pos <= self._wal.committed_seq:
+            # Frames from pos on are gone (dropped by full_policy or corrupt): skip to what exists.
+            first = self._wal.segments[0] if self._wal.segments else self._wal.committed_seq + 1
+            if first > self._pos:
+                self._pos = first
+                frames = self._wal.read(self._pos, max_frames, self._hint)
+        if frames:
+            self._pos = frames[-1].seq + 1
+        return frames
+
+    def rewind(self) -> None:
+        self._pos = self.acked + 1
+        self._hint = [0, 0]
+
+    def seek(self, seq: int) -> None:
+        self._pos = max(1, seq)
+        self._hint = [0, 0]
+
+    def ack(self, seq: int) -> None:
+        self._wal.ack(self.name, seq)

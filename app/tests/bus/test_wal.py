@@ -1,0 +1,294 @@
+"""The WAL on real files: group commit, recovery, torn tails, corruption, cursors, GC, max_bytes."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edge_gateway.bus import record
+from edge_gateway.bus.frame import Frame, Kind
+from edge_gateway.bus.wal import Wal, WalLocked, seg_name
+from edge_gateway.bus.writer import WalWriter, open_bus_and_wal
+from edge_gateway.config.model import BusCfg, GatewayCfg, WalCfg
+from edge_gateway.metrics import value
+
+
+def cfg(d: Path, **kw) -> WalCfg:
+    base = {"dir": str(d), "segment_bytes": 64 << 10, "flush_ms": 10, "max_bytes": 1 << 30}
+    return WalCfg(**(base | kw))
+
+
+def frames(first: int, n: int) -> list[Frame]:
+    return [Frame(first + i, 1000 + i, f"t{i % 7}", float(first + i)) for i in range(n)]
+
+
+def write(wal: Wal, first: int, n: int, per_record: int = 100) -> None:
+    for s in range(first, first + n, per_record):
+        wal.append(frames(s, min(per_record, first + n - s)))
+    wal.commit()
+
+
+def read_all(wal: Wal, name: str = "t") -> list[Frame]:
+    c = wal.cursor(name)
+    c.seek(1)
+    out: list[Frame] = []
+    while fr := c.read(1000, 0):
+        out.extend(fr)
+    return out
+
+
+def test_roundtrip_every_value_type(tmp_path: Path) -> None:
+    wal = Wal.open(cfg(tmp_path))
+    values = [None, True, False, 0, -1, 2**63 - 1, 2**70, 1.5, float("inf"), "", "ünï", b"\x00\xff", 7]
+    fs = [Frame(i + 1, 5, f"tag{i}", v, "good" if i % 2 else "bad:timeout", Kind.DATA) for i, v in enumerate(values)]
+    fs[-1].kind, fs[-1].meta = Kind.CMD, {"topic": "a/b", "qos": 1}
+    wal.append(fs)
+    wal.commit()
+    wal.close()
+    again = read_all(Wal.open(cfg(tmp_path)))
+    assert again == fs
+
+
+def test_seq_continues_across_reopen_and_lock_is_exclusive(tmp_path: Path) -> None:
+    wal = Wal.open(cfg(tmp_path))
+    with pytest.raises(WalLocked, match="in use by another process"):
+        Wal.open(cfg(tmp_path))
+    write(wal, 1, 1000)
+    wal.close()
+    wal = Wal.open(cfg(tmp_path))
+    assert wal.next_seq == 1001 and wal.committed_seq == 1000
+    with pytest.raises(ValueError, match="already used"):
+        wal.append(frames(5, 1))
+    wal.close()
+
+
+def test_segments_roll_and_open_scans_only_the_tail(tmp_path: Path) -> None:
+    wal = Wal.open(cfg(tmp_path, segment_bytes=8 << 10))
+    write(wal, 1, 5000)
+    wal.close()
+    names = sorted(p.name for p in tmp_path.glob("*.seg"))
+    assert len(names) > 5 and names[0] == seg_name(1)
+    # Damage every non-tail segment: open must not notice (it never reads them)...
+    for n in names[:-1]:
+        (tmp_path / n).write_bytes(b"\xff" * 16)
+    before = value("framebus_wal_corrupt_records_total")
+    wal = Wal.open(cfg(tmp_path))
+    assert wal.next_seq == 5001 and value("framebus_wal_corrupt_records_total") == before
+    wal.close()
+
+
+def test_torn_tail_is_truncated_at_every_offset(tmp_path: Path) -> None:
+    wal = Wal.open(cfg(tmp_path / "src"))
+    write(wal, 1, 30, per_record=10)
+    wal.close()
+    seg = (tmp_path / "src" / seg_name(1)).read_bytes()
+    spans = [s for s in record.scan(seg) if isinstance(s, record.Span)]
+    last = spans[-1]
+    for cut in range(last.offset, last.end):
+        d = tmp_path / f"cut{cut}"
+        d.mkdir()
+        (d / seg_name(1)).write_bytes(seg[:cut])
+        w = Wal.open(cfg(d))
+        assert w.next_seq == 21, cut  # the torn record (21..30) is gone, the rest intact
+        assert [f.seq for f in read_all(w)] == list(range(1, 21))
+        assert (d / seg_name(1)).stat().st_size == last.offset
+        w.close()
+
+
+def test_bit_flip_in_the_middle_is_reported_counted_and_skipped(tmp_path: Path, caplog) -> None:
+    wal = Wal.open(cfg(tmp_path))
+    write(wal, 1, 50, per_record=10)
+    wal.close()
+    path = tmp_path / seg_name(1)
+    data = bytearray(path.read_bytes())
+    spans = [s for s in record.scan(bytes(data)) if isinstance(s, record.Span)]
+    data[spans[2].offset + 40] ^= 0x10  # inside the record holding seqs 21..30
+    path.write_bytes(bytes(data))
+    corrupt, dropped = value("framebus_wal_corrupt_records_total"), value("framebus_drop_total", {"reason": "corrupt"})
+    w = Wal.open(cfg(tmp_path))
+    assert w.next_seq == 51  # the records after the damage are kept
+    assert value("framebus_wal_corrupt_records_total") == corrupt + 1
+    assert value("framebus_drop_total", {"reason": "corrupt"}) == dropped + 10
+    assert "damaged bytes" in caplog.text
+    assert [f.seq for f in read_all(w)] == [*range(1, 21), *range(31, 51)]
+    w.close()
+
+
+def test_cursor_reads_from_memory_and_files_rewinds_and_persists_acks(tmp_path: Path) -> None:
+    wal = Wal.open(cfg(tmp_path, segment_bytes=4 << 10))
+    c = wal.cursor("mqtt")
+    write(wal, 1, 300, per_record=7)
+    got = c.read(100, 0)
+    assert [f.seq for f in got] == list(range(1, 101))  # from the memory cache
+    c.ack(50)
+    c.rewind()
+    assert c.read(1, 0)[0].seq == 51
+    wal.persist_acks()
+    wal.close()
+    wal = Wal.open(cfg(tmp_path))
+    c = wal.cursor("mqtt")
+    assert c.acked == 50 and c.lag == 250
+    seqs = []
+    while fr := c.read(13, 0):  # from segment files, in odd-sized reads across records
+        seqs.extend(f.seq for f in fr)
+    assert seqs == list(range(51, 301))
+    wal.close()
+
+
+def test_read_waits_for_a_commit(tmp_path: Path) -> None:
+    bus, wal, writer = open_bus_and_wal(GatewayCfg(wal=cfg(tmp_path)))
+    writer.start()
+    c = wal.cursor("mqtt")
+    t0 = time.monotonic()
+    assert c.read(10, 0.05) == [] and time.monotonic() - t0 >= 0.04
+    bus.publish(frames(0, 3))
+    got = []
+    deadline = time.monotonic() + 5
+    while len(got) < 3 and time.monotonic() < deadline:
+        got += c.read(10, 1.0)
+    assert [f.seq for f in got] == [1, 2, 3]
+    writer.stop()
+
+
+def test_gc_waits_for_the_slowest_consumer(tmp_path: Path) -> None:
+    wal = Wal.open(cfg(tmp_path, segment_bytes=4 << 10))
+    fast, slow = wal.cursor("fast"), wal.cursor("slow")
+    write(wal, 1, 2000, per_record=20)
+    n = len(wal.segments)
+    fast.ack(2000)
+    wal.gc()
+    assert len(wal.segments) == n  # slow has acked nothing
+    slow.ack(1000)
+    wal.gc()
+    assert 1 < len(wal.segments) < n
+    assert wal.segments[0] <= 1001  # nothing slow still needs is gone
+    assert [f.seq for f in read_all(wal, "check")][0] == wal.segments[0]
+    wal.close()
+
+
+def test_seq_is_never_reused_after_gc_deleted_everything(tmp_path: Path) -> None:
+    wal = Wal.open(cfg(tmp_path, segment_bytes=4 << 10))
+    c = wal.cursor("mqtt")
+    write(wal, 1, 1000, per_record=20)
+    c.ack(1000)
+    wal.gc()
+    wal.close()
+    for p in tmp_path.glob("*.seg"):  # even if every segment is gone
+        p.unlink()
+    wal = Wal.open(cfg(tmp_path))
+    assert wal.next_seq == 1001
+    wal.close()
+
+
+def test_max_bytes_drop_oldest_counts_exactly_what_is_lost(tmp_path: Path) -> None:
+    c = cfg(tmp_path, segment_bytes=4 << 10, max_bytes=16 << 10, flush_ms=1)
+    bus, wal, writer = open_bus_and_wal(GatewayCfg(bus=BusCfg(capacity=100000), wal=c))
+    a, b = wal.cursor("a"), wal.cursor("b")
+    a.ack(0)
+    before = value("framebus_drop_total", {"reason": "wal_full"})
+    writer.start()
+    for i in range(0, 3000, 20):
+        bus.publish(frames(0, 20))
+        writer.flush()
+    writer.flush()
+    b.ack(wal.committed_seq)  # b is up to date, a acked nothing: a loses the dropped frames
+    lost = value("framebus_drop_total", {"reason": "wal_full"}) - before
+    assert wal.total_bytes <= 16 << 10 or len(wal.segments) == 1
+    first = wal.segments[0]
+    assert lost == first - 1  # exactly the frames before the oldest kept segment
+    got = []
+    while fr := a.read(1000, 0):
+        got += fr
+    assert got[0].seq == first and [f.seq for f in got] == list(range(first, 3001))
+    writer.stop()
+
+
+def test_max_bytes_pause_holds_producers_until_consumers_ack(tmp_path: Path) -> None:
+    c = cfg(tmp_path, segment_bytes=4 << 10, max_bytes=16 << 10, full_policy="pause", flush_ms=1)
+    bus, wal, writer = open_bus_and_wal(GatewayCfg(bus=BusCfg(capacity=100000), wal=c))
+    cur = wal.cursor("mqtt")
+    signals: list[bool] = []
+    bus.on_flow(signals.append)
+    writer.start()
+    while not bus.paused:
+        bus.publish(frames(0, 20))
+        writer.flush()
+    assert signals == [True]
+    cur.ack(wal.committed_seq)
+    deadline = time.monotonic() + 5
+    while bus.paused and time.monotonic() < deadline:
+        writer.flush()
+    assert signals == [True, False]
+    assert value("framebus_drop_total", {"reason": "wal_full"}) >= 0  # nothing counted as lost by pause
+    writer.stop()
+
+
+def test_stalled_writer_pauses_producers_once_then_resumes_once(tmp_path: Path) -> None:
+    bus, wal, writer = open_bus_and_wal(GatewayCfg(bus=BusCfg(capacity=1000), wal=cfg(tmp_path)))
+    signals: list[bool] = []
+    bus.on_flow(signals.append)
+    writer.start()
+    writer.stall(0.5)
+    time.sleep(0.05)
+    skipped = 0
+    for _ in range(100):  # a producer that honours Pause, as the line threads do
+        if bus.paused:
+            skipped += 1
+        else:
+            bus.publish(frames(0, 20))
+        time.sleep(0.002)
+    assert signals == [True] and skipped > 0
+    deadline = time.monotonic() + 5
+    while bus.paused and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert signals == [True, False]
+    writer.stop()
+
+
+def test_stop_drains_the_bus_and_flushes(tmp_path: Path) -> None:
+    bus, wal, writer = open_bus_and_wal(GatewayCfg(wal=cfg(tmp_path, flush_ms=60000)))
+    writer.start()
+    bus.publish(frames(0, 500))
+    writer.stop()
+    assert not writer.is_alive()
+    wal = Wal.open(cfg(tmp_path))
+    assert wal.committed_seq == 500
+    wal.close()
+
+
+def test_sigkill_at_random_moments_loses_no_committed_frame(tmp_path: Path) -> None:
+    rng = random.Random(int(os.environ.get("CRASH_SEED", "1")))
+    iterations = int(os.environ.get("CRASH_ITERATIONS", "20"))
+    child = Path(__file__).with_name("crash_writer.py")
+    committed_before = 0
+    for it in range(iterations):
+        proc = subprocess.Popen(
+            [sys.executable, str(child), str(tmp_path), str(rng.choice([4096, 16384, 1 << 20]))],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        start = int(proc.stdout.readline().split()[1])
+        assert start == committed_before + 1 or start > committed_before, "a committed seq would be reused"
+        deadline = time.monotonic() + rng.uniform(0.05, 0.4)
+        last = committed_before
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if line.startswith("committed"):
+                last = int(line.split()[1])
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        wal = Wal.open(cfg(tmp_path))
+        assert wal.committed_seq >= last, f"iteration {it}: committed {last}, WAL has {wal.committed_seq}"
+        seqs = [f.seq for f in read_all(wal, "crash-check")]
+        assert seqs == list(range(1, wal.committed_seq + 1)), f"iteration {it}: gap or disorder"
+        committed_before = wal.committed_seq
+        wal.close()
+    assert committed_before > 0
