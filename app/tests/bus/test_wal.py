@@ -15,7 +15,7 @@ import pytest
 from edge_gateway.bus import record
 from edge_gateway.bus.frame import Frame, Kind
 from edge_gateway.bus.wal import Wal, WalLocked, seg_name
-from edge_gateway.bus.writer import WalWriter, open_bus_and_wal
+from edge_gateway.bus.writer import open_bus_and_wal
 from edge_gateway.config.model import BusCfg, GatewayCfg, WalCfg
 from edge_gateway.metrics import value
 
@@ -194,7 +194,7 @@ def test_max_bytes_drop_oldest_counts_exactly_what_is_lost(tmp_path: Path) -> No
     a.ack(0)
     before = value("framebus_drop_total", {"reason": "wal_full"})
     writer.start()
-    for i in range(0, 3000, 20):
+    for _i in range(0, 3000, 20):
         bus.publish(frames(0, 20))
         writer.flush()
     writer.flush()
