@@ -12,6 +12,8 @@ pymodbus serves the other side: the PLC simulator in tools/plcsim.
 
 from __future__ import annotations
 
+import os
+import select
 import socket
 import ssl
 import struct
@@ -56,7 +58,7 @@ class SerialWire(_Wire):
                 write_timeout=max(1.0, ep.timeout),
                 exclusive=True,
             )
-        except (serial.SerialException, OSError) as e:
+        except (serial.SerialException, OSError, ValueError) as e:
             raise Disconnected(f"cannot open {ep.host}: {e}") from None
         self.rts = ep.rs485 == "rts"
         if ep.rs485 == "kernel":
@@ -84,18 +86,20 @@ class SerialWire(_Wire):
             raise Disconnected(str(e)) from None
 
     def read(self, n: int, deadline: float) -> bytes:
+        # select() on the fd with our own deadline: setting pyserial's timeout per read would
+        # re-run tcsetattr() on every call.
         buf = b""
+        fd = self.port.fileno()
         try:
             while len(buf) < n:
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or not select.select([fd], [], [], left)[0]:
                     break
-                self.port.timeout = left
-                chunk = self.port.read(n - len(buf))
+                chunk = os.read(fd, n - len(buf))
                 if not chunk:
-                    break
+                    raise Disconnected("serial port closed")
                 buf += chunk
-        except (serial.SerialException, OSError) as e:
+        except OSError as e:
             raise Disconnected(str(e)) from None
         return buf
 

@@ -1,0 +1,122 @@
+"""The PLC simulator as a real subprocess, and builders for config dataclasses."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from edge_gateway.bus.frame import Frame
+from edge_gateway.bus.framebus import FrameBus
+from edge_gateway.config.model import DATATYPE_REGS, Address, BusCfg, Driver, Endpoint, ModbusCfg, Variable
+from edge_gateway.testkit import stop_pid
+
+PLCSIM = Path(__file__).resolve().parents[3] / "tools" / "plcsim" / "plcsim.py"
+
+
+class Sim:
+    def __init__(
+        self,
+        profile: dict[str, Any],
+        workdir: Path,
+        tcp: bool = True,
+        rtu: list[str] | None = None,
+        baud: int = 19200,
+        extra: list[str] | None = None,
+    ) -> None:
+        self.profile_path = workdir / "profile.yml"
+        self.profile_path.write_text(yaml.safe_dump(profile))
+        self.args = [sys.executable, str(PLCSIM), str(self.profile_path), "--baud", str(baud), *(extra or [])]
+        self.tcp, self.rtu = tcp, rtu or []
+        self.port = 0
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> Sim:
+        args = list(self.args)
+        if self.tcp:
+            args += ["--tcp", str(self.port)]
+        for p in self.rtu:
+            args += ["--rtu", p]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line.startswith("READY"), line
+        fields = dict(kv.split("=") for kv in line.split()[1:])
+        self.port = int(fields.get("tcp", 0))
+        self.control_port = int(fields["control"])
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_pid(self.proc)  # type: ignore[arg-type]
+            self.proc = None
+
+    def ctl(self, **req: Any) -> Any:
+        with socket.create_connection(("127.0.0.1", self.control_port), timeout=5) as s, s.makefile("rw") as f:
+            f.write(json.dumps(req) + "\n")
+            f.flush()
+            return json.loads(f.readline())
+
+
+@pytest.fixture
+def sim_factory(tmp_path: Path) -> Iterator[Any]:
+    sims: list[Sim] = []
+
+    def make(profile: dict[str, Any], **kw: Any) -> Sim:
+        s = Sim(profile, tmp_path, **kw).start()
+        sims.append(s)
+        return s
+
+    yield make
+    for s in sims:
+        s.stop()
+
+
+def tcp_endpoint(port: int, **kw: Any) -> Endpoint:
+    return Endpoint(id="plc", scheme="tcp", host="127.0.0.1", port=port, timeout=kw.pop("timeout", 0.5), **kw)
+
+
+def serial_endpoint(path: str, **kw: Any) -> Endpoint:
+    return Endpoint(id="rs485", scheme="serial", host=path, timeout=kw.pop("timeout", 0.2), **kw)
+
+
+def driver(did: str, unit: int, ep: str, polling: float = 0.2, **kw: Any) -> Driver:
+    return Driver(did, "static", ep, "modbus", ModbusCfg(unit_id=unit, polling=polling, **kw))
+
+
+def var(
+    tag: str,
+    did: str,
+    table: str,
+    addr: int,
+    dt: str,
+    length: int | None = None,
+    access: str = "R",
+    endian: str = "big",
+    word_order: str = "big",
+    scale: Any = None,
+) -> Variable:
+    n = length or (1 if table in ("coil", "discrete") else DATATYPE_REGS[dt] or 1)
+    return Variable(tag, did, access, Address(table, addr, n), dt, endian, word_order, scale)  # type: ignore[arg-type]
+
+
+def collect(bus: FrameBus, want: int, timeout: float = 10.0, pred: Any = None) -> list[Frame]:
+    """Drain the bus until `want` frames (matching pred) arrived or the deadline passed."""
+    out: list[Frame] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < want and time.monotonic() < deadline:
+        out += [f for f in bus.drain(10000, 0.05) if pred is None or pred(f)]
+    return out
+
+
+@pytest.fixture
+def bus() -> FrameBus:
+    return FrameBus(BusCfg(capacity=100000))
