@@ -89,7 +89,7 @@ class Point:
             regs = list(struct.unpack(f">{self.length}H", raw))
             numeric = False
         else:
-            n = v if self.type.startswith("float") else int(round(v))
+            n = v if self.type.startswith("float") else round(v)
             raw = struct.pack(FMT[self.type], n)
             regs = list(struct.unpack(f">{len(raw) // 2}H", raw))
             numeric = True
