@@ -41,5 +41,11 @@ lint: venv
 	$(VENV)/bin/ruff format --check app tools hil-tests
 	$(VENV)/bin/mypy app/edge_gateway
 
+BENCH_ARGS ?=
+bench: venv
+	@mkdir -p build/bench
+	@for b in tools/bench/bench_*.py; do echo "== $$b"; $(PY) $$b --out build/bench $(BENCH_ARGS) || exit 1; done
+	$(PY) tools/bench/report.py build/bench
+
 clean:
 	rm -rf build .venv app/*.egg-info

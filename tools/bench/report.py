@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Join every build/bench/<name>.md into build/bench/report.md, headed by the machine and versions,
+with an SVG chart of each figure against its SPEC §9 target (written by hand: no plotting
+library in the lock file)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+ORDER = ["wal", "rtu", "e2e", "mqtt_source", "peers"]
+TARGETS = [  # (bench, figure, target, label) — higher is better
+    ("wal", "frames_per_s_best", 200000, "bus + WAL frames/s"),
+    ("rtu", "ratio", 0.9, "RTU polls / wire bound"),
+    ("e2e", "frames_per_s", 50000, "end-to-end frames/s (QoS2, zstd)"),
+    ("e2e", "zstd_ratio", 4.0, "zstd ratio"),
+]
+
+
+def machine() -> str:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    pkgs = [
+        "pymodbus",
+        "paho-mqtt",
+        "zstandard",
+        "prometheus-client",
+        "PyYAML",
+        "jsonschema",
+        "pyserial",
+    ]
+    versions = ", ".join(f"{p} {metadata.version(p)}" for p in pkgs)
+    return (
+        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n- machine: {cpu}, {os.cpu_count()} cores, "
+        f"{platform.system()} {platform.release()}\n- Python {platform.python_version()}; {versions}\n"
+    )
+
+
+def chart(figs: dict[str, dict], out: Path) -> bool:
+    rows = [
+        (label, figs[b][k], t)
+        for b, k, t, label in TARGETS
+        if b in figs and k in figs[b]
+    ]
+    if not rows:
+        return False
+    w, bar_h, gap, left = 720, 22, 14, 260
+    h = 30 + len(rows) * (bar_h + gap)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+        '<text x="10" y="18" font-weight="bold">measured ÷ target (line = target)</text>',
+    ]
+    scale = (w - left - 60) / max(2.0, max(v / t for _, v, t in rows))
+    for i, (label, v, t) in enumerate(rows):
+        y = 30 + i * (bar_h + gap)
+        r = v / t
+        color = "#2a9d4b" if r >= 1 else "#d1495b"
+        parts.append(f'<text x="10" y="{y + 15}">{label}</text>')
+        parts.append(
+            f'<rect x="{left}" y="{y}" width="{r * scale:.1f}" height="{bar_h}" fill="{color}"/>'
+        )
+        parts.append(
+            f'<text x="{left + r * scale + 5:.1f}" y="{y + 15}">{r:.2f}×</text>'
+        )
+        parts.append(
+            f'<line x1="{left + scale}" y1="{y - 3}" x2="{left + scale}" y2="{y + bar_h + 3}" stroke="black"/>'
+        )
+    parts.append("</svg>")
+    out.write_text("\n".join(parts) + "\n")
+    return True
+
+
+def main() -> None:
+    d = Path(sys.argv[1] if len(sys.argv) > 1 else "build/bench")
+    names = sorted(p.stem for p in d.glob("*.md") if p.stem != "report")
+    names.sort(key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER))
+    figs = {
+        n: json.loads((d / f"{n}.json").read_text())
+        for n in names
+        if (d / f"{n}.json").exists()
+    }
+    body = "\n".join((d / f"{n}.md").read_text() for n in names)
+    has_chart = chart(figs, d / "report.svg")
+    report = "# edge-gateway benchmark report\n\n" + machine() + "\n"
+    if has_chart:
+        report += "![figures against their targets](report.svg)\n\n"
+    report += body
+    (d / "report.md").write_text(report)
+    print(f"wrote {d / 'report.md'} ({len(names)} benchmarks)")
+
+
+if __name__ == "__main__":
+    main()
