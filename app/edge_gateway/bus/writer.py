@@ -36,7 +36,8 @@ class WalWriter(threading.Thread):
         self._stopping = threading.Event()
         self._flush_req = threading.Event()
         self._flushed = threading.Condition()
-        self._flush_gen = 0
+        self._flush_asked = 0  # flush() tickets handed out
+        self._flush_done = 0  # tickets whose frames are durable
         self._stall_until = 0.0
         self._holding = False
         self.error: BaseException | None = None
@@ -56,10 +57,11 @@ class WalWriter(threading.Thread):
     def flush(self, timeout: float = 10.0) -> bool:
         """Commit now and wait until it is durable."""
         with self._flushed:
-            gen = self._flush_gen
+            self._flush_asked += 1
+            ticket = self._flush_asked
             self._flush_req.set()
             self.bus.wake()
-            return self._flushed.wait_for(lambda: self._flush_gen > gen, timeout)
+            return self._flushed.wait_for(lambda: self._flush_done >= ticket, timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping.set()
@@ -87,20 +89,22 @@ class WalWriter(threading.Thread):
             if frames:
                 self.wal.append(frames)
             if time.monotonic() >= next_commit or self._flush_req.is_set():
+                ticket = self._flush_asked
                 if self._flush_req.is_set():  # flush(): everything published before it is durable after it
+                    self._flush_req.clear()
                     while frames := self.bus.drain(DRAIN_BATCH, timeout=0):
                         self.wal.append(frames)
-                self._commit()
+                self._commit(ticket)
                 next_commit = time.monotonic() + self.flush_s
+        ticket = self._flush_asked
         while frames := self.bus.drain(DRAIN_BATCH, timeout=0):
             self.wal.append(frames)
-        self._commit()
+        self._commit(ticket)
         self.wal.close()
         if self._holding:
             self.bus.release()
 
-    def _commit(self) -> None:
-        self._flush_req.clear()
+    def _commit(self, ticket: int) -> None:
         t0 = time.perf_counter()
         done = self.wal.commit()
         if done:
@@ -111,7 +115,7 @@ class WalWriter(threading.Thread):
         self.wal.gc()
         self._enforce_max_bytes()
         with self._flushed:
-            self._flush_gen += 1
+            self._flush_done = max(self._flush_done, ticket)
             self._flushed.notify_all()
 
     def _enforce_max_bytes(self) -> None:
