@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(s, indent=2))
             else:
                 print(
-                    f"{s['dir']}: {s['segments']} segments, {s['bytes']:,} bytes, seq {s['first_seq']}..{s['committed_seq']}"
+                    f"{s['dir']}: {s['segments']} segments, {s['bytes']:,} bytes, "
+                    f"seq {s['first_seq']}..{s['committed_seq']}"
                 )
                 for name, c in s["cursors"].items():  # type: ignore[attr-defined]
                     print(f"  cursor {name}: acked {c['acked']}, lag {c['lag']}")
