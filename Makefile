@@ -39,7 +39,7 @@ test: venv
 lint: venv
 	$(VENV)/bin/ruff check app tools hil-tests
 	$(VENV)/bin/ruff format --check app tools hil-tests
-	$(VENV)/bin/mypy app/edge_gateway
+	cd app && ../$(VENV)/bin/mypy edge_gateway
 
 BENCH_ARGS ?=
 bench: venv

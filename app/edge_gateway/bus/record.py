@@ -51,24 +51,23 @@ def encode(frames: list[Frame]) -> bytes:
     pack = _FRAME.pack
     for f in frames:
         v = f.value
-        t = type(v)
-        if t is float:
+        if isinstance(v, bool):  # before int: bool is an int subclass
+            vb, vt = b"", (_TRUE if v else _FALSE)
+        elif isinstance(v, float):
             vb, vt = _F64.pack(v), _FLOAT
-        elif t is int:
+        elif isinstance(v, int):
             if -(1 << 63) <= v < (1 << 63):
                 vb, vt = _I64.pack(v), _INT
             else:
                 vb, vt = str(v).encode(), _BIGINT
-        elif t is bool:
-            vb, vt = b"", (_TRUE if v else _FALSE)
-        elif t is str:
+        elif isinstance(v, str):
             vb, vt = v.encode(), _STR
         elif v is None:
             vb, vt = b"", _NONE
-        elif t is bytes or isinstance(v, bytes | bytearray):
+        elif isinstance(v, bytes | bytearray):
             vb, vt = bytes(v), _BYTES
         else:
-            raise TypeError(f"frame {f.tag}: value of type {t.__name__} cannot be stored")
+            raise TypeError(f"frame {f.tag}: value of type {type(v).__name__} cannot be stored")
         tag = f.tag.encode()
         q = b"" if f.q == GOOD else f.q.encode()
         meta = b"" if not f.meta else json.dumps(f.meta, separators=(",", ":")).encode()

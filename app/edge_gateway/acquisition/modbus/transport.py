@@ -36,7 +36,7 @@ class Transport(Protocol):
     def transact(self, unit: int, pdu: bytes) -> bytes: ...
 
 
-class _Wire:
+class _Wire(Protocol):
     """Byte stream with deadlines: a serial port or a socket."""
 
     def write(self, data: bytes) -> None: ...
@@ -45,7 +45,7 @@ class _Wire:
     def close(self) -> None: ...
 
 
-class SerialWire(_Wire):
+class SerialWire:
     def __init__(self, ep: Endpoint) -> None:
         try:
             self.port = serial.Serial(
@@ -62,7 +62,7 @@ class SerialWire(_Wire):
             raise Disconnected(f"cannot open {ep.host}: {e}") from None
         self.rts = ep.rs485 == "rts"
         if ep.rs485 == "kernel":
-            from serial.rs485 import RS485Settings
+            from serial.rs485 import RS485Settings  # type: ignore[import-untyped]
 
             try:
                 self.port.rs485_mode = RS485Settings(rts_level_for_tx=True, rts_level_for_rx=False)
@@ -113,7 +113,7 @@ class SerialWire(_Wire):
         self.port.close()
 
 
-class SocketWire(_Wire):
+class SocketWire:
     def __init__(self, ep: Endpoint) -> None:
         assert ep.port is not None
         try:
