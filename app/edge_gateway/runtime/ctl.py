@@ -159,6 +159,7 @@ def render_status(s: dict[str, Any]) -> str:
                     out.append(f"    {d_id:<12} {d.get('state', '?'):<6} {extra}")
                 else:
                     out.append(f"    {d_id:<12} {d}")
+    out += render_sources(s.get("sources") or {})
     bus = s.get("bus") or {}
     out.append(f"bus      {bus.get('used')}/{bus.get('capacity')} frames{'  PAUSED' if bus.get('paused') else ''}")
     wal = s.get("wal") or {}
@@ -173,6 +174,28 @@ def render_status(s: dict[str, Any]) -> str:
         if up.get("last_error"):
             out.append(f"         last error: {up['last_error']}")
     return "\n".join(out)
+
+
+def render_sources(sources: dict[str, Any]) -> list[str]:
+    """MQTT source endpoints, their drivers' health and counters, and each subscription."""
+    if not sources:
+        return []
+    out = ["mqtt sources"]
+    for ep_id, src in sources.items():
+        state = src.get("state", "?") if src.get("alive", True) else "DEAD"
+        out.append(f"  {ep_id:<14} {src.get('broker', ''):<36} {state}  session {src.get('session', '?')}")
+        if src.get("last_error") and not src.get("connected"):
+            out.append(f"    last error: {src['last_error']}")
+        for d_id, d in (src.get("drivers") or {}).items():
+            counts = ", ".join(
+                f"{k}={d.get(k)}" for k in ("received", "frames", "dropped", "malformed", "unmapped") if k in d
+            )
+            out.append(f"    {d_id:<12} {d.get('health', '?'):<8} queue {d.get('queued')}/{d.get('queue')}  {counts}")
+            for sub in d.get("subscriptions") or []:
+                granted = sub.get("error") or f"qos {sub.get('granted')}"
+                counts = f"received={sub.get('received')} dropped={sub.get('dropped')}"
+                out.append(f"      {sub.get('filter'):<24} {granted}  {counts}")
+    return out
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The Gateway: one object that owns every worker of a running edge-gateway process.
 
     lines (one thread per endpoint) ─► FrameBus ─► WalWriter ─► WAL ─► Uplink (MQTT 5) ─► broker
+    MQTT sources (one per local broker) ─┘
                                                         └─► TailHub (edge-ctl tail)
     Uplink ◄─ cloud command ─► Downlink ─► the owning line's submit_write ─► ack
 
@@ -24,6 +25,7 @@ from prometheus_client import start_http_server
 
 from edge_gateway import __version__
 from edge_gateway.acquisition import start_line
+from edge_gateway.acquisition.mqtt import MqttSource, start_source
 from edge_gateway.bus import open_bus_and_wal
 from edge_gateway.bus.frame import Value
 from edge_gateway.config.model import Endpoint, Snapshot, Variable
@@ -35,6 +37,10 @@ from edge_gateway.uplink.mqtt import Uplink
 
 log = logging.getLogger(__name__)
 
+# An MQTT source stamps its heartbeat at least every 0.1 s, except inside a connect attempt (at most
+# paho's 5 s connect timeout, plus a TLS handshake): beyond this it is hung.
+MQTT_SOURCE_STALE_AFTER = 15.0
+
 
 class Gateway:
     def __init__(self, snapshot: Snapshot, notifier: Notifier | None = None, metrics: bool = True) -> None:
@@ -45,6 +51,7 @@ class Gateway:
         self.wal: Any = None
         self.writer: Any = None
         self.lines: dict[str, Any] = {}
+        self.sources: dict[str, MqttSource] = {}  # MQTT source endpoints (acquisition/mqtt)
         self.uplink: Uplink | None = None
         self.downlink: Downlink | None = None
         self.tail = TailHub()
@@ -68,6 +75,8 @@ class Gateway:
             self.writer.add_listener(self.tail.publish)
             for ep_id in snap.endpoints:
                 self._start_line(ep_id)
+            for ep_id in snap.mqtt_endpoints:
+                self._start_source(ep_id)
             for conn in snap.connectors.values():  # the loader allows exactly one
                 self.downlink = Downlink(conn.id, lambda: self.snapshot, self.submit_write, self.bus.publish)
                 self.uplink = Uplink(conn, self.wal.cursor(conn.id), record=self.bus.publish, downlink=self.downlink)
@@ -86,9 +95,10 @@ class Gateway:
             self.stop()
             raise
         log.info(
-            "gateway %s running: %d line(s), revision %s",
+            "gateway %s running: %d line(s), %d MQTT source(s), revision %s",
             __version__,
             len(self.lines),
+            len(self.sources),
             snap.revision[:12],
             extra={"config": snap.directory, "revision": snap.revision},
         )
@@ -111,6 +121,11 @@ class Gateway:
                 line.stop()
             except Exception:
                 log.exception("line %s did not stop cleanly", ep_id)
+        for ep_id, src in list(self.sources.items()):
+            try:
+                src.stop()
+            except Exception:
+                log.exception("MQTT source %s did not stop cleanly", ep_id)
         if self.writer is not None and self.writer.is_alive():
             self.writer.flush()  # everything the lines produced is committed before the uplink goes
         if self.uplink is not None:
@@ -142,6 +157,26 @@ class Gateway:
                 old.stop()
             self._start_line(ep_id)
 
+    # -- MQTT sources -----------------------------------------------------------------------------------------
+    def _start_source(self, ep_id: str) -> None:
+        snap = self.snapshot
+        drivers = snap.mqtt_drivers_on(ep_id)
+        if not drivers:
+            log.warning("MQTT endpoint %s has no drivers: not connected", ep_id)
+            return
+        ids = {d.id for d in drivers}
+        tags = tuple(t for t in snap.mqtt_tags if t.driver_id in ids)
+        self.sources[ep_id] = start_source(snap.mqtt_endpoints[ep_id], drivers, tags, self.bus)
+
+    def _restart_source(self, ep_id: str) -> None:
+        with self._lock:
+            if self.stopped.is_set():
+                return
+            old = self.sources.get(ep_id)
+            if old is not None:
+                old.stop()
+            self._start_source(ep_id)
+
     def submit_write(self, var: Variable, value: Value) -> Future[None]:
         """Route a validated cloud command to the line that owns the tag's driver."""
         driver = self.snapshot.drivers.get(var.driver_id)
@@ -161,6 +196,15 @@ class Gateway:
                     target=lambda ep_id=ep_id: self.lines[ep_id],  # type: ignore[misc]
                     stale_after=self._line_stale_after(ep_id),
                     restart=lambda ep_id=ep_id: self._restart_line(ep_id),  # type: ignore[misc]
+                )
+            )
+        for ep_id in self.sources:
+            w.append(
+                Watched(
+                    f"mqtt:{ep_id}",
+                    target=lambda ep_id=ep_id: self.sources[ep_id],  # type: ignore[misc]
+                    stale_after=MQTT_SOURCE_STALE_AFTER,
+                    restart=lambda ep_id=ep_id: self._restart_source(ep_id),  # type: ignore[misc]
                 )
             )
         flush_s = self.snapshot.gateway.wal.flush_ms / 1000
@@ -189,7 +233,7 @@ class Gateway:
 
     def workers(self) -> list[Any]:
         """Every worker thread (they all have `heartbeat`)."""
-        out: list[Any] = [*self.lines.values()]
+        out: list[Any] = [*self.lines.values(), *self.sources.values()]
         if self.writer is not None:
             out.append(self.writer)
         if self.uplink is not None:
@@ -200,11 +244,19 @@ class Gateway:
     def summary(self) -> str:
         up = sum(1 for line in self.lines.values() if line.is_alive())
         parts = [f"lines {up}/{len(self.lines)}"]
+        if self.sources:
+            parts.append(self._sources_summary())
         if self.uplink is not None:
             parts.append(f"uplink {self.uplink.state.value}")
             parts.append(f"backlog {self.uplink.cursor.lag}")
         parts.append(f"rev {self.snapshot.revision[:8]}")
         return ", ".join(parts)
+
+    def _sources_summary(self) -> str:
+        """`mqtt 1/1` and, when not all is well, which drivers: `mqtt 1/1 (lab_sensors degraded)`."""
+        up = sum(1 for s in self.sources.values() if s.is_alive() and s.connected)
+        unwell = [f"{d} {s.health(d)}" for s in self.sources.values() for d in s.driver_ids if s.health(d) != "ok"]
+        return f"mqtt {up}/{len(self.sources)}" + (f" ({', '.join(unwell)})" if unwell else "")
 
     def status(self) -> dict[str, Any]:
         snap = self.snapshot
@@ -230,6 +282,7 @@ class Gateway:
             "config": snap.directory,
             "revision": snap.revision,
             "lines": lines,
+            "sources": self._sources_status(now),
             "bus": {
                 "used": len(self.bus) if self.bus is not None else 0,
                 "capacity": snap.gateway.bus.capacity,
@@ -246,6 +299,15 @@ class Gateway:
                 "healthy": self.supervisor.healthy,
                 "problems": list(self.supervisor.problems),
             }
+        return out
+
+    def _sources_status(self, now: float) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for ep_id, src in self.sources.items():
+            entry = src.status()
+            entry["alive"] = src.is_alive()
+            entry["heartbeat_age_s"] = round(now - src.heartbeat, 2)
+            out[ep_id] = entry
         return out
 
     def _wal_stats(self) -> dict[str, Any]:

@@ -163,19 +163,15 @@ class MqttSource(threading.Thread):
         self.last_error: str | None = None
         self.reconnects = 0
         self.stray = 0
-        self._beat = time.monotonic()
+        # Stamped at every turn of the network loop and of the backoff wait (at least every 0.1 s),
+        # except inside a connect attempt (at most paho's 5 s connect timeout).
+        self.heartbeat = time.monotonic()
         self._m_connected = metrics.CONNECTED.labels(endpoint_id=endpoint.id)
         self._m_reconnects = metrics.RECONNECTS.labels(endpoint_id=endpoint.id)
         self._m_stray = metrics.STRAY.labels(endpoint_id=endpoint.id)
         self._m_connected.set(0)
 
     # -- worker interface ---------------------------------------------------------------------------
-    @property
-    def heartbeat(self) -> float:
-        """Stamped at every turn of the network loop and of the backoff wait (at least every 0.1 s),
-        except during a blocking connect attempt (at most the 5 s connect timeout)."""
-        return self._beat
-
     @property
     def driver_ids(self) -> tuple[str, ...]:
         return tuple(self._drivers)
@@ -297,7 +293,7 @@ class MqttSource(threading.Thread):
         """Between two turns of the loop: stamp the heartbeat, forward what is queued, and look at
         health now and then. Returns the time."""
         now = time.monotonic()
-        self._beat = now
+        self.heartbeat = now
         if self._queue or self._carry:
             self._forward()
         if now >= self._next_health:
