@@ -18,6 +18,13 @@ class Impact:
     variables_changed: tuple[str, ...] = ()  # driver ids whose tag map changed: swap it, no restart
     connectors_changed: tuple[str, ...] = ()
     gateway_changed: tuple[str, ...] = field(default=())  # sections of gateway.yml: bus, wal, metrics, control
+    # MQTT sources (acquisition/mqtt), apart so the fields above only ever name Modbus lines and drivers.
+    # One client serves every driver of an MQTT endpoint: any change to the endpoint or to one of its
+    # drivers restarts that endpoint's source; a change of tags only swaps the driver's tag map.
+    mqtt_sources_added: tuple[str, ...] = ()  # endpoint ids: start a source
+    mqtt_sources_removed: tuple[str, ...] = ()  # endpoint ids: stop it
+    mqtt_sources_changed: tuple[str, ...] = ()  # endpoint ids: restart it (new session, new subscriptions)
+    mqtt_tags_changed: tuple[str, ...] = ()  # driver ids: MqttSource.update_tags, no restart
 
     @property
     def empty(self) -> bool:
@@ -64,41 +71,40 @@ def diff(old: Snapshot, new: Snapshot) -> Impact:
     co_add, co_rm, co_chg = _keys(old.connectors, new.connectors)
     m = _mqtt(old, new)
     return Impact(
-        endpoints_added=_merge(ep_add, m["endpoints_added"]),
-        endpoints_removed=_merge(ep_rm, m["endpoints_removed"]),
-        endpoints_changed=_merge(ep_chg, m["endpoints_changed"]),
-        drivers_added=_merge(tuple(set(dr_add) | moved), m["drivers_added"]),
-        drivers_removed=_merge(tuple(set(dr_rm) | moved), m["drivers_removed"]),
-        drivers_changed=_merge(dr_chg, m["drivers_changed"]),
-        variables_changed=_merge(tagmaps_changed, m["variables_changed"]),
+        endpoints_added=ep_add,
+        endpoints_removed=ep_rm,
+        endpoints_changed=ep_chg,
+        drivers_added=tuple(sorted(set(dr_add) | moved)),
+        drivers_removed=tuple(sorted(set(dr_rm) | moved)),
+        drivers_changed=dr_chg,
+        variables_changed=tagmaps_changed,
         connectors_changed=tuple(sorted(set(co_add) | set(co_rm) | set(co_chg))),
         gateway_changed=gw,
+        **m,
     )
-
-
-def _merge(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(sorted(set(a) | set(b)))
 
 
 def _mqtt(old: Snapshot, new: Snapshot) -> dict[str, tuple[str, ...]]:
-    """The same impact sets for the MQTT-source parts. One client serves all drivers of an MQTT
-    endpoint, so a changed endpoint restarts its drivers (listed as changed endpoint only), a
-    changed driver restarts that endpoint's client, and changed tags only swap the tag map."""
     ep_add, ep_rm, ep_chg = _keys(old.mqtt_endpoints, new.mqtt_endpoints)
     dr_add, dr_rm, dr_chg = _keys(old.mqtt_drivers, new.mqtt_drivers)
-    moved = {d for d in dr_chg if old.mqtt_drivers[d].endpoint_id != new.mqtt_drivers[d].endpoint_id}
-    changed = tuple(d for d in dr_chg if d not in moved and new.mqtt_drivers[d].endpoint_id not in ep_chg)
+    restart = set(ep_chg)
+    for d in (*dr_add, *dr_chg):
+        restart.add(new.mqtt_drivers[d].endpoint_id)
+    for d in (*dr_rm, *dr_chg):
+        restart.add(old.mqtt_drivers[d].endpoint_id)
+    restart -= set(ep_add) | set(ep_rm)  # started or stopped anyway
     tags = tuple(
-        d
-        for d in old.mqtt_drivers.keys() & new.mqtt_drivers.keys()
-        if d not in dr_chg and old.mqtt_tags_of(d) != new.mqtt_tags_of(d)
+        sorted(
+            d
+            for d in old.mqtt_drivers.keys() & new.mqtt_drivers.keys()
+            if d not in dr_chg
+            and new.mqtt_drivers[d].endpoint_id not in restart
+            and old.mqtt_tags_of(d) != new.mqtt_tags_of(d)
+        )
     )
     return {
-        "endpoints_added": ep_add,
-        "endpoints_removed": ep_rm,
-        "endpoints_changed": ep_chg,
-        "drivers_added": tuple(set(dr_add) | moved),
-        "drivers_removed": tuple(set(dr_rm) | moved),
-        "drivers_changed": changed,
-        "variables_changed": tags,
+        "mqtt_sources_added": ep_add,
+        "mqtt_sources_removed": ep_rm,
+        "mqtt_sources_changed": tuple(sorted(restart)),
+        "mqtt_tags_changed": tags,
     }

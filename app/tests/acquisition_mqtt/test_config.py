@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edge_gateway.config import cli
-from edge_gateway.config.diff import diff
+from edge_gateway.config.diff import Impact, diff
 from edge_gateway.config.loader import ConfigError, lint, load_snapshot
 from edge_gateway.config.model import Payload
 
@@ -96,18 +96,41 @@ def test_defaults_and_mqtts(cfg: Make) -> None:
     assert (em.retained, em.queue) == ("take", 50)
 
 
-def test_diff_of_mqtt_changes(cfg: Make, tmp_path: Path) -> None:
+def test_diff_of_mqtt_changes(cfg: Make) -> None:
+    """MQTT changes have their own impact fields: the Modbus ones never name an MQTT endpoint or driver."""
     old = load_snapshot(EXAMPLE)
-    tags = cfg({"variables.yml": ("pointer: /sample/t }", "pointer: /sample/temp }")})
-    assert diff(old, load_snapshot(tags)).variables_changed == ("lab_sensors",)
-    shutil.rmtree(tags)
-    subs = cfg({"drivers.yml": ('filter: "meters/#", qos: 2', 'filter: "meters/#", qos: 1')})
-    impact = diff(old, load_snapshot(subs))
-    assert (impact.drivers_changed, impact.variables_changed) == (("energy_meters",), ())
-    shutil.rmtree(subs)
-    ep = cfg({"endpoints.yml": ("keepalive: 30s", "keepalive: 10s")})
-    impact = diff(old, load_snapshot(ep))
-    assert (impact.endpoints_changed, impact.drivers_changed) == (("local_broker",), ())
+    modbus_fields = ("endpoints_changed", "drivers_changed", "drivers_added", "variables_changed")
+
+    def impact(edits: dict[str, tuple[str, str]]) -> Impact:
+        d = cfg(edits)
+        try:
+            return diff(old, load_snapshot(d))
+        finally:
+            shutil.rmtree(d)
+
+    i = impact({"variables.yml": ("pointer: /sample/t }", "pointer: /sample/temp }")})
+    assert (i.mqtt_tags_changed, i.mqtt_sources_changed) == (("lab_sensors",), ())
+    assert not any(getattr(i, f) for f in modbus_fields)
+    i = impact({"drivers.yml": ('filter: "meters/#", qos: 2', 'filter: "meters/#", qos: 1')})
+    assert (i.mqtt_sources_changed, i.mqtt_tags_changed) == (("local_broker",), ())  # one client, one restart
+    i = impact({"endpoints.yml": ("keepalive: 30s", "keepalive: 10s")})
+    assert (i.mqtt_sources_changed, i.mqtt_tags_changed) == (("local_broker",), ())
+    i = impact(  # energy_meters moves to a second broker
+        {
+            "endpoints.yml": (
+                "local_broker:",
+                "plant_broker:\n  scheme: mqtt\n  host: 127.0.0.1\n  opts: { client_id: edge-01-plant }\nlocal_broker:",
+            ),
+            "drivers.yml": ("endpoint_id: local_broker     # a second", "endpoint_id: plant_broker     # a second"),
+        }
+    )
+    assert (i.mqtt_sources_added, i.mqtt_sources_changed, i.mqtt_sources_removed) == (
+        ("plant_broker",),
+        ("local_broker",),
+        (),
+    )
+    assert "mqtt sources added: plant_broker" in i.lines()
+    assert not any(getattr(i, f) for f in modbus_fields)
     assert diff(old, replace(old)).empty
 
 
