@@ -64,7 +64,7 @@ class BatchSubscriber:
         cl.on_connect = self._on_connect
         cl.on_message = self._on_message
         cl.on_subscribe = lambda *a: self._subscribed.set()
-        cl.reconnect_delay_set(0.05, 0.5)
+        cl.reconnect_delay_set(0.05, 0.5)  # type: ignore[arg-type]  # paho sleeps on floats; its hint says int
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.session_expiry
         cl.connect_async(self.host, self.port, keepalive=10, clean_start=False, properties=props)
