@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # Debian packages the tests drive for real (broker, pty pairs) and `make image` needs.
-APT_TEST_PKGS  := mosquitto socat
+APT_TEST_PKGS  := mosquitto socat systemd
 APT_IMAGE_PKGS := genimage rauc squashfs-tools dosfstools mtools fdisk e2fsprogs openssl
 
 .PHONY: help venv test lint demo bench hil soak image buildroot-check systemd-check clean
@@ -46,6 +46,9 @@ bench: venv
 	@mkdir -p build/bench
 	@for b in tools/bench/bench_*.py; do echo "== $$b"; $(PY) $$b --out build/bench $(BENCH_ARGS) || exit 1; done
 	$(PY) tools/bench/report.py build/bench
+
+systemd-check: venv
+	tools/image/check-units systemd
 
 clean:
 	rm -rf build .venv app/*.egg-info
