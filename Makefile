@@ -48,7 +48,7 @@ bench: venv
 	$(PY) tools/bench/report.py build/bench
 
 systemd-check: venv
-	tools/image/check-units systemd
+	tools/image/check-units systemd rootfs-overlay/etc/systemd/system
 
 clean:
 	rm -rf build .venv app/*.egg-info

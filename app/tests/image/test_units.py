@@ -15,15 +15,20 @@ CHECK = REPO / "tools" / "image" / "check-units"
 SYSTEMD = REPO / "systemd"
 
 
-def _check(units_dir: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(CHECK), str(units_dir)], capture_output=True, text=True, timeout=60, check=False)
+OVERLAY_UNITS = REPO / "rootfs-overlay" / "etc" / "systemd" / "system"
+
+
+def _check(*units_dirs: Path) -> subprocess.CompletedProcess[str]:
+    argv = [str(CHECK), *map(str, units_dirs)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_units_verify_and_rate_ok() -> None:
-    result = _check(SYSTEMD)
+    result = _check(SYSTEMD, OVERLAY_UNITS)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "systemd-check: OK" in result.stdout
     assert "edge-gateway.service:" in result.stdout and " OK " in result.stdout
+    assert "data.mount" in result.stdout and "etc-edge\\x2dgateway.mount" in result.stdout
 
 
 def test_service_keeps_the_contract() -> None:
