@@ -27,7 +27,7 @@ venv: $(STAMP)
 
 $(STAMP): requirements.lock app/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "need Python >= 3.11"; exit 1; }
-	@tools/ensure-debian-packages $(APT_TEST_PKGS)
+	@tools/ensure-debian-packages $(APT_TEST_PKGS) $(APT_IMAGE_PKGS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e app
@@ -46,6 +46,10 @@ bench: venv
 	@mkdir -p build/bench
 	@for b in tools/bench/bench_*.py; do echo "== $$b"; $(PY) $$b --out build/bench $(BENCH_ARGS) || exit 1; done
 	$(PY) tools/bench/report.py build/bench
+
+image: venv
+	@tools/ensure-debian-packages $(APT_IMAGE_PKGS)
+	tools/image/build-image build/image
 
 systemd-check: venv
 	tools/image/check-units systemd rootfs-overlay/etc/systemd/system
