@@ -37,17 +37,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "app"))
 from edge_gateway.acquisition.modbus import rtu
-
-FMT = {
-    "uint16": ">H",
-    "int16": ">h",
-    "uint32": ">I",
-    "int32": ">i",
-    "uint64": ">Q",
-    "int64": ">q",
-    "float32": ">f",
-    "float64": ">d",
-}
+from edge_gateway.acquisition.modbus.codec import FMT
+from edge_gateway.config.model import DATATYPE_REGS
 
 
 @dataclass
@@ -148,17 +139,7 @@ class Plc:
                 dt = p.get(
                     "type", "bool" if p["table"] in ("coil", "discrete") else "uint16"
                 )
-                length = p.get(
-                    "len",
-                    {
-                        "uint32": 2,
-                        "int32": 2,
-                        "float32": 2,
-                        "uint64": 4,
-                        "int64": 4,
-                        "float64": 4,
-                    }.get(dt, 1),
-                )
+                length = p.get("len", DATATYPE_REGS.get(dt) or 1)
                 unit.points.append(
                     Point(
                         p["table"],

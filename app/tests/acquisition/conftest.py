@@ -19,6 +19,18 @@ from edge_gateway.bus.framebus import FrameBus
 from edge_gateway.config.model import DATATYPE_REGS, Address, BusCfg, Driver, Endpoint, ModbusCfg, Variable
 from edge_gateway.testkit import stop_pid
 
+# One value per numeric datatype, each at an edge of its range.
+SAMPLES = {
+    "uint16": 51234,
+    "int16": -1234,
+    "uint32": 3_000_000_123,
+    "int32": -2_000_000_001,
+    "uint64": 2**63 + 12345,
+    "int64": -(2**62) - 7,
+    "float32": 1.5,
+    "float64": -12345.678901,
+}
+
 PLCSIM = Path(__file__).resolve().parents[3] / "tools" / "plcsim" / "plcsim.py"
 
 

@@ -10,28 +10,17 @@ from edge_gateway.acquisition.modbus import codec
 from edge_gateway.acquisition.modbus.planner import Planner, request_cost
 from edge_gateway.config.expr import compile_scale
 
-from .conftest import serial_endpoint, tcp_endpoint, var
-
-VALUES = {
-    "uint16": 51234,
-    "int16": -1234,
-    "uint32": 3_000_000_123,
-    "int32": -2_000_000_001,
-    "uint64": 2**63 + 12345,
-    "int64": -(2**62) - 7,
-    "float32": 1.5,
-    "float64": -12345.678901,
-}
+from .conftest import SAMPLES, serial_endpoint, tcp_endpoint, var
 
 
-@pytest.mark.parametrize("dt", sorted(VALUES))
+@pytest.mark.parametrize("dt", sorted(SAMPLES))
 @pytest.mark.parametrize("endian", ["big", "little"])
 @pytest.mark.parametrize("word_order", ["big", "little"])
 def test_roundtrip_every_numeric_type(dt: str, endian: str, word_order: str) -> None:
     v = var("t", "d", "holding", 0, dt, endian=endian, word_order=word_order)
-    regs = codec.encode(v, VALUES[dt])
+    regs = codec.encode(v, SAMPLES[dt])
     assert isinstance(regs, list) and len(regs) == v.address.len
-    assert codec.decode(v, regs) == pytest.approx(VALUES[dt])
+    assert codec.decode(v, regs) == pytest.approx(SAMPLES[dt])
 
 
 def test_orders_match_the_wire_layout() -> None:

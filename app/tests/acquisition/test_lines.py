@@ -14,23 +14,12 @@ from edge_gateway.config.expr import compile_scale
 from edge_gateway.metrics import value
 from edge_gateway.testkit import free_port
 
-from .conftest import collect, driver, serial_endpoint, tcp_endpoint, var
-
-ALL_TYPES = {
-    "uint16": 51234,
-    "int16": -1234,
-    "uint32": 3_000_000_123,
-    "int32": -2_000_000_001,
-    "uint64": 2**63 + 12345,
-    "int64": -(2**62) - 7,
-    "float32": 1.5,
-    "float64": -12345.678901,
-}
+from .conftest import SAMPLES, collect, driver, serial_endpoint, tcp_endpoint, var
 
 
 def test_every_datatype_and_order_decodes_over_tcp(sim_factory, bus) -> None:
     points, variables, addr = [], [], 0
-    for dt, v in sorted(ALL_TYPES.items()):
+    for dt, v in sorted(SAMPLES.items()):
         for wo in ("big", "little"):
             for en in ("big", "little"):
                 points.append(
@@ -57,7 +46,7 @@ def test_every_datatype_and_order_decodes_over_tcp(sim_factory, bus) -> None:
     for v in variables:
         f = got[v.tag]
         assert f.q == "good", (v.tag, f.q)
-        want = ALL_TYPES.get(v.datatype, {"string": "PUMP-01", "bool": True}.get(v.datatype))
+        want = SAMPLES.get(v.datatype, {"string": "PUMP-01", "bool": True}.get(v.datatype))
         assert f.value == pytest.approx(want), v.tag
 
 

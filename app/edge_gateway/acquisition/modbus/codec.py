@@ -14,7 +14,7 @@ import struct
 from edge_gateway.bus.frame import Value
 from edge_gateway.config.model import Variable
 
-_FMT = {
+FMT = {
     "uint16": ">H",
     "int16": ">h",
     "uint32": ">I",
@@ -62,8 +62,8 @@ def decode_raw(var: Variable, regs: list[int] | list[bool]) -> Value:
     words = [int(r) for r in regs]
     if dt == "bool":
         return words[0] != 0
-    if dt in _FMT:
-        return struct.unpack(_FMT[dt], _to_bytes(words, var, True))[0]  # type: ignore[no-any-return]
+    if dt in FMT:
+        return struct.unpack(FMT[dt], _to_bytes(words, var, True))[0]  # type: ignore[no-any-return]
     raw = _to_bytes(words, var, False)
     if dt == "string":
         return raw.split(b"\0", 1)[0].decode("ascii", errors="replace")
@@ -86,7 +86,7 @@ def encode(var: Variable, value: Value) -> list[int] | bool:
         if var.address.type == "coil":
             return bool(value)
         return [1 if value else 0]
-    if dt in _FMT:
+    if dt in FMT:
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise EncodeError(f"{var.tag} is {dt}: value must be a finite number, not {value!r}")
         raw: float = value
@@ -99,10 +99,10 @@ def encode(var: Variable, value: Value) -> list[int] | bool:
             lo, hi = _INT_RANGE[dt]
             if not lo <= n <= hi:
                 raise EncodeError(f"{var.tag}: {value!r} is out of range for {dt} ({lo}..{hi})")
-            packed = struct.pack(_FMT[dt], n)
+            packed = struct.pack(FMT[dt], n)
         else:
             try:
-                packed = struct.pack(_FMT[dt], raw)
+                packed = struct.pack(FMT[dt], raw)
             except OverflowError:
                 raise EncodeError(f"{var.tag}: {value!r} is out of range for {dt}") from None
         return _to_regs(packed, var, True)

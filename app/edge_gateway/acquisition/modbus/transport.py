@@ -166,20 +166,20 @@ class SocketWire:
         self.sock.close()
 
 
-class RtuTransport:
-    """RTU framing over a serial line (or a serial device server for rtu+tcp), with its timing."""
+class _Connected:
+    """The wire's lifecycle, shared by both framings: opened lazily, closed on errors."""
 
     def __init__(self, ep: Endpoint) -> None:
         self.ep = ep
         self.wire: _Wire | None = None
-        self.gap = rtu.silent_interval(ep) + ep.turnaround
-        self.char = rtu.char_time(ep)
-        self.quiet_since = 0.0  # when the line last went quiet
         self.bytes_out = self.bytes_in = 0
+
+    def _make_wire(self) -> _Wire:
+        return SocketWire(self.ep)
 
     def open(self) -> None:
         if self.wire is None:
-            self.wire = SerialWire(self.ep) if self.ep.is_serial else SocketWire(self.ep)
+            self.wire = self._make_wire()
             self.quiet_since = time.monotonic()
 
     def close(self) -> None:
@@ -187,10 +187,26 @@ class RtuTransport:
             self.wire.close()
             self.wire = None
 
-    def transact(self, unit: int, pdu: bytes) -> bytes:
+    def _wire(self) -> _Wire:
         self.open()
-        wire = self.wire
-        assert wire is not None
+        assert self.wire is not None
+        return self.wire
+
+
+class RtuTransport(_Connected):
+    """RTU framing over a serial line (or a serial device server for rtu+tcp), with its timing."""
+
+    def __init__(self, ep: Endpoint) -> None:
+        super().__init__(ep)
+        self.gap = rtu.silent_interval(ep) + ep.turnaround
+        self.char = rtu.char_time(ep)
+        self.quiet_since = 0.0  # when the line last went quiet
+
+    def _make_wire(self) -> _Wire:
+        return SerialWire(self.ep) if self.ep.is_serial else SocketWire(self.ep)
+
+    def transact(self, unit: int, pdu: bytes) -> bytes:
+        wire = self._wire()
         adu = rtu.frame(unit, pdu)
         wait = self.quiet_since + self.gap - time.monotonic()
         if wait > 0:
@@ -230,28 +246,15 @@ class RtuTransport:
             self.quiet_since = time.monotonic()
 
 
-class MbapTransport:
+class MbapTransport(_Connected):
     """Modbus/TCP (and Modbus/TCP Security over TLS): MBAP header, transaction ids."""
 
     def __init__(self, ep: Endpoint) -> None:
-        self.ep = ep
-        self.wire: SocketWire | None = None
+        super().__init__(ep)
         self.tid = 0
-        self.bytes_out = self.bytes_in = 0
-
-    def open(self) -> None:
-        if self.wire is None:
-            self.wire = SocketWire(self.ep)
-
-    def close(self) -> None:
-        if self.wire is not None:
-            self.wire.close()
-            self.wire = None
 
     def transact(self, unit: int, pdu: bytes) -> bytes:
-        self.open()
-        wire = self.wire
-        assert wire is not None
+        wire = self._wire()
         self.tid = (self.tid + 1) & 0xFFFF
         adu = struct.pack(">HHHB", self.tid, 0, len(pdu) + 1, unit) + pdu
         wire.write(adu)
