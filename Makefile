@@ -51,6 +51,10 @@ image: venv
 	@tools/ensure-debian-packages $(APT_IMAGE_PKGS)
 	tools/image/build-image build/image
 
+BUILDROOT ?=
+buildroot-check:
+	tools/image/buildroot-check $(BUILDROOT)
+
 systemd-check: venv
 	tools/image/check-units systemd rootfs-overlay/etc/systemd/system
 

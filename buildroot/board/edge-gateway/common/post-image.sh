@@ -36,8 +36,8 @@ for tool in genimage rauc mkfs.vfat mcopy mke2fs debugfs; do
 	command -v "$tool" >/dev/null || die "$tool not found"
 done
 [ -f "$BINARIES_DIR/rootfs.squashfs" ] || die "no $BINARIES_DIR/rootfs.squashfs"
-. "$TARGET_DIR/etc/edge-gateway-release" || die "no /etc/edge-gateway-release: did post-build.sh run?"
-version=$EDGE_GATEWAY_VERSION
+version=$(sed -n 's/^EDGE_GATEWAY_VERSION=//p' "$TARGET_DIR/etc/edge-gateway-release" 2>/dev/null || true)
+[ -n "$version" ] || die "no version in $TARGET_DIR/etc/edge-gateway-release: did post-build.sh run?"
 
 work=$BINARIES_DIR/.post-image
 rm -rf "$work"
@@ -61,14 +61,14 @@ stamp "$work/boot"
 rm -f "$BINARIES_DIR/boot.vfat"
 mkfs.vfat -C -n BOOT --invariant -i "$VFAT_VOLUME_ID" "$BINARIES_DIR/boot.vfat" $((64 * 1024)) >/dev/null
 # mcopy -m keeps the (stamped) mtimes; names sorted so directory entries come in a fixed order.
-(cd "$work/boot" && ls -A | LC_ALL=C sort | while read -r f; do
+(cd "$work/boot" && find . -mindepth 1 -maxdepth 1 -printf '%f\n' | LC_ALL=C sort | while read -r f; do
 	MTOOLS_SKIP_CHECK=1 mcopy -i "$BINARIES_DIR/boot.vfat" -s -p -m -Q "$f" ::
 done)
 
 # --- p4: data (ext4) -----------------------------------------------------------------------------------
 uid=$(awk -F: '$1 == "edge-gateway" { print $3 }' "$TARGET_DIR/etc/passwd")
 gid=$(awk -F: '$1 == "edge-gateway" { print $4 }' "$TARGET_DIR/etc/passwd")
-[ -n "$uid" ] && [ -n "$gid" ] || die "no edge-gateway user in $TARGET_DIR/etc/passwd"
+if [ -z "$uid" ] || [ -z "$gid" ]; then die "no edge-gateway user in $TARGET_DIR/etc/passwd"; fi
 data=$work/data
 mkdir -p "$data/edge-gateway/state/wal" "$data/edge-gateway/etc" "$data/edge-gateway/etc.work" "$data/rauc"
 chmod 0755 "$data" "$data/edge-gateway" "$data/edge-gateway/etc" "$data/rauc"

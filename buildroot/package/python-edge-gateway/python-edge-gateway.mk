@@ -1,0 +1,33 @@
+################################################################################
+#
+# python-edge-gateway
+#
+################################################################################
+
+# The app is built from this repository (app/); its version is app/pyproject.toml's.
+PYTHON_EDGE_GATEWAY_VERSION = 0.1.0
+PYTHON_EDGE_GATEWAY_SITE = $(BR2_EXTERNAL_EDGE_GATEWAY_PATH)/../app
+PYTHON_EDGE_GATEWAY_SITE_METHOD = local
+PYTHON_EDGE_GATEWAY_SETUP_TYPE = setuptools
+PYTHON_EDGE_GATEWAY_LICENSE = Apache-2.0
+PYTHON_EDGE_GATEWAY_UNITS_DIR = $(BR2_EXTERNAL_EDGE_GATEWAY_PATH)/../systemd
+
+# Same user as systemd/edge-gateway.sysusers: the root file system is
+# read-only, so it is created at build time. dialout: the RS-485 ports.
+define PYTHON_EDGE_GATEWAY_USERS
+	edge-gateway -1 edge-gateway -1 * /var/lib/edge-gateway - dialout edge-gateway service
+endef
+
+define PYTHON_EDGE_GATEWAY_INSTALL_INIT_SYSTEMD
+	$(INSTALL) -D -m 0644 $(PYTHON_EDGE_GATEWAY_UNITS_DIR)/edge-gateway.service \
+		$(TARGET_DIR)/usr/lib/systemd/system/edge-gateway.service
+	$(INSTALL) -D -m 0644 $(PYTHON_EDGE_GATEWAY_UNITS_DIR)/edge-gateway.sysusers \
+		$(TARGET_DIR)/usr/lib/sysusers.d/edge-gateway.conf
+	$(INSTALL) -D -m 0644 $(PYTHON_EDGE_GATEWAY_UNITS_DIR)/edge-gateway.tmpfiles \
+		$(TARGET_DIR)/usr/lib/tmpfiles.d/edge-gateway.conf
+	$(if $(BR2_PACKAGE_RAUC), \
+		$(INSTALL) -D -m 0644 $(PYTHON_EDGE_GATEWAY_UNITS_DIR)/edge-gateway-mark-good.service \
+			$(TARGET_DIR)/usr/lib/systemd/system/edge-gateway-mark-good.service)
+endef
+
+$(eval $(python-package))
