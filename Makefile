@@ -22,6 +22,7 @@ help:
 	@echo "make soak    long soak runs"
 	@echo "make image   SD card image + signed RAUC bundle in build/image/"
 	@echo "make systemd-check   systemd-analyze verify + security on systemd/"
+	@echo "make buildroot-check BUILDROOT=DIR   defconfigs + check-package against Buildroot 2026.02.3"
 
 venv: $(STAMP)
 
