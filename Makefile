@@ -42,6 +42,10 @@ lint: venv
 	$(VENV)/bin/ruff format --check app tools hil-tests
 	cd app && ../$(VENV)/bin/mypy edge_gateway
 
+DEMO_SECONDS ?= 0
+demo: venv
+	$(PY) tools/demo.py $(if $(filter-out 0,$(DEMO_SECONDS)),--seconds $(DEMO_SECONDS))
+
 BENCH_ARGS ?=
 bench: venv
 	@mkdir -p build/bench

@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""`make demo`: the PLC simulator, a local Mosquitto and the gateway on config/, with values flowing.
+
+Starts, and owns by PID:
+  * Mosquitto on 127.0.0.1:18830 (connector.yml points there),
+  * a socat pty pair: build/demo/ttyGW is the gateway's end of the "RS-485 line", build/demo/ttySIM the
+    simulator's,
+  * the PLC simulator (tools/plcsim, profile tools/plcsim/profiles/demo.yml): Modbus/TCP on 127.0.0.1:15020
+    and Modbus RTU on the pty,
+  * `edge-gateway run --config config/` (its JSON log goes to build/demo/gateway.log),
+and prints every frame that reaches the broker as `seq tag value q`, decoded from the batches.
+Ctrl-C (or `--seconds N`, `make demo DEMO_SECONDS=N`) stops everything it started, newest first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from edge_gateway.testkit import LOOPBACK, Mosquitto, require, stop_pid, wait_port
+from edge_gateway.uplink.codec import decode_value
+from edge_gateway.uplink.consumer import BatchSubscriber, Message
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "build" / "demo"
+VENV_BIN = Path(sys.executable).parent
+MQTT_PORT = 18830
+PLC_PORT = 15020
+
+
+class Demo:
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.broker: Mosquitto | None = None
+        self.sub: BatchSubscriber | None = None
+        self.log = None
+
+    def spawn(self, name: str, argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, **kw)
+        self.procs.append((name, proc))
+        return proc
+
+    def start(self) -> None:
+        BUILD.mkdir(parents=True, exist_ok=True)
+        for port, what in ((MQTT_PORT, "Mosquitto"), (PLC_PORT, "the PLC simulator")):
+            if _listening(port):
+                raise SystemExit(
+                    f"demo: 127.0.0.1:{port} is taken; {what} of another demo still running?"
+                )
+        self.broker = Mosquitto(port=MQTT_PORT, workdir=BUILD / "mosquitto").start()
+        print(f"demo: Mosquitto on {LOOPBACK}:{MQTT_PORT}", flush=True)
+
+        gw_tty, sim_tty = BUILD / "ttyGW", BUILD / "ttySIM"
+        for p in (gw_tty, sim_tty):
+            p.unlink(missing_ok=True)
+        self.spawn(
+            "socat",
+            [
+                require("socat"),
+                "-d",
+                "-d",
+                f"pty,raw,echo=0,link={gw_tty}",
+                f"pty,raw,echo=0,link={sim_tty}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait(
+            lambda: gw_tty.exists() and sim_tty.exists(),
+            5,
+            "socat did not create the pty pair",
+        )
+        print(
+            f"demo: RS-485 line emulated by a pty pair ({gw_tty.name} ↔ {sim_tty.name})",
+            flush=True,
+        )
+
+        sim_log = open(BUILD / "plcsim.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.spawn(
+            "plcsim",
+            [
+                sys.executable,
+                str(ROOT / "tools" / "plcsim" / "plcsim.py"),
+                str(ROOT / "tools" / "plcsim" / "profiles" / "demo.yml"),
+                "--tcp",
+                str(PLC_PORT),
+                "--rtu",
+                str(sim_tty),
+                "--baud",
+                "19200",
+            ],
+            stdout=sim_log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_port(PLC_PORT, 20)
+        print(
+            f"demo: PLC simulator on {LOOPBACK}:{PLC_PORT} and {sim_tty.name} (log: build/demo/plcsim.log)"
+        )
+
+        self.sub = BatchSubscriber(
+            LOOPBACK, MQTT_PORT, ("/edge/#",), on_frame=_print_frame, keep=False
+        ).start()
+        self.log = open(BUILD / "gateway.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.spawn(
+            "edge-gateway",
+            [str(VENV_BIN / "edge-gateway"), "run", "--config", str(ROOT / "config")],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        print("demo: edge-gateway run --config config/ (log: build/demo/gateway.log)")
+        print("demo: try `.venv/bin/edge-ctl --config config status` or a command:")
+        print(
+            f"      mosquitto_pub -p {MQTT_PORT} -t /edge/demo/edge-01/cmd/plant.setpoint_c"
+            ' -m \'{"seq": 1, "value": 23.5}\''
+        )
+        print(f"\n{'seq':>8} {'tag':<28} {'value':<20} q", flush=True)
+
+    def watch(self, seconds: float) -> int:
+        deadline = time.monotonic() + seconds if seconds else None
+        while deadline is None or time.monotonic() < deadline:
+            for name, proc in self.procs:
+                if proc.poll() is not None:
+                    print(
+                        f"demo: {name} exited with {proc.returncode}", file=sys.stderr
+                    )
+                    if name == "edge-gateway":
+                        tail = (
+                            (BUILD / "gateway.log")
+                            .read_text(errors="replace")
+                            .splitlines()[-15:]
+                        )
+                        print("\n".join(tail), file=sys.stderr)
+                    return 1
+            time.sleep(0.2)
+        return 0
+
+    def stop(self) -> None:
+        for name, proc in reversed(self.procs):
+            stop_pid(proc)
+            if name == "edge-gateway":
+                print(f"demo: edge-gateway stopped ({proc.returncode})", flush=True)
+        self.procs.clear()
+        if self.sub is not None:
+            self.sub.stop()
+        if self.broker is not None:
+            self.broker.stop()
+        if self.log is not None:
+            self.log.close()
+
+
+def _print_frame(f: dict[str, Any], m: Message) -> None:
+    value = decode_value(f.get("value"))
+    if isinstance(value, float):
+        value = f"{value:.6g}"
+    dup = "  (dup possible)" if f.get("dup") else ""
+    sys.stdout.write(f"{f['seq']:>8} {f['tag']:<28} {value!s:<20} {f['q']}{dup}\n")
+    sys.stdout.flush()
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex((LOOPBACK, port)) == 0
+
+
+def _wait(cond: Any, timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"demo: {message}")
+        time.sleep(0.02)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=float(os.environ.get("DEMO_SECONDS") or 0),
+        help="0 = until Ctrl-C",
+    )
+    args = p.parse_args(argv)
+    demo = Demo()
+    signal.signal(
+        signal.SIGTERM, _interrupt
+    )  # `kill PID` stops the demo like Ctrl-C does
+    try:
+        demo.start()
+        return demo.watch(args.seconds)
+    except KeyboardInterrupt:
+        print("\ndemo: stopping", flush=True)
+        return 0
+    finally:
+        demo.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
