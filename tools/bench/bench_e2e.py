@@ -304,19 +304,29 @@ def start_simulator(
     units: int, regs: int, work: Path
 ) -> tuple[subprocess.Popen[bytes], int]:
     """The project's PLC simulator (tools/plcsim) serving `units` units × `regs` holding registers."""
-    from plcsim_profile import bench_profile  # tools/bench/plcsim_profile.py
-
     port = free_port()
     profile = work / f"profile-{units}x{regs}.yml"
-    profile.write_text(yaml.safe_dump(bench_profile(units, regs)))
+    points = [
+        {
+            "table": "holding",
+            "addr": a,
+            "type": "uint16",
+            "value": {"counter": {"start": a, "per_s": 1}},
+        }
+        for a in range(regs)
+    ]
+    profile.write_text(
+        yaml.safe_dump(
+            {"units": [{"unit": u, "points": points} for u in range(1, units + 1)]}
+        )
+    )
     proc = subprocess.Popen(
         [
             PY,
-            str(ROOT / "tools" / "plcsim" / "run.py"),
-            "--profile",
+            str(ROOT / "tools" / "plcsim" / "plcsim.py"),
             str(profile),
             "--tcp",
-            f"{LOOPBACK}:{port}",
+            str(port),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
