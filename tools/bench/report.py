@@ -63,9 +63,9 @@ def machine() -> str:
 
 def chart(figs: dict[str, dict], out: Path) -> bool:
     rows = [
-        (label, figs[b][k], t)
-        for b, k, t, label in TARGETS
-        if b in figs and k in figs[b]
+        (label, v, t)
+        for b, path, t, label in TARGETS
+        if (v := _dig(figs.get(b), path)) is not None
     ]
     if not rows:
         return False
