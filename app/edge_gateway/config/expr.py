@@ -11,7 +11,11 @@ from __future__ import annotations
 import ast
 import math
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edge_gateway.config.source import PathElem, Source
 
 Number = int | float
 Fn = Callable[[Number], Number]
@@ -196,3 +200,22 @@ def _check_exponent(node: ast.AST) -> None:
         raise ExprError("the exponent must be a constant number", _col(node))
     if abs(inner.value) > MAX_EXPONENT:
         raise ExprError(f"exponent larger than {MAX_EXPONENT}", _col(node))
+
+
+NUMERIC = frozenset({"uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64"})
+
+
+def compile_for_tag(
+    src: Source, path: Sequence[PathElem], tag: str, datatype: str, text: str
+) -> tuple[Scale | None, bool]:
+    """Compile a tag's `scale` for the loaders, reporting at `path` (the scale node) in `src`.
+    Returns (scale, ok); the column in a message is the column in the file."""
+    if datatype not in NUMERIC:
+        src.error(path, f"{tag}: scale applies to numeric datatypes, not {datatype}")
+        return None, False
+    try:
+        return compile_scale(text), True
+    except ExprError as e:
+        col = src.text_column(path) + e.column - 1
+        src.error(path, f"{tag}: scale: {e.message} (column {col})", column=col)
+        return None, False

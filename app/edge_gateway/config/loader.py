@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from edge_gateway.config import mqtt, schema
-from edge_gateway.config.expr import ExprError, Scale, compile_scale
+from edge_gateway.config.expr import Scale, compile_for_tag
 from edge_gateway.config.model import (
     BIT_TYPES,
     DATATYPE_REGS,
@@ -43,7 +43,7 @@ from edge_gateway.config.units import parse_duration, parse_rate, parse_size
 FILES = {name: f"{name}.yml" for name in schema.NAMES}
 OPTIONAL = {"gateway"}
 RESERVED_KINDS = ("dyn", "wasm")  # driver kinds named by the design, not built in this release
-NUMERIC = {"uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64"}
+
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
@@ -438,19 +438,10 @@ class _Build:
             ok = False
         scale: Scale | None = None
         if "scale" in v:
-            if dt not in NUMERIC:
-                src.error((i, "scale"), f"{tag}: scale applies to numeric datatypes, not {dt}")
-                ok = False
-            else:
-                try:
-                    scale = compile_scale(v["scale"])
-                except ExprError as e:
-                    col = src.text_column((i, "scale")) + e.column - 1
-                    src.error((i, "scale"), f"{tag}: scale: {e.message} (column {col})", column=col)
-                    ok = False
-                else:
-                    if writable and not scale.invertible:
-                        src.warn((i, "scale"), f"{tag}: scale is not affine, so writes to this tag will be refused")
+            scale, scale_ok = compile_for_tag(src, (i, "scale"), tag, dt, v["scale"])
+            ok = ok and scale_ok
+            if scale is not None and writable and not scale.invertible:
+                src.warn((i, "scale"), f"{tag}: scale is not affine, so writes to this tag will be refused")
         if not ok or driver is None:
             return None
         return Variable(

@@ -15,7 +15,7 @@ from typing import Any
 from edge_gateway.acquisition.mqtt import topics
 from edge_gateway.acquisition.mqtt.mapping import PLACEHOLDER, Template, TemplateError
 from edge_gateway.acquisition.mqtt.payload import FORMAT_DATATYPES, PointerError, parse_pointer
-from edge_gateway.config.expr import ExprError, Scale, compile_scale
+from edge_gateway.config.expr import Scale, compile_for_tag
 from edge_gateway.config.model import (
     Backoff,
     MqttDriver,
@@ -30,7 +30,7 @@ from edge_gateway.config.source import Source
 from edge_gateway.config.units import parse_duration
 
 SCHEMES = ("mqtt", "mqtts")
-NUMERIC = {"uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64"}
+
 TLS_KEYS = ("ca", "client_cert", "client_key")
 MODBUS_ONLY = ("address", "endian", "word_order")
 MQTT_ONLY = ("topic", "payload")
@@ -214,16 +214,8 @@ def tag(i: int, v: dict[str, Any], src: Source, drv: MqttDriver | None) -> MqttT
         ok = False
     scale: Scale | None = None
     if "scale" in v:
-        if dt not in NUMERIC:
-            src.error((i, "scale"), f"{name}: scale applies to numeric datatypes, not {dt}")
-            ok = False
-        else:
-            try:
-                scale = compile_scale(v["scale"])
-            except ExprError as e:
-                col = src.text_column((i, "scale")) + e.column - 1
-                src.error((i, "scale"), f"{name}: scale: {e.message} (column {col})", column=col)
-                ok = False
+        scale, scale_ok = compile_for_tag(src, (i, "scale"), name, dt, v["scale"])
+        ok = ok and scale_ok
     if drv is not None:
         ok = _delivered(i, name, filt, drv, src) and ok
     if not ok or drv is None:
