@@ -274,6 +274,19 @@ class Wal:
             self.persist_acks()
         return Cursor(self, name, self.acks[name])
 
+    def rename_cursor(self, old: str, new: str) -> None:
+        """A renamed consumer (a connector id changed by a reload) keeps its place instead of replaying
+        the backlog, and the old name stops holding segments back from GC."""
+        with self._cond:
+            if old not in self.acks or new in self.acks:
+                return
+            self.acks[new] = self.acks.pop(old)
+            self._ack_dirty.discard(old)
+            self._ack_dirty.add(new)
+        self.persist_acks()
+        (self.dir / "cursors" / f"{old}.ack").unlink(missing_ok=True)
+        metrics.BACKLOG.remove(old)
+
     def ack(self, name: str, seq: int) -> None:
         with self._cond:
             if seq > self.acks.get(name, 0):

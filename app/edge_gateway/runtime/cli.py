@@ -3,7 +3,8 @@
     edge-gateway run --config DIR [--log-level info] [--log-format json|text]
     edge-gateway --version
 
-Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 2 when the configuration is invalid (every
+SIGHUP, `edge-ctl reload` and any change of the directory's YAML files reload the configuration
+live (runtime/reload.py). Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 2 when the configuration is invalid (every
 problem printed as `file:line: message` on stderr), 1 when the gateway cannot start (WAL locked,
 control socket in use, port taken…). A second SIGTERM/SIGINT during the graceful stop exits at once
 (the WAL is consistent at any instant; only the current flush window is redone on the next start).
@@ -67,6 +68,8 @@ def run_gateway(config_dir: str) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     gateway = Gateway(snapshot)
+    # SIGHUP only queues a reload (no logging or locks inside a signal handler); its default would kill us.
+    signal.signal(signal.SIGHUP, lambda _s, _f: gateway.request_reload("SIGHUP"))
     try:
         gateway.start()
     except Exception as e:  # noqa: BLE001 - reported and turned into the exit code

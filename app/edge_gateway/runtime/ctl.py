@@ -4,11 +4,12 @@
     edge-ctl ... tail                       live committed frames until Ctrl-C
     edge-ctl ... connector mqtt stats       uplink figures
     edge-ctl ... connector mqtt reconnect   finish in-flight batches, reconnect with fresh credentials/TLS files
-    edge-ctl ... reload                     re-read the configuration (when the gateway supports it)
+    edge-ctl ... reload                     re-read the configuration and apply the smallest change
 
 The socket is `control.socket` of gateway.yml (`--config DIR` reads it from there), else
 /run/edge-gateway/control.sock. Output is human-readable; `--json` prints the raw answer.
-Exit codes: 0 ok, 1 the gateway refused the request, 2 no gateway answers on the socket.
+Exit codes: 0 ok, 1 the gateway refused the request (for reload: the new configuration is invalid
+or was rolled back), 2 no gateway answers on the socket.
 """
 
 from __future__ import annotations
@@ -69,9 +70,27 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2, default=str))
     elif args.command == "status":
         print(render_status(result if isinstance(result, dict) else {}))
+    elif args.command == "reload":
+        print(render_reload(result if isinstance(result, dict) else {}))
     else:
         print(render_mapping(result))
+    if args.command == "reload" and not (isinstance(result, dict) and result.get("applied")):
+        return 1
     return 0
+
+
+def render_reload(r: dict[str, Any]) -> str:
+    rev = str(r.get("revision") or "")[:12]
+    if r.get("result") == "invalid":
+        return "\n".join(
+            ["invalid configuration, the running one is kept:", *(f"  {p}" for p in r.get("problems", []))]
+        )
+    if r.get("result") == "rollback":
+        return f"applying {rev} failed and was rolled back: {r.get('error')}"
+    out = [f"{r.get('result')}: revision {rev}", *(f"  {c}" for c in r.get("changes", []))]
+    if r.get("restart_required"):
+        out.append(f"  needs a restart to take effect: {', '.join(r['restart_required'])}")
+    return "\n".join(out)
 
 
 def tail(path: str, raw: bool) -> int:
@@ -143,6 +162,9 @@ def render_status(s: dict[str, Any]) -> str:
         f"edge-gateway {s.get('version')}  pid {s.get('pid')}  up {s.get('uptime_s')}s",
         f"config   {s.get('config')}  (revision {str(s.get('revision'))[:12]})",
     ]
+    last = s.get("last_reload")
+    if last:
+        out.append(f"reload   {last.get('result')} ({last.get('reason')})")
     sup = s.get("supervisor")
     if sup:
         health = "healthy" if sup.get("healthy") else "DEGRADED: " + "; ".join(sup.get("problems", []))

@@ -41,10 +41,11 @@ class Beating(Protocol):
 @dataclass
 class Watched:
     """One worker as the supervisor sees it. `target()` returns the current thread object
-    (a restart replaces it); `restart` is None for workers that must not be restarted."""
+    (a restart replaces it; None once a reload removed it); `restart` is None for workers that
+    must not be restarted."""
 
     name: str
-    target: Callable[[], Beating]
+    target: Callable[[], Beating | None]
     stale_after: float
     restart: Callable[[], object] | None = None
     max_restarts: int = 5  # within `restart_window` seconds, before it counts as dead
@@ -148,6 +149,8 @@ class Supervisor(threading.Thread):
         problems: list[str] = []
         for w in self._workers():
             t = w.target()
+            if t is None:
+                continue
             if not t.is_alive():
                 if not self._try_restart(w, now):
                     problems.append(f"worker {w.name} is dead")

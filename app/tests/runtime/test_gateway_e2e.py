@@ -5,110 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from edge_gateway.testkit import LOOPBACK, Mosquitto, PtyPair, free_port, stop_pid
+from edge_gateway.testkit import LOOPBACK
 from edge_gateway.uplink.consumer import BatchSubscriber
 
-from ..acquisition.conftest import Sim
-
-ROOT = Path(__file__).resolve().parents[3]
-BIN = Path(sys.executable).parent
-TAGS = 16  # every tag of config/variables.yml
-EXPECTED = {  # the static values of tools/plcsim/profiles/demo.yml, after scaling
-    "plant.level_pct": 42.5,
-    "plant.total_m3": 12345.678,
-    "plant.batch_name": "BATCH-07",
-    "plant.setpoint_c": 21.5,
-    "plant.pump_on": True,
-    "plant.alarm": False,
-    "plant.pressure_bar": 2.5,
-    "meter1.current_a": 12.5,
-}
-
-
-class Plant:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.pty = PtyPair(tmp / "pty").start()
-        import yaml
-
-        profile = yaml.safe_load((ROOT / "tools/plcsim/profiles/demo.yml").read_text())
-        self.sim = Sim(profile, tmp, tcp=True, rtu=[self.pty.b], baud=19200).start()
-        self.broker = Mosquitto(workdir=tmp / "broker").start()
-        self.cfg = tmp / "cfg"
-        shutil.copytree(ROOT / "config", self.cfg, ignore=shutil.ignore_patterns("examples", "README.md"))
-        self._edit("endpoints.yml", ("port: 15020", f"port: {self.sim.port}"), ("../build/demo/ttyGW", self.pty.a))
-        self._edit("drivers.yml", *[("polling: 1s", "polling: 200ms")] * 3)
-        self._edit(
-            "connector.yml",
-            ("tcp://127.0.0.1:18830", f"tcp://{LOOPBACK}:{self.broker.port}"),
-            ("max_interval: 1s", "max_interval: 100ms"),
-            ("{ base: 500ms, max: 2m }", "{ base: 100ms, max: 1s }"),
-        )
-        self._edit(
-            "gateway.yml",
-            ("../build/demo/wal", str(tmp / "wal")),
-            ("../build/demo/control.sock", str(tmp / "control.sock")),
-            ("127.0.0.1:9108", f"127.0.0.1:{free_port()}"),
-        )
-        self.gw: subprocess.Popen[bytes] | None = None
-
-    def _edit(self, fname: str, *pairs: tuple[str, str]) -> None:
-        p = self.cfg / fname
-        text = p.read_text()
-        for old, new in pairs:
-            assert old in text, (fname, old)
-            text = text.replace(old, new, 1)
-        p.write_text(text)
-
-    def start_gateway(self) -> None:
-        log = open(self.tmp / "gateway.log", "ab")  # noqa: SIM115 - the child owns it
-        self.gw = subprocess.Popen(
-            [str(BIN / "edge-gateway"), "run", "--config", str(self.cfg)], stdout=log, stderr=subprocess.STDOUT
-        )
-
-    def committed(self) -> int:
-        out = subprocess.run(
-            [str(BIN / "edge-bus"), "--wal-dir", str(self.tmp / "wal"), "stats", "--json"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return int(json.loads(out.stdout)["committed_seq"])
-
-    def stop(self) -> None:
-        if self.gw is not None:
-            stop_pid(self.gw)
-        self.broker.stop()
-        self.sim.stop()
-        self.pty.stop()
-
-
-@pytest.fixture
-def plant(tmp_path: Path) -> Iterator[Plant]:
-    p = Plant(tmp_path)
-    try:
-        yield p
-    finally:
-        p.stop()
-
-
-def latest(sub: BatchSubscriber) -> dict[str, dict[str, Any]]:
-    return {f["tag"]: f for f in sub.frames()}
-
-
-def no_gaps(seqs: list[int]) -> bool:
-    return seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+from .plant import EXPECTED, TAGS, Plant, latest, no_gaps
 
 
 def test_every_tag_arrives_with_the_right_value_and_commands_round_trip(plant: Plant) -> None:

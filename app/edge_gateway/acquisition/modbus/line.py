@@ -53,6 +53,7 @@ class Unit:
     skipped: int = 0
     last_error: str = ""
     last_ok_ms: int = 0
+    since_ms: int = field(default_factory=now_ms)  # when this unit was (re)started: hot reload shows here
 
     @property
     def id(self) -> str:
@@ -105,11 +106,18 @@ class ModbusLine(threading.Thread):
 
     # -- the API other threads use ---------------------------------------------------------------------------
     def stop(self, timeout: float = 5.0) -> None:
-        """Finish the current transaction, close the port, join."""
+        """Finish the current transaction, close the port, join; writes still queued are refused."""
         self._stop_evt.set()
         self._wake.set()
         if self.is_alive() and threading.current_thread() is not self:
             self.join(timeout)
+        while True:
+            try:
+                w = self._writes.get_nowait()
+            except queue.Empty:
+                return
+            if w.future.set_running_or_notify_cancel():
+                w.future.set_exception(WriteError(f"line {self.endpoint.id} stopped before the write ran"))
 
     def submit_write(self, variable: Variable, value: Value) -> Future[None]:
         """Queue a write for this line's thread; it runs before the next poll."""
@@ -135,10 +143,15 @@ class ModbusLine(threading.Thread):
         return w.future
 
     def update_variables(self, driver_id: str, variables: Sequence[Variable]) -> None:
-        """Swap a unit's tag map and re-plan, keeping the port open and the unit's cadence."""
+        """Swap a unit's tag map and re-plan, keeping the port open, the unit's cadence, its learned
+        splits and its health (it is the same device)."""
         with self._lock:
             u = self.units[driver_id]
-            self.units[driver_id] = self._unit(u.driver, tuple(variables), u.next_due, u.planner)
+            new = self._unit(u.driver, tuple(variables), u.next_due, u.planner)
+            new.state, new.failures, new.backoff, new.since_ms = u.state, u.failures, u.backoff, u.since_ms
+            new.polls, new.skipped, new.last_error, new.last_ok_ms = u.polls, u.skipped, u.last_error, u.last_ok_ms
+            metrics.FAULT.labels(driver_id=driver_id).set(1 if new.state == "fault" else 0)
+            self.units[driver_id] = new
 
     def restart_driver(self, driver: Driver, variables: Sequence[Variable]) -> None:
         """Replace one unit's settings (a changed driver) without touching the others."""
@@ -170,6 +183,7 @@ class ModbusLine(threading.Thread):
                     "skipped": u.skipped,
                     "requests": len(u.reads),
                     "last_ok_ms": u.last_ok_ms,
+                    "since_ms": u.since_ms,
                 }
                 for u in self.units.values()
             }

@@ -17,6 +17,7 @@ import select
 import socket
 import ssl
 import struct
+import termios
 import time
 from typing import Protocol
 
@@ -58,7 +59,7 @@ class SerialWire:
                 write_timeout=max(1.0, ep.timeout),
                 exclusive=True,
             )
-        except (serial.SerialException, OSError, ValueError) as e:
+        except (serial.SerialException, OSError, ValueError, termios.error) as e:
             raise Disconnected(f"cannot open {ep.host}: {e}") from None
         self.rts = ep.rs485 == "rts"
         if ep.rs485 == "kernel":
