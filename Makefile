@@ -52,6 +52,18 @@ bench: venv
 	@for b in tools/bench/bench_*.py; do echo "== $$b"; $(PY) $$b --out build/bench $(BENCH_ARGS) || exit 1; done
 	$(PY) tools/bench/report.py build/bench
 
+# The HIL suite (hil-tests/README.md): the real gateway process against the simulator or, with
+# HIL_ARGS="--serial /dev/ttyUSB0 --plc 192.168.1.10:502", real devices.
+HIL_ARGS ?=
+hil: venv
+	cd hil-tests && ../$(PY) -m pytest -q --soak-seconds 20 $(HIL_ARGS)
+
+SOAK_SECONDS ?= 600
+SOAK_RATE    ?= 5000
+soak: venv
+	cd hil-tests && ../$(PY) -m pytest -q -s -k test_soak --soak-seconds $(SOAK_SECONDS) --soak-rate $(SOAK_RATE) --outage 30 $(HIL_ARGS)
+	@cat build/hil/soak.json
+
 image: venv
 	@tools/ensure-debian-packages $(APT_IMAGE_PKGS)
 	tools/image/build-image build/image

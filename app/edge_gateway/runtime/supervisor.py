@@ -65,6 +65,9 @@ class Notifier:
         if self.address:
             addr = "\0" + self.address[1:] if self.address.startswith("@") else self.address
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            # Never block the supervisor on a receiver that does not read (a full datagram queue):
+            # a dropped notification is logged; a blocked supervisor would stall shutdown itself.
+            self._sock.setblocking(False)
             self._target = addr
 
     @property
