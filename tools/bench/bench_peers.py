@@ -14,16 +14,18 @@ from pathlib import Path
 from _common import args, write
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "peers"))
-import compare  # noqa: E402
+import compare
 
 
 def markdown(fig: dict, quick: bool) -> str:
     out = [
         "## Peer comparison (same simulator, same Mosquitto, same machine)",
         "",
-        f"Workload: {fig['workload']}; each gateway polls every register at the given period and publishes "
-        "every value (edge-gateway: QoS 2, zstd batches, WAL with fsync; ThingsBoard: QoS 1, memory storage). "
-        f"Command: `tools/bench/bench_peers.py{' --quick' if quick else ''}`.",
+        (
+            f"Workload: {fig['workload']}; each gateway polls every register at the given period and publishes "
+            "every value (edge-gateway: QoS 2, zstd batches, WAL with fsync; ThingsBoard: QoS 1, memory storage). "
+            f"Command: `tools/bench/bench_peers.py{' --quick' if quick else ''}`."
+        ),
         "",
     ]
     if "thingsboard" in fig:
@@ -44,8 +46,10 @@ def markdown(fig: dict, quick: bool) -> str:
         )
     out += [
         "",
-        "Broker outage at the 1 s period (poll cycles of the outage window that never reached the subscriber; "
-        "one cycle = one device's 360 values; ±1 cycle per device at the window edges is not counted):",
+        (
+            "Broker outage at the 1 s period (poll cycles of the outage window that never reached the subscriber; "
+            "one cycle = one device's 360 values; ±1 cycle per device at the window edges is not counted):"
+        ),
         "",
         "| gateway | outage | cycles expected | cycles delivered | cycles lost | seq gaps |",
         "|---|---|---|---|---|---|",

@@ -34,11 +34,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "app"))
 
-import paho.mqtt.client as mqtt  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: E402
-
-from edge_gateway.testkit import LOOPBACK, Mosquitto, free_port, stop_pid  # noqa: E402
-from edge_gateway.uplink.consumer import BatchSubscriber, Message  # noqa: E402
+import paho.mqtt.client as mqtt
+from edge_gateway.testkit import LOOPBACK, Mosquitto, free_port, stop_pid
+from edge_gateway.uplink.consumer import BatchSubscriber, Message
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 UNITS, REGS = 10, 360
 TB_VERSION = "3.8.5"
