@@ -95,6 +95,22 @@ def chart(figs: dict[str, dict], out: Path) -> bool:
     return True
 
 
+def soak(path: Path) -> str:
+    """The last `make soak` (hil-tests/test_soak), when one has run on this checkout."""
+    if not path.exists():
+        return ""
+    r = json.loads(path.read_text())
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(path.stat().st_mtime))
+    return (
+        f"\n## Soak (`make soak`, {when})\n\n"
+        "| duration | offered frames/s | committed frames/s | frames | received | duplicates | lost | "
+        "broker outage | WAL-full drops |\n|---|---|---|---|---|---|---|---|---|\n"
+        f"| {r['seconds']} s | {r['offered_frames_per_s']:,.0f} | {r['committed_frames_per_s']:,.0f} | "
+        f"{r['frames_committed']:,} | {r['frames_received']:,} | {r['duplicates']} | {r['lost']} | "
+        f"{r['broker_outage_s']:.0f} s | {r['wal_full_drops']:.0f} |\n"
+    )
+
+
 def main() -> None:
     d = Path(sys.argv[1] if len(sys.argv) > 1 else "build/bench")
     names = sorted(p.stem for p in d.glob("*.md") if p.stem != "report")
@@ -109,7 +125,7 @@ def main() -> None:
     report = "# edge-gateway benchmark report\n\n" + machine() + "\n"
     if has_chart:
         report += "![figures against their targets](report.svg)\n\n"
-    report += body
+    report += body + soak(d.parent / "hil" / "soak.json")
     (d / "report.md").write_text(report)
     print(f"wrote {d / 'report.md'} ({len(names)} benchmarks)")
 
