@@ -14,7 +14,7 @@ APT_IMAGE_PKGS := genimage rauc squashfs-tools dosfstools mtools fdisk e2fsprogs
 
 help:
 	@echo "make demo    simulator + local Mosquitto + gateway on config/, values flowing"
-	@echo "make test    everything CI runs (.ci/run calls it)"
+	@echo "make test    everything CI runs (.ci/run calls it): app tests, then make hil"
 	@echo "make venv    .venv/ with the app and dev tools, pinned by requirements.lock"
 	@echo "make lint    ruff + mypy"
 	@echo "make bench   benchmarks, report in build/bench/"
@@ -36,6 +36,7 @@ $(STAMP): requirements.lock app/pyproject.toml
 
 test: venv
 	cd app && ../$(PY) -m pytest -q
+	$(MAKE) --no-print-directory hil
 
 lint: venv
 	$(VENV)/bin/ruff check app tools hil-tests

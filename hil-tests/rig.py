@@ -130,8 +130,8 @@ class Ledger:
         self._last: Message | None = None
 
     def add(self, f: dict[str, Any], m: Message | None = None) -> None:
-        """One decoded frame. A batch accounts for its whole seq range (user properties seq_first..
-        seq_last): commands logged in the WAL for audit are inside it but never sent."""
+        """One decoded frame. A batch accounts for its whole `cover` range (user property
+        "first-last"): commands logged in the WAL for audit are inside it but never sent."""
         seq = int(f["seq"])
         with self.lock:
             self.frames += 1
@@ -139,10 +139,8 @@ class Ledger:
                 self._cover(seq, seq)
             elif m is not self._last:
                 self._last = m
-                self._cover(
-                    int(m.props.get("seq_first", seq)),
-                    int(m.props.get("seq_last", seq)),
-                )
+                first, _, last = m.props.get("cover", f"{seq}-{seq}").partition("-")
+                self._cover(int(first), int(last))
             self.latest[f["tag"]] = f
             if self.expect is not None and f.get("q") == "good":
                 want = self.expect(f)

@@ -371,8 +371,8 @@ def test_soak(rig: Rig, request: pytest.FixtureRequest) -> None:
         "seconds": round(elapsed, 1),
         "offered_frames_per_s": units * regs / 0.2,
         "committed_frames_per_s": round(produced / elapsed, 1),
-        "frames_committed": committed,
-        "frames_received": rig.ledger.frames,
+        "frames_committed": committed,  # the highest committed seq: every frame up to it was checked
+        "frames_received": rig.ledger.frames,  # includes the frames of the restart that drains the WAL
         "duplicates": rig.ledger.duplicates,
         "lost": len(rig.ledger.missing(committed)),
         "broker_outage_s": o.outage,

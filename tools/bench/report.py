@@ -103,7 +103,7 @@ def soak(path: Path) -> str:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(path.stat().st_mtime))
     return (
         f"\n## Soak (`make soak`, {when})\n\n"
-        "| duration | offered frames/s | committed frames/s | frames | received | duplicates | lost | "
+        "| duration | offered frames/s | committed frames/s | committed through seq | frames received | duplicates | lost | "
         "broker outage | WAL-full drops |\n|---|---|---|---|---|---|---|---|---|\n"
         f"| {r['seconds']} s | {r['offered_frames_per_s']:,.0f} | {r['committed_frames_per_s']:,.0f} | "
         f"{r['frames_committed']:,} | {r['frames_received']:,} | {r['duplicates']} | {r['lost']} | "

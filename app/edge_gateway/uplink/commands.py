@@ -38,6 +38,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+from edge_gateway.acquisition.mqtt.mapping import may_produce
 from edge_gateway.bus.frame import GOOD, Frame, Kind, Value, bad, now_ms
 from edge_gateway.config.model import WRITABLE_TYPES, Snapshot, Variable
 from edge_gateway.config.units import parse_duration
@@ -241,6 +242,8 @@ class Downlink:
         snap = self._snapshot()
         var = snap.variable(cmd.tag)
         if var is None:
+            if any(may_produce(t.tag, cmd.tag) for t in snap.mqtt_tags):
+                raise Refused("read_only", f"{cmd.tag} comes from an MQTT source: not writable")
             raise Refused("unknown_tag", f"unknown tag {cmd.tag!r}")
         if not var.writable:
             raise Refused("read_only", f"{cmd.tag} has access {var.access}: not writable")

@@ -151,3 +151,15 @@ def test_topic_templates_default_and_seed_forms(snapshot: Snapshot) -> None:
     seed = Topics.of(replace(conn, cmd_topic="/edge/cmd/{tag}", ack_topic="/edge/ack/{seq}"))
     assert seed.cmd_filter == "/edge/cmd/+" and seed.cmd_tag("/edge/cmd/plant.pump_on") == "plant.pump_on"
     assert seed.ack_topic(5) == "/edge/ack/5"
+
+
+def test_a_command_for_an_mqtt_source_tag_is_refused_as_read_only() -> None:
+    """Tags that arrive from a local MQTT device have no write path: the ack says so."""
+    example = load_snapshot(CONFIG / "examples" / "mqtt-source")
+    desk = Desk(example)
+    for seq, tag in enumerate(("lab.boiler.temp_c", "lab.oven.temp_c", "lab.oven.rh_pct"), 1):
+        ack = desk.send(tag, {"seq": seq, "value": 1})
+        assert (ack.result, ack.reason) == ("fail", "read_only"), ack.error
+        assert "MQTT source" in (ack.error or "")
+    assert desk.send("lab.oven", {"seq": 9, "value": 1}).reason == "unknown_tag"
+    assert desk.writes == []

@@ -79,6 +79,12 @@ class Template:
         return tag if len(tag) <= TAG_MAX and TAG_RE.match(tag) else None
 
 
+def may_produce(template: str, tag: str) -> bool:
+    """Whether a (valid) tag template can render as `tag`: each {n} stands for one or more characters."""
+    literal = PLACEHOLDER.split(template)[::2]  # split keeps the captured names at odd positions
+    return re.fullmatch(".+".join(map(re.escape, literal)), tag) is not None
+
+
 @dataclass(frozen=True)
 class Target:
     """One variable that a topic maps to, prepared for the hot path."""
