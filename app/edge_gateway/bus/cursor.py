@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from edge_gateway.bus.frame import Frame
 
 if TYPE_CHECKING:
     from edge_gateway.bus.wal import Wal
+
+
+@dataclass
+class ReadHint:
+    """Where a sequential reader stopped in the files: the segment and byte offset of the next record,
+    and the frames of the last record it decoded but has not returned yet. A record holds what the
+    writer drained at once (often thousands of frames): decoding it again for every read would make
+    catching up on a backlog quadratic."""
+
+    segment: int = 0
+    offset: int = 0
+    held: list[Frame] = field(default_factory=list)
 
 
 class Cursor:
@@ -18,7 +31,7 @@ class Cursor:
         self._wal = wal
         self.name = name
         self._pos = acked + 1
-        self._hint = [0, 0]
+        self._hint = ReadHint()
 
     @property
     def acked(self) -> int:
@@ -50,11 +63,11 @@ class Cursor:
 
     def rewind(self) -> None:
         self._pos = self.acked + 1
-        self._hint = [0, 0]
+        self._hint = ReadHint()
 
     def seek(self, seq: int) -> None:
         self._pos = max(1, seq)
-        self._hint = [0, 0]
+        self._hint = ReadHint()
 
     def ack(self, seq: int) -> None:
         self._wal.ack(self.name, seq)

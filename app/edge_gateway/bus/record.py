@@ -40,6 +40,8 @@ _U32 = struct.Struct("<I")
 _MAGIC_BYTES = struct.pack("<H", MAGIC)
 MAX_PAYLOAD = 1 << 30
 
+_KINDS = tuple(Kind)  # indexing beats Kind(n), which is a slow enum lookup in the hot loop
+
 # value types
 _NONE, _FALSE, _TRUE, _INT, _FLOAT, _STR, _BYTES, _BIGINT = range(8)
 
@@ -87,12 +89,23 @@ def encode(frames: list[Frame]) -> bytes:
     return HEADER.pack(MAGIC, VERSION, 0, len(payload), crc, frames[0].seq, len(frames)) + payload
 
 
+def declared_size(buf: bytes | memoryview) -> int | None:
+    """Header plus payload length of the record `buf` starts with, if it starts with a record header."""
+    if len(buf) < HEADER_SIZE:
+        return None
+    magic, version, _flags, length, *_ = HEADER.unpack_from(buf, 0)
+    if magic != MAGIC or version != VERSION or length > MAX_PAYLOAD:
+        return None
+    return HEADER_SIZE + int(length)
+
+
 def decode(first_seq: int, count: int, payload: bytes | memoryview) -> list[Frame]:
     out: list[Frame] = []
     mv = memoryview(payload)
     pos = 0
     unpack = _FRAME.unpack_from
     size = _FRAME.size
+    kinds = _KINDS
     for i in range(count):
         ts, kind, vt, tag_len, q_len, meta_len = unpack(mv, pos)
         pos += size
@@ -125,7 +138,7 @@ def decode(first_seq: int, count: int, payload: bytes | memoryview) -> list[Fram
         if meta_len:
             meta = json.loads(bytes(mv[pos : pos + meta_len]))
             pos += meta_len
-        out.append(Frame(first_seq + i, ts, tag, value, q, Kind(kind), meta))
+        out.append(Frame(first_seq + i, ts, tag, value, q, kinds[kind], meta))
     return out
 
 

@@ -33,7 +33,7 @@ import threading
 from pathlib import Path
 
 from edge_gateway.bus import metrics, record
-from edge_gateway.bus.cursor import Cursor
+from edge_gateway.bus.cursor import Cursor, ReadHint
 from edge_gateway.bus.frame import Frame
 from edge_gateway.config.model import WalCfg
 
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 SUFFIX = ".seg"
 CACHE_FRAMES = 131072  # recently committed frames kept in memory for consumers close behind
-READ_CHUNK = 4 << 20
+READ_CHUNK = 1 << 20  # bytes per file read; a larger record is read whole
 
 
 class WalLocked(RuntimeError):
@@ -313,9 +313,9 @@ class Wal:
         with self._cond:
             self._cond.notify_all()
 
-    def read(self, pos: int, max_frames: int, hint: list[int] | None = None) -> list[Frame]:
+    def read(self, pos: int, max_frames: int, hint: ReadHint | None = None) -> list[Frame]:
         """Committed frames with seq >= pos (at most max_frames), from memory or from files.
-        `hint` = [segment first seq, byte offset] of a sequential reader, updated in place."""
+        `hint` is a sequential reader's place in the files, updated in place."""
         with self._cond:
             committed = self.committed_seq
             if pos > committed:
@@ -325,7 +325,28 @@ class Wal:
                 return self._cache[i : i + min(max_frames, committed - pos + 1)]
             segments = list(self.segments)
             active, limit = self._active, self.sizes.get(self._active or -1, 0)
-        return self._read_files(pos, max_frames, committed, segments, active, limit, hint)
+        if hint is None:
+            hint = ReadHint()
+        out = self._take_held(hint, pos, max_frames, committed)
+        if len(out) >= max_frames or hint.held:
+            return out
+        pos = out[-1].seq + 1 if out else pos
+        return out + self._read_files(pos, max_frames - len(out), committed, segments, active, limit, hint)
+
+    @staticmethod
+    def _take_held(hint: ReadHint, pos: int, max_frames: int, committed: int) -> list[Frame]:
+        """Frames from pos on out of the record the reader decoded last (its seqs are consecutive)."""
+        held = hint.held
+        if not held:
+            return []
+        if not held[0].seq <= pos <= held[-1].seq:
+            hint.segment, hint.offset, hint.held = 0, 0, []  # the reader moved: find its place again
+            return []
+        i = pos - held[0].seq
+        n = max(0, min(max_frames, committed - pos + 1, len(held) - i))
+        out = held[i : i + n]
+        hint.held = held[i + n :]
+        return out
 
     def _read_files(
         self,
@@ -335,7 +356,7 @@ class Wal:
         segments: list[int],
         active: int | None,
         limit: int,
-        hint: list[int] | None,
+        hint: ReadHint,
     ) -> list[Frame]:
         if not segments:
             return []
@@ -343,44 +364,48 @@ class Wal:
         out: list[Frame] = []
         while i < len(segments) and len(out) < max_frames:
             first = segments[i]
-            offset = hint[1] if hint and hint[0] == first else 0
+            offset = hint.offset if hint.segment == first else 0
             try:
                 with open(self.dir / seg_name(first), "rb") as f:
+                    available = (limit if first == active else os.fstat(f.fileno()).st_size) - offset
                     f.seek(offset)
-                    size = (limit if first == active else os.fstat(f.fileno()).st_size) - offset
-                    data = f.read(max(0, min(size, READ_CHUNK)) if first == active else min(size, READ_CHUNK))
+                    data = f.read(max(0, min(available, READ_CHUNK)))
+                    need = record.declared_size(data)
+                    if need is not None and len(data) < need <= available:
+                        data += f.read(need - len(data))  # one record larger than a chunk
             except FileNotFoundError:  # deleted by GC or drop_oldest under us: skip ahead
                 i += 1
+                hint.segment, hint.offset = (segments[i], 0) if i < len(segments) else (0, 0)
                 continue
             consumed = 0
             for item in record.scan(data):
                 if isinstance(item, record.Damage):
                     if item.torn:
-                        break  # a record cut by READ_CHUNK: read it in the next round
-                    consumed = item.end
+                        break  # a record cut by the chunk: read it in the next round
+                    consumed = item.end  # corruption: counted when the segment was opened or written
                     continue
-                consumed = item.end
                 end_seq = item.first_seq + item.count - 1
-                if end_seq < pos:
-                    continue
                 if item.first_seq > committed:
                     break
+                consumed = item.end
+                if end_seq < pos:
+                    continue
                 frames = record.decode(
                     item.first_seq, item.count, memoryview(data)[item.offset + record.HEADER_SIZE : item.end]
                 )
-                out.extend(f for f in frames if pos <= f.seq <= committed)
-                if len(out) >= max_frames:
-                    if len(out) > max_frames or end_seq > committed:
-                        consumed = item.offset  # partly read: the next read decodes this record again
+                j = max(0, pos - item.first_seq)
+                n = max(0, min(max_frames - len(out), committed - item.first_seq - j + 1))
+                out.extend(frames[j : j + n])
+                if j + n < len(frames):
+                    hint.held = frames[j + n :]
                     break
-            if hint is not None:
-                hint[0], hint[1] = first, offset + consumed
-            if len(out) >= max_frames or (consumed < len(data) and data):
+            hint.segment, hint.offset = first, offset + consumed
+            if len(out) >= max_frames or hint.held or (consumed < len(data) and data):
                 break
             i += 1
-            if hint is not None and i < len(segments):
-                hint[0], hint[1] = segments[i], 0
-        return out[:max_frames]
+            if i < len(segments):
+                hint.segment, hint.offset = segments[i], 0
+        return out
 
     # -- space -------------------------------------------------------------------------------------
     @property
