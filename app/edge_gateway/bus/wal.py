@@ -40,7 +40,10 @@ from edge_gateway.config.model import WalCfg
 log = logging.getLogger(__name__)
 
 SUFFIX = ".seg"
-CACHE_FRAMES = 131072  # recently committed frames kept in memory for consumers close behind
+# Committed frames kept in memory for consumers close behind: every frame no consumer has acked yet,
+# up to 2 × CACHE_FRAMES (then cut to CACHE_FRAMES). A frame costs ~170 bytes in memory; a consumer
+# further behind (a backlog after an outage) reads the segment files, which is fast enough (ReadHint).
+CACHE_FRAMES = 32768
 READ_CHUNK = 1 << 20  # bytes per file read; a larger record is read whole
 
 
@@ -253,8 +256,12 @@ class Wal:
                 self._cache, self._cache_first = [], done[0].seq
                 self._pending_gap = False
             self._cache.extend(done)
-            if len(self._cache) > 2 * CACHE_FRAMES:
+            cut = 0
+            if self.acks:  # what every consumer has acked is never read again (a rewind goes to ack + 1)
+                cut = min(len(self._cache), max(0, min(self.acks.values()) + 1 - self._cache_first))
+            if len(self._cache) - cut > 2 * CACHE_FRAMES:
                 cut = len(self._cache) - CACHE_FRAMES
+            if cut:
                 del self._cache[:cut]
                 self._cache_first += cut
             self.committed_seq = done[-1].seq

@@ -162,6 +162,24 @@ def test_a_backlog_is_read_from_files_decoding_each_record_once(tmp_path: Path, 
     wal.close()
 
 
+def test_memory_holds_only_what_a_consumer_may_still_read(tmp_path: Path) -> None:
+    """The in-memory tail is what bounds RSS: acked frames leave it, and a stalled consumer caps it."""
+    from edge_gateway.bus.wal import CACHE_FRAMES
+
+    wal = Wal.open(cfg(tmp_path))
+    c = wal.cursor("mqtt")
+    write(wal, 1, 1000)
+    c.ack(900)
+    write(wal, 1001, 10)
+    assert (wal._cache_first, len(wal._cache)) == (901, 110)
+    c.rewind()
+    assert c.read(5, 0)[0].seq == 901
+    write(wal, 1011, 2 * CACHE_FRAMES, per_record=4096)  # the consumer stalls: capped
+    assert len(wal._cache) <= 2 * CACHE_FRAMES
+    assert [f.seq for f in c.read(3, 0)] == [906, 907, 908]  # older frames come from the files
+    wal.close()
+
+
 def test_read_waits_for_a_commit(tmp_path: Path) -> None:
     bus, wal, writer = open_bus_and_wal(GatewayCfg(wal=cfg(tmp_path)))
     writer.start()
