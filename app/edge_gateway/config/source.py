@@ -16,6 +16,10 @@ import yaml
 
 PathElem = str | int
 
+# libyaml's parser when PyYAML has it (Buildroot's always does): its nodes carry the same marks, and
+# it is several times faster and leaves a much smaller heap behind on a 10 000-tag config.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 # YAML 1.1 scalars that PyYAML turns into something else than the text the user wrote.
 _BOOL_WORDS = {"yes", "no", "on", "off", "y", "n", "true", "false"}
 
@@ -137,7 +141,7 @@ def read(path: Path, name: str) -> Source:
         src.problems.append(Problem(name, 1, message=f"cannot read: {e.strerror}"))
         return src
     try:
-        loader = yaml.SafeLoader(src.raw.decode("utf-8"))
+        loader = _Loader(src.raw.decode("utf-8"))
         try:
             root = loader.get_single_node()
             if root is not None and _check_tree(src, root):
