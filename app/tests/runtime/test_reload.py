@@ -93,6 +93,25 @@ def test_changed_driver_restarts_only_that_driver(plant: Plant) -> None:
     assert again.returncode == 0 and again.stdout.startswith("unchanged"), again.stdout
 
 
+def test_changed_endpoint_reopens_only_that_line(plant: Plant) -> None:
+    with BatchSubscriber(LOOPBACK, plant.broker.port) as sub:
+        plant.start_gateway()
+        plant.wait_ready()
+        assert sub.wait_for(lambda s: len(latest(s)) == TAGS, 30), plant.log_tail()
+        before = drivers(plant)
+
+        plant.edit("endpoints.yml", ("timeout: 1000ms", "timeout: 800ms"))  # the TCP PLC's line
+        wait(lambda: plant.metric("cfg_apply_total", {"result": "ok"}) == 1, 20, "the reload", plant)
+        assert "endpoints changed: plc_tcp" in plant.ctl("status")["last_reload"]["changes"]
+        after = drivers(plant)
+        assert after["plc1"]["since_ms"] > before["plc1"]["since_ms"]  # its line was drained and reopened
+        for d in ("meter1", "meter2"):  # the RS-485 line was not touched
+            assert after[d]["since_ms"] == before[d]["since_ms"], d
+        n = len(sub.frames())
+        assert sub.wait_for(lambda s: sum(f["tag"] == "plant.flow_m3h" for f in s.frames()[n:]) >= 3, 15)
+        assert no_gaps(sub.seqs())
+
+
 def test_invalid_edit_keeps_the_running_config_and_is_counted(plant: Plant) -> None:
     plant.start_gateway()
     plant.wait_ready()
