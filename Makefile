@@ -62,7 +62,7 @@ hil: venv
 SOAK_SECONDS ?= 600
 SOAK_RATE    ?= 5000
 soak: venv
-	cd hil-tests && ../$(PY) -m pytest -q -s -k test_soak --soak-seconds $(SOAK_SECONDS) --soak-rate $(SOAK_RATE) --outage 30 $(HIL_ARGS)
+	cd hil-tests && ../$(PY) -m pytest -q -s -k test_soak --soak-seconds $(SOAK_SECONDS) --soak-rate $(SOAK_RATE) --outage 30 --soak-report ../build/hil/soak.json $(HIL_ARGS)
 	@cat build/hil/soak.json
 
 image: venv

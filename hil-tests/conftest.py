@@ -55,6 +55,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=int(os.environ.get("SOAK_RATE", "5000")),
         help="frames/s",
     )
+    g.addoption(
+        "--soak-report",
+        default=None,
+        help="write the soak's figures to this JSON file (make soak: build/hil/soak.json)",
+    )
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rig import ROOT, Rig, expect_raw, holding_unit, raw
+from rig import Rig, expect_raw, holding_unit, raw
 
 POLL = "200ms"
 
@@ -382,9 +382,9 @@ def test_soak(rig: Rig, request: pytest.FixtureRequest) -> None:
             for u in range(1, units + 1)
         ),
     }
-    out = ROOT / "build" / "hil"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
+    if o.soak_report:
+        report = Path(o.soak_report)
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
     assert result["lost"] == 0 and result["wal_full_drops"] == 0
-    assert Path(out / "soak.json").exists()
