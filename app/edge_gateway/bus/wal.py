@@ -397,14 +397,11 @@ class Wal:
                 consumed = item.end
                 if end_seq < pos:
                     continue
-                frames = record.decode(
+                hint.held = record.decode(
                     item.first_seq, item.count, memoryview(data)[item.offset + record.HEADER_SIZE : item.end]
                 )
-                j = max(0, pos - item.first_seq)
-                n = max(0, min(max_frames - len(out), committed - item.first_seq - j + 1))
-                out.extend(frames[j : j + n])
-                if j + n < len(frames):
-                    hint.held = frames[j + n :]
+                out.extend(self._take_held(hint, max(pos, item.first_seq), max_frames - len(out), committed))
+                if hint.held:
                     break
             hint.segment, hint.offset = first, offset + consumed
             if len(out) >= max_frames or hint.held or (consumed < len(data) and data):
