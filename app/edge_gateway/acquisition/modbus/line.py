@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from edge_gateway.acquisition.modbus import codec, metrics, pdu
 from edge_gateway.acquisition.modbus.pdu import DeviceException, Disconnected, ModbusError
@@ -97,12 +97,15 @@ class ModbusLine(threading.Thread):
             metrics.LINE_BYTES.labels(line=endpoint.id, direction="in"),
         )
 
-    def _unit(self, d: Driver, vs: tuple[Variable, ...], due: float, planner: Planner | None = None) -> Unit:
-        planner = planner or Planner(self.endpoint, d.modbus.max_regs_per_req)
+    def _unit(self, d: Driver, vs: tuple[Variable, ...], due: float) -> Unit:
+        planner = Planner(self.endpoint, d.modbus.max_regs_per_req)
+        metrics.FAULT.labels(driver_id=d.id).set(0)
+        return Unit(d, vs, planner, self._plan(d, vs, planner), due)
+
+    def _plan(self, d: Driver, vs: tuple[Variable, ...], planner: Planner) -> list[Read]:
         reads = planner.plan(vs)
         log.debug("plan %s/%s: %s", self.endpoint.id, d.id, [r.describe() for r in reads])
-        metrics.FAULT.labels(driver_id=d.id).set(0)
-        return Unit(d, vs, planner, reads, due)
+        return reads
 
     # -- the API other threads use ---------------------------------------------------------------------------
     def stop(self, timeout: float = 5.0) -> None:
@@ -147,11 +150,8 @@ class ModbusLine(threading.Thread):
         splits and its health (it is the same device)."""
         with self._lock:
             u = self.units[driver_id]
-            new = self._unit(u.driver, tuple(variables), u.next_due, u.planner)
-            new.state, new.failures, new.backoff, new.since_ms = u.state, u.failures, u.backoff, u.since_ms
-            new.polls, new.skipped, new.last_error, new.last_ok_ms = u.polls, u.skipped, u.last_error, u.last_ok_ms
-            metrics.FAULT.labels(driver_id=driver_id).set(1 if new.state == "fault" else 0)
-            self.units[driver_id] = new
+            vs = tuple(variables)
+            self.units[driver_id] = replace(u, variables=vs, reads=self._plan(u.driver, vs, u.planner))
 
     def restart_driver(self, driver: Driver, variables: Sequence[Variable]) -> None:
         """Replace one unit's settings (a changed driver) without touching the others."""
