@@ -8,14 +8,20 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from edge_gateway.bus.frame import Frame, Kind
+from edge_gateway.metrics import MetricsServer
 from edge_gateway.runtime.control import ControlError, ControlServer, TailHub, request
+from edge_gateway.testkit import LOOPBACK
+
+from .plant import Plant
 
 BIN = Path(sys.executable).parent
 
@@ -183,3 +189,74 @@ def test_busy_clients_are_not_evicted_the_newcomer_is_refused(tmp_path: Path) ->
         for s in tails:
             s.close()
         srv.stop()
+
+
+def _threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no Threads: line")
+
+
+def test_idle_clients_exhaust_neither_the_control_socket_nor_metrics_of_a_real_gateway(plant: Plant) -> None:
+    plant.start_gateway()
+    plant.wait_ready()
+    assert plant.gw is not None
+    baseline = _threads(plant.gw.pid)
+    assert plant.metric("wal_committed_seq") >= 0  # /metrics answers before the flood
+    idle_ctl = _connect_idle(plant.control, 100)
+    idle_http: list[socket.socket] = []
+    try:
+        for _ in range(500):
+            idle_http.append(socket.create_connection((LOOPBACK, plant.metrics_port), timeout=10))
+        # Every connection is accepted (or queued) and sits idle; a scrape and edge-ctl still answer.
+        assert "modbus_pdu_total" in _scrape(plant.metrics_port)
+        answer = subprocess.run(
+            [str(BIN / "edge-ctl"), "--socket", plant.control, "--json", "status"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert answer.returncode == 0, answer.stderr
+        assert "revision" in json.loads(answer.stdout)
+        # prometheus_client's server held a thread per idle connection here (~500); the selector holds none,
+        # and the control socket at most one per slot.
+        assert _threads(plant.gw.pid) <= baseline + 16 + 4
+    finally:
+        for s in idle_ctl + idle_http:
+            s.close()
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/metrics", timeout=10) as r:  # noqa: S310 - loopback
+        return r.read().decode()
+
+
+def test_metrics_server_one_thread_timeouts_and_eviction() -> None:
+    srv = MetricsServer(LOOPBACK, 0, max_conns=8, timeout=0.3)
+    srv.start()
+    port = srv.address[1]
+    threads = threading.active_count()
+    try:
+        idle = [socket.create_connection((LOOPBACK, port), timeout=10) for _ in range(50)]
+        assert "# HELP" in _scrape(port)
+        assert threading.active_count() == threads
+        assert srv.connections <= 8 and srv.evicted >= 50 - 8
+        for s in idle:  # evicted or timed out: every idle connection is closed by the server
+            assert _wait_eof(s) == b""
+            s.close()
+        with socket.create_connection((LOOPBACK, port), timeout=10) as s:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # the head never ends
+            assert _wait_eof(s) == b""
+        assert srv.timed_out >= 1
+        with socket.create_connection((LOOPBACK, port), timeout=10) as s:
+            s.sendall(b"HEAD /metrics HTTP/1.0\r\n\r\n")
+            head = _wait_eof(s)
+            assert head.startswith(b"HTTP/1.0 200 OK\r\n") and head.endswith(b"\r\n\r\n")
+        with socket.create_connection((LOOPBACK, port), timeout=10) as s:
+            s.sendall(b"GET /secret HTTP/1.0\r\n\r\n")
+            assert _wait_eof(s).startswith(b"HTTP/1.0 404")
+    finally:
+        srv.close()
+    with pytest.raises(OSError):
+        socket.create_connection((LOOPBACK, port), timeout=2).close()
