@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -17,11 +18,13 @@ from pathlib import Path
 import pytest
 
 from edge_gateway.bus.frame import Frame, Kind
+from edge_gateway.config.loader import load_snapshot
+from edge_gateway.config.model import GatewayCfg
 from edge_gateway.metrics import MetricsServer
 from edge_gateway.runtime.control import ControlError, ControlServer, TailHub, request
 from edge_gateway.testkit import LOOPBACK
 
-from .plant import Plant
+from .plant import ROOT, Plant
 
 BIN = Path(sys.executable).parent
 
@@ -260,3 +263,21 @@ def test_metrics_server_one_thread_timeouts_and_eviction() -> None:
         srv.close()
     with pytest.raises(OSError):
         socket.create_connection((LOOPBACK, port), timeout=2).close()
+
+
+def test_metrics_listen_defaults_to_loopback(tmp_path: Path) -> None:
+    cfg = tmp_path / "cfg"
+    shutil.copytree(ROOT / "config", cfg, ignore=shutil.ignore_patterns("examples", "README.md"))
+    assert (GatewayCfg().metrics_host, GatewayCfg().metrics_port) == ("127.0.0.1", 9100)
+    (cfg / "gateway.yml").write_text("")  # an empty gateway.yml is valid: every default applies
+    g = load_snapshot(str(cfg)).gateway
+    assert (g.metrics_host, g.metrics_port) == ("127.0.0.1", 9100)
+    (cfg / "gateway.yml").write_text("metrics: {}\n")
+    assert load_snapshot(str(cfg)).gateway.metrics_host == "127.0.0.1"
+    (cfg / "gateway.yml").unlink()
+    assert load_snapshot(str(cfg)).gateway.metrics_host == "127.0.0.1"
+    srv = MetricsServer(g.metrics_host, 0)
+    try:
+        assert srv.address[0] == "127.0.0.1"  # what the gateway binds for that config
+    finally:
+        srv.close()
