@@ -13,7 +13,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 
 __all__ = ["REGISTRY", "CollectorRegistry", "LATENCY_BUCKETS", "MetricsServer", "value"]
 
@@ -35,7 +36,8 @@ class MetricsServer(threading.Thread):
     prometheus_client's `start_http_server` starts a thread per connection and never times a client
     out, so idle connections pile up threads without bound. Here one selector serves every
     connection: it reads the request head (at most MAX_HEAD bytes), answers `GET|HEAD /metrics` (or
-    `/`) with `generate_latest`, and closes. A connection with no progress for `timeout` seconds is
+    `/`) with `generate_latest` (or the OpenMetrics encoder when the Accept header asks for it), and
+    closes. A connection with no progress for `timeout` seconds is
     closed, and when `max_conns` are open a new one evicts the one that has waited longest.
     """
 
@@ -170,8 +172,14 @@ class MetricsServer(threading.Thread):
         path = line[1].split("?", 1)[0]
         if path not in ("/", "/metrics"):
             return _response(404, "text/plain", b"try /metrics\n")
-        body = generate_latest(self.registry)
-        out = _response(200, CONTENT_TYPE_LATEST, body)
+        accept = ""
+        for h in head.decode("latin-1").splitlines()[1:]:
+            name, _, val = h.partition(":")
+            if name.strip().lower() == "accept":
+                accept = val.strip()
+        encoder, ctype = choose_encoder(accept)  # OpenMetrics when the scraper asks for it, as before
+        body = encoder(self.registry)
+        out = _response(200, ctype, body)
         return out[: len(out) - len(body)] if line[0] == "HEAD" else out
 
     def _drop(self, c: _HttpConn) -> None:

@@ -257,6 +257,10 @@ def test_metrics_server_one_thread_timeouts_and_eviction() -> None:
             head = _wait_eof(s)
             assert head.startswith(b"HTTP/1.0 200 OK\r\n") and head.endswith(b"\r\n\r\n")
         with socket.create_connection((LOOPBACK, port), timeout=10) as s:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text; version=1.0.0\r\n\r\n")
+            om = _wait_eof(s)
+            assert b"Content-Type: application/openmetrics-text" in om and om.endswith(b"# EOF\n")
+        with socket.create_connection((LOOPBACK, port), timeout=10) as s:
             s.sendall(b"GET /secret HTTP/1.0\r\n\r\n")
             assert _wait_eof(s).startswith(b"HTTP/1.0 404")
     finally:
