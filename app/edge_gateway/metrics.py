@@ -128,6 +128,7 @@ class MetricsServer(threading.Thread):
                 return
             except OSError as e:  # EMFILE and the like: leave it in the backlog for now
                 log.warning("metrics: accept: %s", e)
+                time.sleep(0.1)  # the listener stays readable: do not spin on it
                 return
             if len(self._conns) >= self.max_conns:
                 self.evicted += 1
@@ -178,7 +179,11 @@ class MetricsServer(threading.Thread):
             if name.strip().lower() == "accept":
                 accept = val.strip()
         encoder, ctype = choose_encoder(accept)  # OpenMetrics when the scraper asks for it, as before
-        body = encoder(self.registry)
+        try:
+            body = encoder(self.registry)
+        except Exception:  # noqa: BLE001 - a broken collector must not take the endpoint down
+            log.exception("metrics: a collector failed")
+            return _response(500, "text/plain", b"a collector failed; see the gateway log\n")
         out = _response(200, ctype, body)
         return out[: len(out) - len(body)] if line[0] == "HEAD" else out
 
@@ -201,7 +206,13 @@ class _HttpConn:
     out: bytes = b""
 
 
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 431: "Request Header Fields Too Large"}
+_REASONS = {
+    200: "OK",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+}
 
 
 def _response(status: int, ctype: str, body: bytes) -> bytes:

@@ -20,7 +20,7 @@ import pytest
 from edge_gateway.bus.frame import Frame, Kind
 from edge_gateway.config.loader import load_snapshot
 from edge_gateway.config.model import GatewayCfg
-from edge_gateway.metrics import MetricsServer
+from edge_gateway.metrics import CollectorRegistry, MetricsServer
 from edge_gateway.runtime.control import ControlError, ControlServer, TailHub, request
 from edge_gateway.testkit import LOOPBACK
 
@@ -283,5 +283,24 @@ def test_metrics_listen_defaults_to_loopback(tmp_path: Path) -> None:
     srv = MetricsServer(g.metrics_host, 0)
     try:
         assert srv.address[0] == "127.0.0.1"  # what the gateway binds for that config
+    finally:
+        srv.close()
+
+
+def test_a_failing_collector_is_a_500_and_the_endpoint_stays_up() -> None:
+    class Broken:
+        def collect(self) -> list:  # type: ignore[type-arg]
+            raise RuntimeError("sensor table gone")
+
+    reg = CollectorRegistry()
+    reg.register(Broken())  # type: ignore[arg-type]
+    srv = MetricsServer(LOOPBACK, 0, registry=reg)
+    srv.start()
+    try:
+        for _ in range(2):
+            with socket.create_connection((LOOPBACK, srv.address[1]), timeout=10) as s:
+                s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+                assert _wait_eof(s).startswith(b"HTTP/1.0 500 ")
+        assert srv.is_alive()
     finally:
         srv.close()
