@@ -634,7 +634,7 @@ class _Build:
             src.error(("wal", "segment_bytes"), "wal: segment_bytes must be at least 4KiB")
         if wal.max_bytes < 2 * wal.segment_bytes:
             src.error(("wal", "max_bytes"), "wal: max_bytes must hold at least two segments")
-        listen = (g.get("metrics") or {}).get("listen", "0.0.0.0:9100")
+        listen = (g.get("metrics") or {}).get("listen", "127.0.0.1:9100")
         host, _, port = listen.rpartition(":")
         if not 1 <= int(port) <= 65535:
             src.error(("metrics", "listen"), f"metrics.listen: port {port} out of range 1..65535")

@@ -281,7 +281,7 @@ class WalCfg:
 class GatewayCfg:
     bus: BusCfg = BusCfg()
     wal: WalCfg = WalCfg()
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = "127.0.0.1"  # loopback unless gateway.yml binds elsewhere
     metrics_port: int = 9100
     control_socket: str = "/run/edge-gateway/control.sock"
 

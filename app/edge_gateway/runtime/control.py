@@ -9,6 +9,11 @@ too slow to keep up gets `{"dropped": N}` lines instead of stalling the WAL writ
 The socket is created 0660 (owner and group: the service user and its admins), and a stale socket
 file left by a killed gateway is replaced, while a live one is refused. Commands are registered by
 name (`register("reload", fn)`), so later subsystems add theirs without touching this module.
+
+Idle clients cannot lock `edge-ctl` out: a client that sends nothing for IDLE_TIMEOUT seconds is
+closed, and when MAX_CLIENTS are connected a new client evicts the one idle the longest (a client
+waiting for its next request line, not one whose command is running or a `tail` stream). Only when
+every slot is busy is the new client refused.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ import queue
 import socket
 import stat
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +39,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[dict[str, Any]], Any]
 MAX_CLIENTS = 16
 MAX_REQUEST = 64 * 1024
+IDLE_TIMEOUT = 10.0  # seconds a client may wait between request lines (or within one) before it is closed
 
 
 class ControlError(Exception):
@@ -102,15 +110,32 @@ def _default(o: object) -> object:
     return str(o)
 
 
+@dataclass
+class _Client:
+    """One connection's slot. `idle_since` is set while the client thread waits for a request line."""
+
+    conn: socket.socket
+    idle_since: float | None = field(default_factory=time.monotonic)
+
+
 class ControlServer(threading.Thread):
-    def __init__(self, path: str, tail: TailHub | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        tail: TailHub | None = None,
+        max_clients: int = MAX_CLIENTS,
+        idle_timeout: float = IDLE_TIMEOUT,
+    ) -> None:
         super().__init__(name="control", daemon=True)
         self.path = path
         self.tail = tail
+        self.max_clients = max_clients
+        self.idle_timeout = idle_timeout
+        self.evicted = 0  # idle clients closed to make room for a new one
         self._handlers: dict[str, Handler] = {}
         self._sock: socket.socket | None = None
         self._stopping = threading.Event()
-        self._clients: set[socket.socket] = set()
+        self._clients: dict[socket.socket, _Client] = {}
         self._lock = threading.Lock()
 
     def register(self, name: str, handler: Handler) -> None:
@@ -178,19 +203,49 @@ class ControlServer(threading.Thread):
                     return
                 raise
             with self._lock:
-                if len(self._clients) >= MAX_CLIENTS:
-                    conn.sendall(_dumps({"ok": False, "error": "too many control clients"}))
-                    conn.close()
+                if len(self._clients) >= self.max_clients and not self._evict_idlest():
+                    _refuse(conn)
                     continue
-                self._clients.add(conn)
-            threading.Thread(target=self._serve, args=(conn,), name="control-client", daemon=True).start()
+                client = _Client(conn)
+                self._clients[conn] = client
+            threading.Thread(target=self._serve, args=(client,), name="control-client", daemon=True).start()
+
+    @property
+    def clients(self) -> int:
+        with self._lock:
+            return len(self._clients)
+
+    def _evict_idlest(self) -> bool:
+        """Close the client that has been idle longest (lock held); False when none is idle."""
+        idle = [c for c in self._clients.values() if c.idle_since is not None]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: c.idle_since or 0.0)
+        del self._clients[victim.conn]
+        self.evicted += 1
+        try:
+            victim.conn.shutdown(socket.SHUT_RDWR)  # its thread sees EOF and closes the socket
+        except OSError:
+            pass  # already gone
+        return True
 
     # -- one client ----------------------------------------------------------------------------------------
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, client: _Client) -> None:
+        conn = client.conn
         try:
+            conn.settimeout(self.idle_timeout)
             f = conn.makefile("rb")
             while not self._stopping.is_set():
-                line = f.readline(MAX_REQUEST)
+                with self._lock:
+                    client.idle_since = time.monotonic()
+                try:
+                    line = f.readline(MAX_REQUEST)
+                except TimeoutError:
+                    return  # idle too long: the slot goes back to the pool
+                with self._lock:
+                    if conn not in self._clients:
+                        return  # evicted while the request arrived
+                    client.idle_since = None
                 if not line:
                     return
                 if not line.strip():
@@ -213,7 +268,8 @@ class ControlServer(threading.Thread):
                 log.warning("control client: %s", e)
         finally:
             with self._lock:
-                self._clients.discard(conn)
+                if self._clients.get(conn) is client:
+                    del self._clients[conn]
             conn.close()
 
     def _call(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -252,6 +308,16 @@ class ControlServer(threading.Thread):
                     return
         finally:
             self.tail.unsubscribe(q)
+
+
+def _refuse(conn: socket.socket) -> None:
+    try:
+        conn.settimeout(1.0)
+        conn.sendall(_dumps({"ok": False, "error": "too many control clients"}))
+    except OSError:
+        pass  # the refused client is gone already
+    finally:
+        conn.close()
 
 
 def _hung_up(conn: socket.socket) -> bool:

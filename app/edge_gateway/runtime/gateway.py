@@ -32,8 +32,6 @@ from concurrent.futures import Future
 from functools import partial
 from typing import Any
 
-from prometheus_client import start_http_server
-
 from edge_gateway import __version__
 from edge_gateway.acquisition import start_line
 from edge_gateway.acquisition.mqtt import MqttSource, start_source
@@ -41,7 +39,7 @@ from edge_gateway.bus import open_bus_and_wal
 from edge_gateway.bus.frame import GOOD, Frame, Value, now_ms
 from edge_gateway.config.diff import Impact, diff
 from edge_gateway.config.model import Endpoint, GatewayCfg, Snapshot, Variable
-from edge_gateway.metrics import REGISTRY
+from edge_gateway.metrics import REGISTRY, MetricsServer
 from edge_gateway.runtime.control import ControlError, ControlServer, TailHub
 from edge_gateway.runtime.reload import ApplyError, Reloader
 from edge_gateway.runtime.supervisor import Notifier, Supervisor, Watched
@@ -229,14 +227,14 @@ class Gateway:
         """Bind the new address before closing the old one: a taken port fails here with nothing lost."""
         if not self.serve_metrics or self._metrics_addr == (g.metrics_host, g.metrics_port):
             return
-        server, _ = start_http_server(g.metrics_port, addr=g.metrics_host, registry=REGISTRY)
+        server = MetricsServer(g.metrics_host, g.metrics_port, REGISTRY)
+        server.start()
         self._close_metrics()
         self._metrics_server, self._metrics_addr = server, (g.metrics_host, g.metrics_port)
 
     def _close_metrics(self) -> None:
         if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server.server_close()
+            self._metrics_server.close()
             self._metrics_server = self._metrics_addr = None
 
     # -- hot reload ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 
 from edge_gateway.acquisition.modbus import codec, metrics, pdu
-from edge_gateway.acquisition.modbus.pdu import DeviceException, Disconnected, ModbusError
+from edge_gateway.acquisition.modbus.pdu import DeviceException, Disconnected, Mismatch, ModbusError
 from edge_gateway.acquisition.modbus.planner import Planner, Read
 from edge_gateway.acquisition.modbus.transport import make_transport
 from edge_gateway.bus.frame import GOOD, Frame, Value, bad, now_ms
@@ -335,6 +335,12 @@ class ModbusLine(threading.Thread):
                 metrics.PDU.labels(driver_id=unit.id, func=func, result=e.reason).inc()
                 metrics.EXCEPTION.labels(code=str(e.code)).inc()
                 raise  # an answer, not a failure to retry
+            except Mismatch as e:
+                log.debug("%s: %s", unit.id, e)
+                metrics.PDU.labels(driver_id=unit.id, func=func, result="mismatch").inc()
+                metrics.MISMATCH.labels(driver_id=unit.id, field=e.field).inc()
+                last = e
+                continue  # another device's answer, or a stray one: the next attempt may get ours
             except ModbusError as e:
                 metrics.PDU.labels(driver_id=unit.id, func=func, result=e.reason).inc()
                 last = e

@@ -16,6 +16,12 @@ DURATION = Histogram(
     registry=REGISTRY,
 )
 RECONNECT = Counter("modbus_reconnect", "Line or connection reopened", ["endpoint_id"], registry=REGISTRY)
+MISMATCH = Counter(
+    "modbus_mismatch",
+    "Answers rejected because they carry another unit id, function code or MBAP transaction id",
+    ["driver_id", "field"],
+    registry=REGISTRY,
+)
 EXCEPTION = Counter("modbus_exception", "Exception replies from devices", ["code"], registry=REGISTRY)
 FAULT = Gauge("modbus_fault", "1 while a driver is in Fault (polled with backoff)", ["driver_id"], registry=REGISTRY)
 SKIPPED = Counter(

@@ -42,6 +42,17 @@ class Disconnected(ModbusError):
     reason = "disconnected"
 
 
+class Mismatch(ModbusError):
+    """An answer that is not to our request: from another unit id, with another function code, or
+    (Modbus/TCP) with another transaction id. Quality `bad:wrong_unit`, `bad:wrong_function`,
+    `bad:wrong_transaction`; counted as `modbus_pdu_total{result="mismatch"}` and `modbus_mismatch_total`."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field  # unit | function | transaction
+        self.reason = f"wrong_{field}"
+
+
 class DeviceException(ModbusError):
     def __init__(self, fc: int, code: int) -> None:
         super().__init__(f"device answered exception {code} to function {fc}")
@@ -85,13 +96,18 @@ def parse(request: bytes, response: bytes) -> list[int] | list[bool] | None:
     if response[0] == fc | 0x80:
         raise DeviceException(fc, response[1] if len(response) > 1 else 0)
     if response[0] != fc:
-        raise ModbusError(f"response function {response[0]} to request function {fc}")
+        raise Mismatch("function", f"answer with function {response[0]} to a request with function {fc}")
     if fc in (1, 2, 3, 4):
         _, count = struct.unpack_from(">HH", request, 1)
-        nbytes = response[1] if len(response) > 1 else -1
         want = 2 * count if fc in (3, 4) else (count + 7) // 8
-        if nbytes != want or len(response) != 2 + want:
-            raise ModbusError(f"response has {nbytes} data bytes, expected {want}")
+        what = f"{count} {'registers' if fc in (3, 4) else 'bits'}"
+        if len(response) < 2:
+            raise ModbusError(f"response to a read of {what} ends after the function code")
+        nbytes, carried = response[1], len(response) - 2
+        if nbytes != want:
+            raise ModbusError(f"response byte count is {nbytes}, expected {want} for {what}")
+        if carried != want:
+            raise ModbusError(f"response carries {carried} data bytes after a byte count of {want}")
         data = response[2:]
         if fc in (3, 4):
             return list(struct.unpack(f">{count}H", data))

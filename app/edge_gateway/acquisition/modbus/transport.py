@@ -19,12 +19,13 @@ import ssl
 import struct
 import termios
 import time
+from collections import deque
 from typing import Protocol
 
 import serial
 
 from edge_gateway.acquisition.modbus import rtu
-from edge_gateway.acquisition.modbus.pdu import CrcError, Disconnected, ModbusError, Timeout
+from edge_gateway.acquisition.modbus.pdu import CrcError, Disconnected, Mismatch, ModbusError, Timeout
 from edge_gateway.config.model import Endpoint
 
 
@@ -235,11 +236,13 @@ class RtuTransport(_Connected):
             if not rtu.check(resp):
                 raise CrcError(f"unit {unit}: CRC error in {resp.hex()}")
             if resp[0] != unit:
-                raise ModbusError(f"answer from unit {resp[0]} to a request for unit {unit}")
+                raise Mismatch("unit", f"answer from unit {resp[0]} to a request for unit {unit}")
+            _check_function(unit, pdu, resp[1])
             return resp[1:-2]
         except ModbusError as e:
             if not isinstance(e, Disconnected):
-                # Let the rest of a garbled answer pass, then forget it: the next request starts clean.
+                # Let the rest of a garbled or foreign answer pass, then forget it (flush the input):
+                # the next request starts clean.
                 time.sleep(self.gap)
                 wire.discard()
             raise
@@ -247,16 +250,32 @@ class RtuTransport(_Connected):
             self.quiet_since = time.monotonic()
 
 
+def _check_function(unit: int, pdu: bytes, fc: int) -> None:
+    if fc & 0x7F != pdu[0]:
+        raise Mismatch("function", f"unit {unit}: answer with function {fc} to a request with function {pdu[0]}")
+
+
 class MbapTransport(_Connected):
-    """Modbus/TCP (and Modbus/TCP Security over TLS): MBAP header, transaction ids."""
+    """Modbus/TCP (and Modbus/TCP Security over TLS): MBAP header, transaction ids.
+
+    An answer carrying the transaction id of one of the last UNANSWERED requests that got no answer
+    of their own is a late answer, and is skipped; any other foreign transaction id, unit id or
+    function code is a Mismatch (the framing is still intact, so the connection stays up)."""
+
+    UNANSWERED = 16
 
     def __init__(self, ep: Endpoint) -> None:
         super().__init__(ep)
         self.tid = 0
+        self._answered = True
+        self._unanswered: deque[int] = deque(maxlen=self.UNANSWERED)
 
     def transact(self, unit: int, pdu: bytes) -> bytes:
         wire = self._wire()
+        if not self._answered:
+            self._unanswered.append(self.tid)
         self.tid = (self.tid + 1) & 0xFFFF
+        self._answered = False
         adu = struct.pack(">HHHB", self.tid, 0, len(pdu) + 1, unit) + pdu
         wire.write(adu)
         self.bytes_out += len(adu)
@@ -267,7 +286,7 @@ class MbapTransport(_Connected):
                 if head:  # half a header: the stream is out of step, start over on a new connection
                     self.close()
                 raise Timeout(f"unit {unit}: no answer within {self.ep.timeout * 1000:.0f} ms")
-            tid, proto, length, _unit = struct.unpack(">HHHB", head)
+            tid, proto, length, r_unit = struct.unpack(">HHHB", head)
             if proto != 0 or not 2 <= length <= 254:
                 self.close()
                 raise ModbusError(f"bad MBAP header {head.hex()}")
@@ -276,9 +295,16 @@ class MbapTransport(_Connected):
                 self.close()
                 raise Timeout(f"unit {unit}: answer cut short")
             self.bytes_in += 7 + len(body)
-            if tid == self.tid:
-                return body
-            # A late answer to a request that already timed out: skip it.
+            if tid != self.tid and tid in self._unanswered:
+                self._unanswered.remove(tid)
+                continue  # a late answer to a request that already timed out: skip it
+            if tid != self.tid:
+                raise Mismatch("transaction", f"unit {unit}: answer with transaction id {tid}, expected {self.tid}")
+            self._answered = True  # whatever it says, this is the answer to this request
+            if r_unit != unit:
+                raise Mismatch("unit", f"answer from unit {r_unit} to a request for unit {unit}")
+            _check_function(unit, pdu, body[0])
+            return body
 
 
 def make_transport(ep: Endpoint) -> RtuTransport | MbapTransport:
