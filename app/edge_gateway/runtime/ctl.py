@@ -20,6 +20,7 @@ import json
 import os
 import socket
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -40,10 +41,19 @@ exit codes:
 DESCRIPTION = f"""\
 Control a running edge-gateway over its local control socket.
 
-The socket is control.socket of DIR/gateway.yml with --config (only that key is read:
-a configuration broken by an edit does not stop edge-ctl), --socket PATH, or the
-default {DEFAULT_SOCKET}. Human-readable output; --json prints the gateway's raw answer.
+The socket is control.socket of DIR/gateway.yml with --config (only that key is
+read: a configuration broken by an edit does not stop edge-ctl), --socket PATH,
+or the default {DEFAULT_SOCKET}.
+Human-readable output (colour on a terminal); --json prints the raw answer.
 """
+
+
+TIMEOUT = 10.0
+RELOAD_TIMEOUT = 130.0  # the gateway gives a reload up to 120 s (RELOAD_STALE_AFTER) before it answers
+
+
+def _fill(text: str) -> str:
+    return textwrap.fill(text, 80, break_on_hyphens=False)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -60,9 +70,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout",
         type=float,
-        default=10.0,
+        default=None,
         metavar="SECONDS",
-        help="how long to wait for the gateway's answer (default 10; reload may take longer on a big change)",
+        help=f"how long to wait for the gateway's answer (default {TIMEOUT:g}; {RELOAD_TIMEOUT:g} for reload, "
+        "which answers once the change is live or rolled back)",
     )
     p.add_argument(
         "--color",
@@ -74,38 +85,46 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "status",
         help="health, lines and drivers, MQTT sources, bus, WAL, uplink, config revision",
-        description="What the gateway runs and whether it does its job: health is healthy, degraded (with "
-        "the reasons) or failing (a worker is dead or hung; systemd restarts the service).",
+        description=_fill(
+            "What the gateway runs and whether it does its job: health is healthy, degraded (with "
+            "the reasons) or failing (a worker is dead or hung; systemd restarts the service)."
+        ),
         epilog=EXIT_CODES,
         formatter_class=fmt,
     )
     sub.add_parser(
         "tail",
         help="stream committed frames until Ctrl-C",
-        description="Every frame as the WAL commits it: seq, time, tag, value, quality. A terminal too slow "
-        "to keep up sees '... N frames not shown' instead of slowing the gateway.",
+        description=_fill(
+            "Every frame as the WAL commits it: seq, time, tag, value, quality. A terminal too slow "
+            "to keep up sees '... N frames not shown' instead of slowing the gateway."
+        ),
         epilog=EXIT_CODES,
         formatter_class=fmt,
     )
     sub.add_parser(
         "reload",
         help="re-read the configuration directory and apply the smallest change",
-        description="Load and validate the gateway's configuration directory and apply what changed. "
-        "An invalid configuration changes nothing (its problems are printed, exit 1); a change "
-        "that fails while applying is rolled back (the error is printed, exit 1).",
+        description=_fill(
+            "Load and validate the gateway's configuration directory and apply what changed. "
+            "An invalid configuration changes nothing (its problems are printed, exit 1); a change "
+            "that fails while applying is rolled back (the error is printed, exit 1)."
+        ),
         epilog=EXIT_CODES,
         formatter_class=fmt,
     )
     con = sub.add_parser(
         "connector",
         help="uplink commands: stats, reconnect",
-        description="stats: acked seq, backlog, in-flight batches, sizes, latency. reconnect: let in-flight "
-        "batches finish, then reconnect with a fresh client (new password file, TLS files).",
+        description=_fill(
+            "stats: acked seq, backlog, in-flight batches, sizes, latency. reconnect: let in-flight "
+            "batches finish, then reconnect with a fresh client (new password file, TLS files)."
+        ),
         epilog=EXIT_CODES,
         formatter_class=fmt,
     )
     con.add_argument("name", help="mqtt (or the connector id from connector.yml)")
-    con.add_argument("action", choices=("stats", "reconnect"))
+    con.add_argument("action", choices=("stats", "reconnect"), help="stats: figures; reconnect: fresh connection")
     return p
 
 
@@ -117,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         path, note = control_socket(args.config)
         if note:
             print(f"edge-ctl: {note}", file=sys.stderr)
+    if args.timeout is None:
+        args.timeout = RELOAD_TIMEOUT if args.command == "reload" else TIMEOUT
     try:
         if args.command == "tail":
             return tail(path, args.json, style)
@@ -416,6 +437,11 @@ def render_status(s: dict[str, Any], style: Style = PLAIN) -> str:
         out.append(f"health   {style.state(state)}")
         out += [f"         - {reason}" for reason in health.get("reasons", [])]
     live = s.get("liveness") or {}
+    sup = s.get("supervisor")
+    if not health and not live and sup:  # a gateway from before `health`
+        out.append(
+            "health   " + ("healthy" if sup.get("healthy") else "DEGRADED: " + "; ".join(sup.get("problems", [])))
+        )
     if live:
         if live.get("ok"):
             out.append(f"liveness {style.good('ok')}: every worker thread alive and making progress (watchdog fed)")
