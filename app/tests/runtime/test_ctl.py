@@ -225,6 +225,16 @@ def test_a_failed_reload_names_the_address_and_the_gateway_yml_line(plant: Plant
     assert "rolled back" in failed.stdout and "Address already in use" in failed.stdout
     assert plant.metric("cfg_rollback_total") >= 1  # still served on the old port
 
+    # a second gateway on the same directory cannot start, and says which socket and which setting
+    second = subprocess.run(
+        [str(BIN / "edge-gateway"), "run", "--config", str(plant.cfg)], capture_output=True, text=True, timeout=60
+    )
+    assert second.returncode == 1, second
+    lines = (plant.cfg / "gateway.yml").read_text().splitlines()
+    n = next(i for i, line in enumerate(lines, 1) if line.strip().startswith("socket:"))
+    at = f"{plant.cfg / 'gateway.yml'}:{n} control.socket"
+    assert f"cannot bind the control socket {plant.control} ({at}): another gateway is serving" in second.stdout
+
 
 def test_no_broker_and_devices_in_fault_is_degraded_not_healthy(plant: Plant) -> None:
     plant.broker.stop()
