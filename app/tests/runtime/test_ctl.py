@@ -167,7 +167,7 @@ def test_status_of_a_healthy_plant_for_people_and_as_json(plant: Plant) -> None:
     assert plc and rs485, out
     assert plc.group().index(" tcp") == rs485.group().index(" serial")  # one column across both lines
     assert re.search(r"last good read \d+\.\d s ago", out) and "_ms" not in out, out
-    assert re.search(r"wal +\d+\.\d KiB in 1 segment", out), out
+    assert re.search(r"wal +\d+(\.\d)? (B|KiB|MiB) in 1 segment", out), out
     assert re.search(r"uplink +mqtt_cloud connected for \d", out), out
     # on a terminal it is coloured, unless NO_COLOR; --color always forces it through a pipe
     rc, on_tty = run_ctl_on_tty("--socket", plant.control, "status")
@@ -260,7 +260,7 @@ def test_no_broker_and_devices_in_fault_is_degraded_not_healthy(plant: Plant) ->
     assert re.search(r"^         - uplink mqtt_cloud is not connected", out, re.M), out
     assert re.search(r"^  plc_tcp +tcp +127\.0\.0\.1:\d+ +down$", out, re.M), out
     assert re.search(r"^    meter1 +fault +\d+ failed cycle", out, re.M), out
-    assert re.search(r"uplink +mqtt_cloud down", out), out
+    assert re.search(r"uplink +mqtt_cloud (down|connecting) ", out), out  # between attempts, or in one
 
 
 def test_a_paused_bus_is_degraded_and_a_hung_wal_writer_is_failing(plant: Plant) -> None:
