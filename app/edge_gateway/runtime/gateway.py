@@ -41,6 +41,7 @@ from edge_gateway.config.diff import Impact, diff
 from edge_gateway.config.model import Endpoint, GatewayCfg, Snapshot, Variable
 from edge_gateway.metrics import REGISTRY, MetricsServer
 from edge_gateway.runtime.control import ControlError, ControlServer, TailHub
+from edge_gateway.runtime.gwfile import where
 from edge_gateway.runtime.reload import ApplyError, Reloader
 from edge_gateway.runtime.supervisor import Notifier, Supervisor, Watched
 from edge_gateway.uplink.commands import Downlink
@@ -56,6 +57,10 @@ MQTT_SOURCE_STALE_AFTER = 15.0
 RELOAD_STALE_AFTER = 120.0
 # Opened once per process; a change in gateway.yml needs a restart (the reload answer says so).
 RESTART_ONLY = ("bus", "wal", "control_socket")
+
+
+class BindError(OSError):
+    """A socket the configuration asks for cannot be bound; the message names the address and the setting."""
 
 
 class Gateway:
@@ -87,7 +92,11 @@ class Gateway:
     def start(self) -> None:
         snap = self.snapshot
         self.started_at = time.monotonic()
-        self.control.bind()  # first: a second gateway on the same config fails here, before the WAL
+        try:
+            self.control.bind()  # first: a second gateway on the same config fails here, before the WAL
+        except OSError as e:
+            at = where(snap.directory, "control", "socket")
+            raise BindError(f"cannot bind the control socket {self.control.path} ({at}): {e}") from e
         try:
             self.bus, self.wal, self.writer = open_bus_and_wal(snap.gateway)
             if not self.writer.is_alive():
@@ -227,7 +236,11 @@ class Gateway:
         """Bind the new address before closing the old one: a taken port fails here with nothing lost."""
         if not self.serve_metrics or self._metrics_addr == (g.metrics_host, g.metrics_port):
             return
-        server = MetricsServer(g.metrics_host, g.metrics_port, REGISTRY)
+        try:
+            server = MetricsServer(g.metrics_host, g.metrics_port, REGISTRY)
+        except OSError as e:
+            at = where(self.snapshot.directory, "metrics", "listen")
+            raise BindError(f"cannot serve /metrics on {g.metrics_host}:{g.metrics_port} ({at}): {e}") from e
         server.start()
         self._close_metrics()
         self._metrics_server, self._metrics_addr = server, (g.metrics_host, g.metrics_port)
@@ -464,6 +477,13 @@ class Gateway:
         return f"mqtt {up}/{len(self.sources)}" + (f" ({', '.join(unwell)})" if unwell else "")
 
     def status(self) -> dict[str, Any]:
+        """`edge-ctl status` (and `--json`): every worker's figures plus `health`, the service's verdict.
+
+        `liveness` is what the watchdog judges (every worker thread alive and making progress);
+        `health` is whether the gateway does its job: `healthy`, `degraded` (running, but something it
+        serves is not: the uplink is not connected, a line is down, a device is in Fault, an MQTT source
+        is down, the WAL reports a fault, the bus is paused; every reason is listed) or `failing` (a
+        worker is dead or hung: the watchdog is about to have systemd restart the service)."""
         snap = self.snapshot
         now = time.monotonic()
         lines: dict[str, Any] = {}
@@ -473,6 +493,7 @@ class Gateway:
                 "scheme": ep.scheme,
                 "address": ep.host if ep.port is None else f"{ep.host}:{ep.port}",
                 "alive": line.is_alive(),
+                "state": _line_state(line),
                 "heartbeat_age_s": round(now - line.heartbeat, 2),
             }
             try:
@@ -483,6 +504,7 @@ class Gateway:
         out: dict[str, Any] = {
             "version": __version__,
             "pid": os.getpid(),
+            "time_ms": now_ms(),  # the gateway's clock, for the ages of the *_ms fields
             "uptime_s": round(now - self.started_at, 1),
             "config": snap.directory,
             "revision": snap.revision,
@@ -505,7 +527,56 @@ class Gateway:
                 "healthy": self.supervisor.healthy,
                 "problems": list(self.supervisor.problems),
             }
+        sup = self.supervisor
+        problems = list(sup.problems) if sup is not None else []
+        # before its first check the supervisor has judged nothing yet: no problem is not a dead worker
+        out["liveness"] = {"ok": not problems, "ready": sup.ready if sup is not None else False, "problems": problems}
+        out["health"] = self._health(out)
         return out
+
+    def _health(self, st: dict[str, Any]) -> dict[str, Any]:
+        """The service verdict over the figures `status()` gathered (see there)."""
+        reasons: list[str] = []
+        for ep_id, line in st["lines"].items():
+            drivers = line.get("drivers") or {}
+            faulty = [d_id for d_id, d in drivers.items() if isinstance(d, dict) and d.get("state") == "fault"]
+            if line["state"] != "up":  # one reason for the line, not one per device behind it
+                errors = sorted({str(drivers[d]["last_error"]) for d in faulty if drivers[d].get("last_error")})
+                why = (f": {errors[0]}" if errors else "") + (f" (in Fault: {', '.join(faulty)})" if faulty else "")
+                reasons.append(f"line {ep_id} ({line['address']}) is {line['state']}{why}")
+                continue
+            for d_id in faulty:
+                reasons.append(f"driver {d_id} on {ep_id} in Fault: {drivers[d_id].get('last_error') or 'no answer'}")
+        for ep_id, src in st["sources"].items():
+            if not src.get("alive", True) or not src.get("connected"):
+                why = f": {src['last_error']}" if src.get("last_error") else ""
+                reasons.append(f"MQTT source {ep_id} ({src.get('broker')}) is {src.get('state')}{why}")
+                continue
+            for d_id, d in (src.get("drivers") or {}).items():
+                if d.get("health") != "ok":
+                    reasons.append(f"MQTT driver {d_id} on {ep_id} is {d.get('health')}")
+        up = st["uplink"]
+        if up is not None and up.get("state") != "connected":
+            why = f": {up['last_error']}" if up.get("last_error") else ""
+            reasons.append(
+                f"uplink {up.get('connector')} is not connected to {up.get('broker')} ({up.get('state')}){why}"
+            )
+        wal, writer = st["wal"], self.writer
+        if wal.get("fault"):
+            reasons.append(f"WAL commits fail ({wal['fault']}): frames wait in memory")
+        if writer is not None and getattr(writer, "error", None) is not None:
+            reasons.append(f"WAL writer failed: {writer.error}")
+        if not st["liveness"]["ready"]:
+            reasons.append("starting: not every worker has reported yet")
+        bus = st["bus"]
+        if bus["paused"]:
+            reasons.append(f"bus paused at {bus['used']}/{bus['capacity']} frames: lines skip their polls")
+        if not st["liveness"]["ok"]:
+            state = "failing"
+            reasons = [*(f"not alive: {p}" for p in st["liveness"]["problems"]), *reasons]
+        else:
+            state = "degraded" if reasons else "healthy"
+        return {"state": state, "reasons": reasons}
 
     def _sources_status(self, now: float) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -550,8 +621,16 @@ class Gateway:
 
     @staticmethod
     def _reconnect(up: Uplink) -> dict[str, Any]:
+        if not up.is_alive():
+            raise ControlError(f"the uplink {up.cfg.id} is not running (state {up.state.value}): nothing to reconnect")
         up.reconnect()
-        return {"requested": True, "state": up.state.value}
+        return {
+            "requested": True,
+            "connector": up.cfg.id,
+            "broker": f"{up.cfg.scheme}://{up.cfg.host}:{up.cfg.port}",
+            "state": up.state.value,
+            "inflight": up.window.open,
+        }
 
     def _reload(self, _req: dict[str, Any]) -> Any:
         """`edge-ctl reload`: answers when the reload is done (applied, unchanged, invalid or rolled back)."""
@@ -569,3 +648,16 @@ class Gateway:
         """SIGHUP: queue a reload and return at once (the answer is logged)."""
         if self.reloader is not None:
             self.reloader.request(reason)
+
+
+def _line_state(line: Any) -> str:
+    """`up` (the port or TCP connection is open), `connecting` (not opened yet), `down` (it failed and
+    is retried with backoff) or `dead` (the thread ended)."""
+    if not line.is_alive():
+        return "dead"
+    connected = getattr(line, "connected", None)  # the line's own figure, when it has one
+    if connected is None:
+        connected = getattr(line, "_connected", False)
+    if connected:
+        return "up"
+    return "down" if getattr(line, "_reconnect_backoff", 0.0) else "connecting"
