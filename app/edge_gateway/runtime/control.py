@@ -337,9 +337,15 @@ def request(path: str, cmd: str, timeout: float = 10.0, **args: Any) -> dict[str
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(path)
-        s.sendall(_dumps({"cmd": cmd, **args}))
+        try:
+            s.sendall(_dumps({"cmd": cmd, **args}))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # a full server answers the refusal and closes before reading: the answer is still there
         f = s.makefile("rb")
-        line = f.readline()
+        try:
+            line = f.readline()
+        except ConnectionResetError:
+            line = b""
     if not line:
         raise ConnectionError(f"the gateway closed {path} without answering")
     return json.loads(line)  # type: ignore[no-any-return]
