@@ -24,16 +24,17 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # YAML 1.1 scalars that PyYAML turns into something else than the text the user wrote.
 _BOOL_WORDS = {"yes", "no", "on", "off", "y", "n", "true", "false"}
 
-# A printed problem is one line: whatever the file or a value echoed in the message holds, the
-# characters that end or garble a line (C0/C1 controls, DEL, U+2028/9, which str.splitlines()
-# splits on too) are shown as escapes.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# A printed problem is one line of visible text: whatever the file name or a value echoed in the
+# message holds, what is not printable (controls, line and paragraph separators, bidi overrides
+# such as U+202E, non-ASCII spaces) is shown as a Python escape, \\n, \\x00, \\u202e.
 MAX_MESSAGE = 1000  # a schema message quotes the offending value; a 1 MB value is not worth printing
 
 
 def printable(text: str) -> str:
-    """`text` on one line: control characters as \\n, \\t, \\x00 escapes."""
-    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
+    """`text` as one line of visible characters (str.isprintable, plus the ASCII space)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,8 @@ class Problem:
 
     def __str__(self) -> str:
         tag = "warning: " if self.severity == "warning" else ""
-        message = printable(self.message)
-        if len(message) > MAX_MESSAGE:
-            message = message[: MAX_MESSAGE - 1] + "…"
+        message = self.message if len(self.message) <= MAX_MESSAGE else self.message[: MAX_MESSAGE - 1] + "…"
+        message = printable(message)
         return f"{printable(self.file)}:{self.line}: {tag}{message}"
 
     @property

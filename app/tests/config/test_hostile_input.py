@@ -28,6 +28,7 @@ def lint(directory: Path) -> tuple[int, list[str]]:
     lines = r.stdout.splitlines()
     for line in lines:
         assert PROBLEM_LINE.match(line), f"not a file:line problem: {line[:300]!r}"
+        assert line.isprintable(), f"invisible or control characters: {line[:300]!r}"
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
     assert r.stderr.splitlines() == [r.stderr.splitlines()[-1]], r.stderr[-3000:]
     assert re.match(r".*: \d+ error\(s\), \d+ warning\(s\)$", r.stderr.strip()), r.stderr
@@ -110,6 +111,15 @@ def test_control_characters_give_one_line_with_file_and_line(
     code, lines = lint(d)
     assert code == 1
     assert any(want in x for x in lines), lines
+
+
+def test_bidi_overrides_and_odd_spaces_in_keys_are_escaped(demo_copy: Callable[..., Path]) -> None:
+    """Mutant 198 of the first fuzz run: a key echoed raw in the path of a message."""
+    d = demo_copy()
+    write(d, "connector.yml", '"\\xa0mqtt\\u202e_cloud": 5\n')
+    code, lines = lint(d)
+    assert code == 1
+    assert any("connector.yml:1: \\xa0mqtt\\u202e_cloud: 5 is not of type 'object'" in x for x in lines), lines
 
 
 def test_control_characters_in_echoed_values_are_escaped(demo_copy: Callable[..., Path]) -> None:
