@@ -8,6 +8,7 @@ PyYAML also takes the last of duplicate keys silently, so duplicates are found h
 from __future__ import annotations
 
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,7 +180,11 @@ def read(path: Path, name: str) -> Source:
     a Problem at its line, never an exception: lint and a live reload read untrusted edits."""
     src = Source(name)
     try:
-        if path.stat().st_size > MAX_BYTES:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the reload thread in read()
+            src.problems.append(Problem(name, 1, message="cannot read: not a regular file"))
+            return src
+        if st.st_size > MAX_BYTES:
             src.problems.append(Problem(name, 1, message=f"larger than {MAX_BYTES >> 20} MiB: not a configuration"))
             return src
         src.raw = path.read_bytes()

@@ -5,6 +5,7 @@ by zero, missing password files) are errors at their line."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -150,6 +151,19 @@ def test_keys_that_are_not_names(demo_copy: Callable[..., Path], key: str) -> No
     code, lines = lint(d)
     assert code == 1
     assert any("endpoints.yml:1: key " in x and "not a name: quote it" in x for x in lines), lines
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_table_that_is_not_a_regular_file(demo_copy: Callable[..., Path], kind: str) -> None:
+    """A FIFO named drivers.yml would block lint (and the reload thread) in read() forever."""
+    d = demo_copy()
+    (d / "drivers.yml").unlink()
+    if kind == "fifo":
+        os.mkfifo(d / "drivers.yml")
+    else:
+        (d / "drivers.yml").mkdir()
+    code, lines = lint(d)
+    assert code == 1 and any("drivers.yml:1: cannot read: " in x for x in lines), lines
 
 
 def test_oversized_file(demo_copy: Callable[..., Path]) -> None:
