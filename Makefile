@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 APT_TEST_PKGS  := mosquitto socat systemd
 APT_IMAGE_PKGS := genimage rauc squashfs-tools dosfstools mtools fdisk e2fsprogs openssl
 
-.PHONY: help venv test lint demo bench hil soak image buildroot-check systemd-check clean
+.PHONY: help venv test lint demo bench fuzz hil soak image buildroot-check systemd-check clean
 
 help:
 	@echo "make demo    simulator + local Mosquitto + gateway on config/, values flowing"
@@ -18,6 +18,7 @@ help:
 	@echo "make venv    .venv/ with the app and dev tools, pinned by requirements.lock"
 	@echo "make lint    ruff + mypy"
 	@echo "make bench   benchmarks, report in build/bench/"
+	@echo "make fuzz    seeded fuzzers (tools/fuzz/fuzz_*.py), JSON summaries in build/fuzz/"
 	@echo "make hil     hardware-in-the-loop suite against the PLC simulator (short)"
 	@echo "make soak    long soak runs"
 	@echo "make image   SD card image + signed RAUC bundle in build/image/"
@@ -36,6 +37,7 @@ $(STAMP): requirements.lock app/pyproject.toml
 
 test: venv
 	cd app && ../$(PY) -m pytest -q
+	$(MAKE) --no-print-directory fuzz FUZZ_ARGS="$(FUZZ_SHORT)"
 	$(MAKE) --no-print-directory hil
 
 lint: venv
@@ -52,6 +54,14 @@ bench: venv
 	@mkdir -p build/bench
 	@for b in tools/bench/bench_*.py; do echo "== $$b"; $(PY) $$b --out build/bench $(BENCH_ARGS) || exit 1; done
 	$(PY) tools/bench/report.py build/bench
+
+# Every tools/fuzz/fuzz_*.py takes --seed N --count N --out DIR, writes DIR/<name>.json and exits 1 on
+# any failure. The full run: ≥ 500 inputs each; `make test` runs the short form (about 100, < 60 s).
+FUZZ_ARGS  ?= --seed 1 --count 500
+FUZZ_SHORT ?= --seed 1 --count 100
+fuzz: venv
+	@mkdir -p build/fuzz
+	@for f in tools/fuzz/fuzz_*.py; do echo "== $$f $(FUZZ_ARGS)"; $(PY) $$f --out build/fuzz $(FUZZ_ARGS) || exit 1; done
 
 # The HIL suite (hil-tests/README.md): the real gateway process against the simulator or, with
 # HIL_ARGS="--serial /dev/ttyUSB0 --plc 192.168.1.10:502", real devices.

@@ -9,6 +9,7 @@ import sys
 from edge_gateway.config import schema
 from edge_gateway.config.diff import diff
 from edge_gateway.config.loader import ConfigError, lint, load_snapshot
+from edge_gateway.config.source import printable
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
             print(problem)
         errors = sum(p.severity == "error" for p in problems)
         warnings = len(problems) - errors
-        print(f"{args.dir}: {errors} error(s), {warnings} warning(s)", file=sys.stderr)
+        print(f"{printable(args.dir)}: {errors} error(s), {warnings} warning(s)", file=sys.stderr)
         return 1 if errors else 0
     if args.cmd == "schema":
         names = [args.name] if args.name else list(schema.NAMES)

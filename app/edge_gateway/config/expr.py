@@ -134,6 +134,32 @@ def _col(node: ast.AST) -> int:
 
 
 def _compile(node: ast.AST, depth: int) -> Fn:
+    """Compile `node`; a part without `value` is computed now, so a constant that is not a finite
+    number (`1e309`, `1e300 ** 2`) or fails (`1 / 0`) is a lint error, not an error per sample."""
+    fn = _compile_node(node, depth)
+    if depth == 0 or not _constant(node):
+        return fn
+    try:
+        c = fn(0)
+    except OverflowError:
+        raise ExprError(f"{_text(node)} overflows a float", _col(node)) from None
+    except (ArithmeticError, ValueError, TypeError) as e:
+        raise ExprError(f"{_text(node)} cannot be computed: {e}", _col(node)) from None
+    if isinstance(c, float) and not math.isfinite(c):
+        raise ExprError(f"{_text(node)} is {c}, not a finite number", _col(node))
+    return lambda _v: c
+
+
+def _constant(node: ast.AST) -> bool:
+    return not any(isinstance(n, ast.Name) for n in ast.walk(node))
+
+
+def _text(node: ast.AST) -> str:
+    text = ast.unparse(node)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _compile_node(node: ast.AST, depth: int) -> Fn:
     if depth > MAX_DEPTH:
         raise ExprError(f"expression nested deeper than {MAX_DEPTH}", _col(node))
     d = depth + 1
@@ -154,6 +180,9 @@ def _compile(node: ast.AST, depth: int) -> Fn:
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
         op = _BINOPS[type(node.op)]
         left, right = _compile(node.left, d), _compile(node.right, d)
+        if isinstance(node.op, ast.Div | ast.FloorDiv | ast.Mod) and _constant(node.right) and right(0) == 0:
+            what = "" if isinstance(node.right, ast.Constant) else f" ({_text(node.right)} is 0)"
+            raise ExprError(f"division by zero{what}", _col(node.right))
         if isinstance(node.op, ast.Pow):
             _check_exponent(node.right)
             return lambda v: _power(left(v), right(v))

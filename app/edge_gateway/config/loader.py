@@ -37,7 +37,7 @@ from edge_gateway.config.model import (
     Variable,
     WalCfg,
 )
-from edge_gateway.config.source import Problem, Source, read
+from edge_gateway.config.source import Problem, Source, read, secret_file
 from edge_gateway.config.units import parse_duration, parse_rate, parse_size
 
 FILES = {name: f"{name}.yml" for name in schema.NAMES}
@@ -126,6 +126,9 @@ class _Build:
             empty: Any = [] if name == "variables" else {}
             data[name] = empty if src.data is None else src.data
             bad[name] = schema.check(src, name, data[name])
+            if type(data[name]) is not type(empty):
+                # `42` or a list as endpoints.yml: the schema reported it at its line; build nothing from it.
+                data[name] = empty
         snapshot = None
         if all(data.get(n) is not None or n in OPTIONAL for n in schema.NAMES):
             snapshot = self._build(data, bad)
@@ -241,6 +244,8 @@ class _Build:
             tls = TlsFiles(*(self._path(opts[k]) if opts.get(k) else None for k in ("ca", "client_cert", "client_key")))
         if "baud" in opts and scheme == "tcp":
             src.warn((ident, "opts", "baud"), f"{ident}: baud is ignored for a Modbus/TCP endpoint")
+        ok = _positive(src, (ident, "opts", "timeout"), opts.get("timeout"), parse_duration) and ok
+        ok = _positive(src, (ident, "opts", "rate"), opts.get("rate"), parse_rate) and ok
         if not ok:
             return None
         host = e["host"]
@@ -301,6 +306,8 @@ class _Build:
 
     def _modbus_cfg(self, ident: str, c: dict, src: Source) -> ModbusCfg | None:
         if schema.check(src, "drivers", c, schema_ref="modbus", base=(ident, "cfg")):
+            return None
+        if not _positive(src, (ident, "cfg", "polling"), c.get("polling"), parse_duration):
             return None
         return ModbusCfg(
             unit_id=c["unit_id"],
@@ -531,6 +538,13 @@ class _Build:
         if "password" in c and "password_file" in c:
             src.error((ident, "password_file"), f"{ident}: give password or password_file, not both")
             ok = False
+        if "password_file" in c:
+            ok = secret_file(src, (ident, "password_file"), self._path(c["password_file"])) and ok
+        backoff = c.get("backoff") or {}
+        for key in ("keepalive", "max_interval"):
+            ok = _positive(src, (ident, key), c.get(key), parse_duration) and ok
+        for key in ("base", "max"):
+            ok = _positive(src, (ident, "backoff", key), backoff.get(key), parse_duration) and ok
         tls_cfg = c.get("tls")
         if tls_cfg and scheme != "tls":
             src.error((ident, "tls"), f"{ident}: tls settings need a tls:// endpoint")
@@ -570,7 +584,6 @@ class _Build:
                 (ident, "cmd_topic"),
                 f"{ident}: cmd_topic without {{tenant}} and {{device}}: all gateways on the broker run them",
             )
-        backoff = c.get("backoff") or {}
         bk = Backoff(parse_duration(backoff.get("base", "500ms")), parse_duration(backoff.get("max", "2m")))
         if bk.base > bk.max:
             src.error((ident, "backoff"), f"{ident}: backoff.base is larger than backoff.max")
@@ -640,6 +653,15 @@ class _Build:
             src.error(("metrics", "listen"), f"metrics.listen: port {port} out of range 1..65535")
         sock = (g.get("control") or {}).get("socket", GatewayCfg.control_socket)
         return GatewayCfg(bus, wal, host.strip("[]"), int(port), self._path(sock))
+
+
+def _positive(src: Source, path: tuple[str, ...], value: Any, parse: Callable[[Any], float]) -> bool:
+    """A period that paces a loop (polling, a timeout, a backoff, a rate): zero would spin the loop
+    or divide by zero in the line or uplink thread, so it is an error here."""
+    if value is None or parse(value) > 0:
+        return True
+    src.error(path, f"{'/'.join(path)}: {value!r} is zero; it must be positive")
+    return False
 
 
 def _split(table: Any, pred: Callable[[dict], bool]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -26,7 +26,7 @@ from edge_gateway.config.model import (
     Subscription,
     TlsFiles,
 )
-from edge_gateway.config.source import Source
+from edge_gateway.config.source import Source, secret_file
 from edge_gateway.config.units import parse_duration
 
 SCHEMES = ("mqtt", "mqtts")
@@ -60,6 +60,8 @@ def endpoint(ident: str, e: dict[str, Any], src: Source, path: Callable[[str], s
     if "password" in opts and "password_file" in opts:
         src.error((ident, "opts", "password_file"), f"{ident}: give password or password_file, not both")
         ok = False
+    if "password_file" in opts:
+        ok = secret_file(src, (ident, "opts", "password_file"), path(opts["password_file"])) and ok
     keepalive = parse_duration(opts.get("keepalive", "30s"))
     if not 1 <= keepalive <= 65535:
         src.error((ident, "opts", "keepalive"), f"{ident}: keepalive must be 1s..65535s (MQTT's 16-bit field)")

@@ -7,7 +7,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
 
 from edge_gateway.config.source import Source
@@ -21,9 +21,22 @@ def schema(name: str) -> dict[str, Any]:
     return dict(json.loads(text))
 
 
+def _is_integer(_checker: object, instance: object) -> bool:
+    """JSON Schema's integer takes 1.0 and -0.0; a setting read as a Python float would reach a
+    socket or paho as one (`qos: -0.0`, `port: 502.0`), so here an integer is an int."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+_Validator = validators.extend(
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer),
+)
+
+
 @cache
 def validator(name: str) -> Draft202012Validator:
-    return Draft202012Validator(schema(name), format_checker=Draft202012Validator.FORMAT_CHECKER)
+    v: Draft202012Validator = _Validator(schema(name), format_checker=Draft202012Validator.FORMAT_CHECKER)
+    return v
 
 
 def check(src: Source, name: str, data: Any, schema_ref: str | None = None, base: tuple = ()) -> set[tuple]:

@@ -7,6 +7,8 @@ PyYAML also takes the last of duplicate keys silently, so duplicates are found h
 
 from __future__ import annotations
 
+import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,18 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # YAML 1.1 scalars that PyYAML turns into something else than the text the user wrote.
 _BOOL_WORDS = {"yes", "no", "on", "off", "y", "n", "true", "false"}
 
+# A printed problem is one line of visible text: whatever the file name or a value echoed in the
+# message holds, what is not printable (controls, line and paragraph separators, bidi overrides
+# such as U+202E, non-ASCII spaces) is shown as a Python escape, \\n, \\x00, \\u202e.
+MAX_MESSAGE = 1000  # a schema message quotes the offending value; a 1 MB value is not worth printing
+
+
+def printable(text: str) -> str:
+    """`text` as one line of visible characters (str.isprintable, plus the ASCII space)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -36,7 +50,9 @@ class Problem:
 
     def __str__(self) -> str:
         tag = "warning: " if self.severity == "warning" else ""
-        return f"{self.file}:{self.line}: {tag}{self.message}"
+        message = self.message if len(self.message) <= MAX_MESSAGE else self.message[: MAX_MESSAGE - 1] + "…"
+        message = printable(message)
+        return f"{printable(self.file)}:{self.line}: {tag}{message}"
 
     @property
     def is_error(self) -> bool:
@@ -131,46 +147,137 @@ class Source:
 # would hang the reload thread in the schema validator.
 MAX_NODES = 2_000_000
 MAX_DEPTH = 32
+MAX_BYTES = 32 << 20  # a 10 000-tag variables.yml is ~1.5 MB; beyond this it is not a config
+MAX_INT_CHARS = 100  # no setting takes an integer this long; Python refuses to print > 4300 digits
+
+# What YAML allows in a stream (tab, LF, CR and printable Unicode). libyaml refuses the rest with a
+# multi-line message and a character offset; found here first, it is reported at its line.
+_NOT_YAML = re.compile("[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_COLLECTION_START = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
+_COLLECTION_END = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
+_STR_TAG = "tag:yaml.org,2002:str"
+_INT_TAG = "tag:yaml.org,2002:int"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _ConfigLoader(_Loader):  # type: ignore[valid-type,misc]
+    """The safe loader, with every constructor failure turned into a marked YAML error: PyYAML
+    raises bare ValueError/TypeError/KeyError for `!!int x`, `!!bool x`, a date like 2026-13-45."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError) as e:
+            text = f" {node.value!r}" if isinstance(node, yaml.ScalarNode) else ""
+            what = f"cannot read{text[:80]} as {node.tag.rsplit(':', 1)[-1]}: {e}"
+            raise yaml.constructor.ConstructorError(None, None, what, node.start_mark) from e
 
 
 def read(path: Path, name: str) -> Source:
+    """Parse one file; every failure (unreadable, not UTF-8, not YAML, too deep, too big) becomes
+    a Problem at its line, never an exception: lint and a live reload read untrusted edits."""
     src = Source(name)
     try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the reload thread in read()
+            src.problems.append(Problem(name, 1, message="cannot read: not a regular file"))
+            return src
+        if st.st_size > MAX_BYTES:
+            src.problems.append(Problem(name, 1, message=f"larger than {MAX_BYTES >> 20} MiB: not a configuration"))
+            return src
         src.raw = path.read_bytes()
     except OSError as e:
-        src.problems.append(Problem(name, 1, message=f"cannot read: {e.strerror}"))
+        src.problems.append(Problem(name, 1, message=f"cannot read: {e.strerror or e}"))
         return src
     try:
-        loader = _Loader(src.raw.decode("utf-8"))
-        try:
-            root = loader.get_single_node()
-            if root is not None and _check_tree(src, root):
-                src.root = root
-                src.data = loader.construct_document(root)
-        finally:
-            loader.dispose()
+        text = src.raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        src.problems.append(Problem(name, 1, message=f"not UTF-8 text: {e.reason}"))
+        line, col = _position(src.raw, e.start, b"\n")
+        bad = src.raw[e.start : e.start + 1].hex()
+        src.problems.append(Problem(name, line, col, message=f"not UTF-8 text: {e.reason} (byte 0x{bad})"))
+        return src
+    char = _NOT_YAML.search(text)
+    if char is not None:
+        line, col = _position(text, char.start(), "\n")
+        src.problems.append(
+            Problem(
+                name,
+                line,
+                col,
+                message=f"character U+{ord(char.group()):04X} is not allowed in YAML, not even quoted "
+                '(write it as an escape in a "double-quoted" string)',
+            )
+        )
+        return src
+    try:
+        if _nesting_ok(src, text):
+            loader = _ConfigLoader(text)
+            try:
+                root = loader.get_single_node()
+                if root is not None and _check_tree(src, root):
+                    src.root = root
+                    src.data = loader.construct_document(root)
+            finally:
+                loader.dispose()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         what = " ".join(x for x in (e.context, e.problem) if x)
         src.problems.append(Problem(name, line, col, message=f"YAML syntax error: {what}"))
-        src.root = None
+        src.root = src.data = None
+    except yaml.reader.ReaderError as e:  # kept out by _NOT_YAML; its position is a character offset
+        line, col = _position(text, e.position, "\n")
+        src.problems.append(Problem(name, line, col, message=f"YAML error: {e.reason}"))
+        src.root = src.data = None
     except yaml.YAMLError as e:
         src.problems.append(Problem(name, 1, message=f"YAML error: {e}"))
-        src.root = None
-    except RecursionError:  # PyYAML's composer recurses once per nesting level
+        src.root = src.data = None
+    except RecursionError:  # kept out by _nesting_ok; a last line of defence for the pure-Python loader
         src.problems.append(Problem(name, 1, message=f"nested deeper than {MAX_DEPTH} levels"))
-        src.root = None
+        src.root = src.data = None
     return src
 
 
+def _position(text: Any, offset: int, newline: Any) -> tuple[int, int]:
+    """1-based (line, column) of a character (or byte) offset."""
+    line_start = text.rfind(newline, 0, offset) + 1
+    return text.count(newline, 0, offset) + 1, offset - line_start + 1
+
+
+def _nesting_ok(src: Source, text: str) -> bool:
+    """Walk the parser's events (libyaml's parser is iterative) and stop at the first collection
+    nested deeper than MAX_DEPTH. The composer that builds the node tree recurses once per level —
+    in C with libyaml, so 100 000 `[` overflow the C stack and kill the process with SIGSEGV —
+    and must never see such a document."""
+    parser = _Loader(text)
+    depth = 0
+    try:
+        while parser.check_event():
+            event = parser.get_event()
+            if isinstance(event, _COLLECTION_START):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    mark = event.start_mark
+                    deep = f"nested deeper than {MAX_DEPTH} levels"
+                    line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+                    src.problems.append(Problem(src.name, line, col, message=deep))
+                    return False
+            elif isinstance(event, _COLLECTION_END):
+                depth -= 1
+    finally:
+        parser.dispose()
+    return True
+
+
 def _check_tree(src: Source, root: yaml.Node) -> bool:
-    """Report duplicate keys (PyYAML keeps the last silently); False when the tree breaks the
-    shape limits, so it is neither constructed nor validated."""
+    """Report duplicate keys (PyYAML keeps the last silently), keys that are not names and
+    integers no setting could take; False when the tree breaks those or the shape limits, so it
+    is neither constructed nor validated."""
     checked: set[int] = set()
     count = 0
+    ok = True
     stack: list[tuple[yaml.Node, tuple[int, ...]]] = [(root, ())]
     while stack:
         node, ancestors = stack.pop()
@@ -190,10 +297,37 @@ def _check_tree(src: Source, root: yaml.Node) -> bool:
             if id(node) not in checked:
                 checked.add(id(node))
                 _duplicate_keys(src, node)
+                ok = _names_as_keys(src, node) and ok
             stack.extend((child, inner) for pair in node.value for child in pair)
         elif isinstance(node, yaml.SequenceNode):
             stack.extend((child, inner) for child in node.value)
-    return True
+        elif node.tag == _INT_TAG and len(node.value) > MAX_INT_CHARS:
+            src.problems.append(
+                Problem(src.name, *where, message=f"an integer of {len(node.value)} characters: no setting takes one")
+            )
+            ok = False
+    return ok
+
+
+def _names_as_keys(src: Source, node: yaml.MappingNode) -> bool:
+    """Every key of a config mapping is a name (an id or a setting). YAML reads `1:`, `on:`, `~:`
+    or `[a]:` as something else, which the schema validator cannot even match against a pattern."""
+    ok = True
+    for k, _v in node.value:
+        if isinstance(k, yaml.ScalarNode) and k.tag in (_STR_TAG, _MERGE_TAG):
+            continue
+        shown = repr(k.value) if isinstance(k, yaml.ScalarNode) else f"a {k.id}"
+        kind = k.tag.rsplit(":", 1)[-1]
+        src.problems.append(
+            Problem(
+                src.name,
+                k.start_mark.line + 1,
+                k.start_mark.column + 1,
+                message=f"key {shown[:80]} is read by YAML as {kind}, not a name: quote it",
+            )
+        )
+        ok = False
+    return ok
 
 
 def _duplicate_keys(src: Source, node: yaml.MappingNode) -> None:
@@ -212,3 +346,14 @@ def _duplicate_keys(src: Source, node: yaml.MappingNode) -> None:
             )
         else:
             seen[k.value] = k.start_mark.line + 1
+
+
+def secret_file(src: Source, path: tuple[str, ...], resolved: str) -> bool:
+    """A password file the gateway reads when it connects: a missing one is found now, not at the
+    first (re)connect of a running gateway."""
+    p = Path(resolved)
+    if p.is_file():
+        return True
+    why = "is not a file" if p.exists() else "does not exist"
+    src.error(path, f"{'/'.join(path)}: {resolved} {why}")
+    return False

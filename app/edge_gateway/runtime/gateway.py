@@ -423,7 +423,7 @@ class Gateway:
             w.append(Watched("uplink", target=lambda: up, stale_after=up.stale_after))
         if self.reloader is not None:
             rl = self.reloader
-            w.append(Watched("reload", target=lambda: rl, stale_after=RELOAD_STALE_AFTER))
+            w.append(Watched("reload", target=lambda: rl, stale_after=RELOAD_STALE_AFTER, restart=rl.restart))
         return w
 
     def _line_stale_after(self, ep_id: str) -> float:

@@ -11,6 +11,12 @@ an editor's atomic rename changes the inode, an in-place write the mtime and siz
 acted on once the signature has held still for one poll, so a file written in several steps is
 read once, whole. Polling costs a handful of stat() calls a second and needs no inotify, which
 a read-only rootfs with a bind-mounted /etc does not always deliver.
+
+Whatever the files hold, a reload answers: `reload()` catches everything at the load and apply
+boundaries (a loader bug is counted as invalid, an apply that raises anything else than ApplyError
+as a rollback) and the running configuration stays. If the thread dies anyway (SystemExit,
+a bug outside that boundary), the supervisor calls `restart()`, which serves the same queue from a
+new thread: no queued SIGHUP or `edge-ctl reload` is lost, and the one in flight gets an error.
 """
 
 from __future__ import annotations
@@ -78,9 +84,12 @@ def signature(directory: str) -> Signature:
     return tuple(out)
 
 
-class Reloader(threading.Thread):
+class Reloader:
+    """The reload queue and the thread that serves it (`cfg-reload`); restartable, unlike a Thread."""
+
+    name = "cfg-reload"
+
     def __init__(self, gateway: Gateway, directory: str, poll: float = 0.5) -> None:
-        super().__init__(name="cfg-reload", daemon=True)
         self.gateway = gateway
         self.directory = directory
         self.poll = poll
@@ -89,7 +98,30 @@ class Reloader(threading.Thread):
         self._requests: queue.SimpleQueue[tuple[str, Future[dict[str, Any]]] | None] = queue.SimpleQueue()
         self._seen = signature(directory)  # what the running snapshot was loaded from (near enough)
         self._pending: Signature | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.restarts = 0
         REVISION.set(revision_number(gateway.snapshot.revision))
+
+    def start(self) -> None:
+        self.heartbeat = time.monotonic()
+        self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def restart(self) -> None:
+        """The supervisor's restart of a dead reload thread; a no-op while it runs or once stopped."""
+        if self._stopping or self.is_alive():
+            return
+        self.restarts += 1
+        log.warning("reload thread restarted (%d so far); queued reloads are served by the new one", self.restarts)
+        self.start()
 
     def request(self, reason: str) -> Future[dict[str, Any]]:
         """Queue a reload (SIGHUP handler, control socket); the Future gets the answer."""
@@ -98,8 +130,9 @@ class Reloader(threading.Thread):
         return fut
 
     def stop(self, timeout: float = 5.0) -> None:
+        self._stopping = True
         self._requests.put(None)
-        if self.is_alive() and threading.current_thread() is not self:
+        if self.is_alive() and threading.current_thread() is not self._thread:
             self.join(timeout)
 
     def run(self) -> None:
@@ -113,8 +146,13 @@ class Reloader(threading.Thread):
             if item is None:
                 return
             reason, fut = item
-            if fut.set_running_or_notify_cancel():
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
                 fut.set_result(self.reload(reason))
+            except BaseException as e:  # the thread dies (reload() itself catches every Exception)
+                fut.set_exception(ApplyError(f"the reload thread died: {type(e).__name__}: {e}"))
+                raise
 
     def _watch(self) -> None:
         sig = signature(self.directory)
@@ -136,13 +174,19 @@ class Reloader(threading.Thread):
             return self._refused(reason, [str(p) for p in e.problems])
         except OSError as e:
             return self._refused(reason, [f"{self.directory}: {e}"])
+        except Exception as e:  # a loader bug must not end reloading: refuse this edit, keep running
+            log.exception("loading %s failed unexpectedly", self.directory)
+            return self._refused(reason, [f"{self.directory}:1: cannot load: {type(e).__name__}: {e}"])
         try:
             answer = self.gateway.apply(snapshot)
-        except ApplyError as e:
+        except Exception as e:  # ApplyError: restored; anything else: apply()'s own bug, logged as one
+            if not isinstance(e, ApplyError):
+                log.exception("applying configuration %s raised; keeping %s", snapshot.revision[:12], "the running one")
             ROLLBACK.inc()
             APPLY.labels(result="rollback").inc()
-            answer = {"applied": False, "result": "rollback", "error": str(e), "revision": snapshot.revision}
-            log.error("configuration %s rolled back: %s", snapshot.revision[:12], e)
+            error = str(e) if isinstance(e, ApplyError) else f"{type(e).__name__}: {e}"
+            answer = {"applied": False, "result": "rollback", "error": error, "revision": snapshot.revision}
+            log.error("configuration %s rolled back: %s", snapshot.revision[:12], error)
         else:
             APPLY.labels(result=answer["result"]).inc()
             REVISION.set(revision_number(snapshot.revision))

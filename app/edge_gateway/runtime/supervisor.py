@@ -6,9 +6,21 @@ supervisor sends `WATCHDOG=1` only while every worker is alive and its heartbeat
 than that worker's own limit; one hung or dead worker stops the keep-alives, so systemd's
 WatchdogSec fires and restarts the whole service — the WAL makes that restart lossless.
 
-A worker that died of an exception and is marked restartable (line threads: they own no
-durable state) is restarted here with exponential backoff first; only when it keeps dying
-does it count against the keep-alives.
+A worker that died and is marked restartable (line threads, MQTT sources and the reload thread:
+they own no durable state) is restarted here, with a warning in the log and
+`supervisor_restart_total{worker}` counting it. The rule that keeps the watchdog honest:
+
+- restarts back off exponentially (0.5 s, 1 s, 2 s, … capped at 30 s); while a restart is pending
+  within the budget the worker counts as recovering, not dead;
+- a worker restarted `max_restarts` (5) times within `restart_window` (300 s) counts as dead: the
+  keep-alives stop, STATUS= says DEGRADED, and systemd's WatchdogSec restarts the service. A worker
+  that dies at once every time gets there in about 8 s (restarts at 0, 0.5, 1.5, 3.5 and 7.5 s);
+- a restart that raises counts as an attempt (logged with its traceback), never ends the supervisor;
+- workers with durable state (the WAL writer, the uplink and its cursor) are not restarted in-process:
+  their death stops the keep-alives at once and the restarted service recovers from the WAL.
+
+The supervisor itself survives a failing check or summary: a check that raises is a problem (the
+keep-alives stop until it passes again), so a supervisor bug cannot keep a broken process "healthy".
 """
 
 from __future__ import annotations
@@ -50,6 +62,7 @@ class Watched:
     restart: Callable[[], object] | None = None
     max_restarts: int = 5  # within `restart_window` seconds, before it counts as dead
     restart_window: float = 300.0
+    backoff: float = 0.5  # seconds before the 2nd restart; doubled for each further one, at most 30 s
     _restarts: list[float] = field(default_factory=list)
     _next_restart: float = 0.0
 
@@ -126,7 +139,11 @@ class Supervisor(threading.Thread):
         while not self._stop.wait(self.tick):
             now = time.monotonic()
             self.heartbeat = now
-            problems = self.check(now)
+            try:
+                problems = self.check(now)
+            except Exception as e:  # a supervisor bug: unhealthy (honest), but keep supervising
+                log.exception("supervisor: checking the workers failed")
+                problems = [f"supervisor check failed: {type(e).__name__}: {e}"]
             if problems != self.problems:
                 for p in problems:
                     if p not in self.problems:
@@ -171,13 +188,20 @@ class Supervisor(threading.Thread):
             return True  # backing off; still within budget
         log.warning("supervisor: restarting crashed worker %s (attempt %d)", w.name, len(w._restarts) + 1)
         w._restarts.append(now)
-        w._next_restart = now + min(30.0, 0.5 * 2 ** len(w._restarts))
+        w._next_restart = now + min(30.0, w.backoff * 2 ** (len(w._restarts) - 1))
         RESTARTS.labels(worker=w.name).inc()
-        w.restart()
+        try:
+            w.restart()
+        except Exception:  # counted as an attempt; the budget still ends in "dead"
+            log.exception("supervisor: restarting worker %s failed", w.name)
         return True
 
     def _status_line(self) -> str:
-        line = self._summary()
+        try:
+            line = self._summary()
+        except Exception as e:  # STATUS= is informative; a failing summary must not end supervision
+            log.exception("supervisor: the status summary failed")
+            line = f"status unavailable: {type(e).__name__}"
         if self.problems:
             line = f"DEGRADED {'; '.join(self.problems)} | {line}"
         return line.replace("\n", " ")[:200]

@@ -134,6 +134,8 @@ def test_paths_resolve_against_the_config_directory(tmp_path: Path, demo_copy) -
             "gateway.yml": ("listen: 127.0.0.1:9108", "listen: '[::1]:9200'"),
         }
     )
+    (d / "secrets").mkdir()
+    (d / "secrets/mqtt.pass").write_text("s3cret\n")  # lint checks that a password file exists
     s = load_snapshot(d)
     c = s.connectors["mqtt_cloud"]
     assert (c.scheme, c.host, c.port) == ("tls", "broker.example.com", 8883)

@@ -4,16 +4,27 @@ everything the reload touched back to the running configuration."""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import time
+import types
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from edge_gateway.metrics import REGISTRY
+from edge_gateway.runtime import reload as reload_module
+from edge_gateway.runtime.reload import ApplyError, Reloader
+from edge_gateway.runtime.supervisor import Notifier, Supervisor, Watched
 from edge_gateway.testkit import LOOPBACK
 from edge_gateway.uplink.consumer import BatchSubscriber
 
-from .plant import BIN, TAGS, Plant, latest, no_gaps
+from .plant import BIN, ROOT, TAGS, Plant, latest, no_gaps
 
 NEW_TAG = """
 - tag: plant.level_raw
@@ -167,3 +178,133 @@ def test_failure_while_applying_rolls_back(plant: Plant) -> None:
         assert frame["value"] != revision
         wait(lambda: drivers(plant)["meter2"]["polls"] > 2, 20, "meter2 polling again", plant)
         assert no_gaps(sub.seqs())
+
+
+# Each is a whole file's new content, or (old, new) edits of it: issue 14's inputs that killed the process
+# (SIGSEGV) or the reload thread, and the lint rules a running gateway must refuse too.
+BAD_CONFIGS: list[tuple[str, str, bytes | tuple[str, str]]] = [
+    ("deep-nesting", "endpoints.yml", b"[" * 100_000),
+    ("deep-block", "variables.yml", b"- " * 100_000 + b"x\n"),
+    ("huge-int", "drivers.yml", ("unit_id: 1\n", "unit_id: " + "9" * 5000 + "\n")),
+    ("scalar-endpoints", "endpoints.yml", b"42\n"),
+    ("scalar-drivers", "drivers.yml", b"42\n"),
+    ("list-connector", "connector.yml", b"- 1\n- 2\n"),
+    ("nul", "endpoints.yml", b'plc_tcp:\n  scheme: tcp\n  host: "a\x00b"\n'),
+    ("not-utf8", "variables.yml", b"\xff\xfe\x00"),
+    ("empty-drivers", "drivers.yml", b""),
+    ("bad-constructor", "gateway.yml", b"bus: !!int nope\n"),
+    ("int-key", "endpoints.yml", b"1: {scheme: tcp, host: h, port: 1}\n"),
+    ("scale-div-zero", "variables.yml", ('scale: "value / 10"', 'scale: "value / 0"')),
+    ("scale-inf", "variables.yml", ('scale: "value / 10"', 'scale: "1e309 * value"')),
+    ("polling-zero", "drivers.yml", ("polling: 200ms", "polling: 0s")),
+    ("timeout-zero", "endpoints.yml", ("timeout: 1000ms", "timeout: 0ms")),
+    ("qos-neg-zero", "connector.yml", ("qos: 2 ", "qos: -0.0 ")),
+    ("missing-password-file", "connector.yml", ("# password_file:", "password_file:")),
+]
+
+
+def test_sighup_into_each_bad_config_keeps_the_process_and_the_running_config(plant: Plant) -> None:
+    """Issue 14: each bad edit, then SIGHUP: the process lives, answers, keeps its revision and keeps
+    polling; every later reload is still served, and a valid one at the end applies."""
+    plant.start_gateway()
+    plant.wait_ready()
+    assert plant.gw is not None
+    revision = plant.ctl("status")["revision"]
+    for name, fname, bad in BAD_CONFIGS:
+        path = plant.cfg / fname
+        good = path.read_bytes()
+        if isinstance(bad, tuple):
+            assert bad[0].encode() in good, (name, bad[0])
+            bad = good.replace(bad[0].encode(), bad[1].encode(), 1)
+        tmp = path.with_suffix(".tmp~")
+        tmp.write_bytes(bad)
+        os.replace(tmp, path)
+        plant.gw.send_signal(signal.SIGHUP)
+        refused = edge_ctl(plant, "--json", "reload")  # queued behind the SIGHUP's: answered after it
+        assert plant.gw.poll() is None, f"{name}: the gateway died ({plant.gw.returncode})\n{plant.log_tail()}"
+        assert refused.returncode == 1 and '"result": "invalid"' in refused.stdout, (name, refused.stdout)
+        assert re.search(r"\.yml:[0-9]+: ", refused.stdout), (name, refused.stdout)  # file:line problems
+        assert plant.ctl("status")["revision"] == revision, name
+        path.write_bytes(good)
+    assert plant.metric("cfg_invalid_total") >= 2 * len(BAD_CONFIGS)
+    assert plant.metric("cfg_apply_total", {"result": "ok"}) == 0
+    polls = drivers(plant)["meter2"]["polls"]
+    wait(lambda: drivers(plant)["meter2"]["polls"] > polls, 20, "meter2 still polled on the old config", plant)
+
+    plant.edit("drivers.yml", ("cfg: { unit_id: 2, polling: 200ms", "cfg: { unit_id: 2, polling: 300ms"))
+    plant.gw.send_signal(signal.SIGHUP)
+    edge_ctl(plant, "reload")
+    wait(lambda: plant.metric("cfg_apply_total", {"result": "ok"}) == 1, 20, "the valid reload", plant)
+    assert plant.ctl("status")["revision"] != revision
+    assert plant.gw.poll() is None
+
+
+# -- the reload thread in-process: nothing a reload meets ends it, and a dead one is restarted --------------------
+class StubGateway:
+    """Gateway.apply's contract with scripted outcomes: an answer, or an exception to raise."""
+
+    def __init__(self, *outcomes: Any) -> None:
+        self.snapshot = types.SimpleNamespace(revision="0123456789ab")
+        self.outcomes = list(outcomes)
+
+    def apply(self, snapshot: Any) -> dict[str, Any]:
+        out = self.outcomes.pop(0)
+        if isinstance(out, BaseException):
+            raise out
+        return {"applied": True, "result": out, "revision": snapshot.revision}
+
+
+def test_an_apply_that_raises_is_a_rollback_and_the_thread_lives_on(tmp_path: Path) -> None:
+    cfg = shutil.copytree(ROOT / "config", tmp_path / "cfg", ignore=shutil.ignore_patterns("examples", "README.md"))
+    rl = Reloader(StubGateway(RuntimeError("bug in apply"), "ok"), str(cfg), poll=0.05)  # type: ignore[arg-type]
+    rl.start()
+    try:
+        first = rl.request("SIGHUP").result(timeout=30)
+        assert first["result"] == "rollback" and "RuntimeError: bug in apply" in first["error"]
+        assert rl.is_alive()
+        assert rl.request("SIGHUP").result(timeout=30)["result"] == "ok"
+    finally:
+        rl.stop()
+
+
+def test_a_loader_bug_is_refused_as_invalid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(_d: str) -> None:
+        raise TypeError("'int' object is not iterable")
+
+    monkeypatch.setattr(reload_module, "load_snapshot", broken)
+    rl = Reloader(StubGateway(), str(tmp_path), poll=0.05)  # type: ignore[arg-type]
+    rl.start()
+    try:
+        answer = rl.request("SIGHUP").result(timeout=30)
+        assert answer["result"] == "invalid" and "TypeError" in answer["problems"][0]
+        assert rl.is_alive()
+    finally:
+        rl.stop()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the SystemExit under test
+def test_a_dead_reload_thread_is_restarted_by_the_supervisor(tmp_path: Path) -> None:
+    cfg = shutil.copytree(ROOT / "config", tmp_path / "cfg", ignore=shutil.ignore_patterns("examples", "README.md"))
+    rl = Reloader(StubGateway(SystemExit(3), "ok"), str(cfg), poll=0.05)  # type: ignore[arg-type]
+    before = REGISTRY.get_sample_value("supervisor_restart_total", {"worker": "reload"}) or 0.0
+    sup = Supervisor(
+        lambda: [Watched("reload", lambda: rl, stale_after=60, restart=rl.restart, backoff=0.01)],
+        lambda: "",
+        Notifier(""),
+    )
+    rl.start()
+    sup.start()
+    try:
+        died = rl.request("SIGHUP")
+        with pytest.raises(ApplyError, match="the reload thread died: SystemExit"):
+            died.result(timeout=30)
+        deadline = time.monotonic() + 10
+        while rl.restarts == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert rl.restarts == 1
+        assert rl.request("edge-ctl reload").result(timeout=30)["result"] == "ok"  # served by the new thread
+        assert REGISTRY.get_sample_value("supervisor_restart_total", {"worker": "reload"}) == before + 1
+        assert sup.problems == []
+    finally:
+        sup.stop()
+        rl.stop()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_gateway.metrics import REGISTRY
 from edge_gateway.runtime.supervisor import Notifier, Supervisor, Watched
 
 
@@ -135,4 +136,83 @@ def test_dead_unrestartable_worker_stops_keepalives(notify_socket: socket.socket
     drain(notify_socket)
     assert not any("WATCHDOG=1" in m for m in drain(notify_socket))
     assert sup.problems == ["worker wal is dead"]
+    sup.stop()
+
+
+def restarts(worker: str) -> float:
+    return REGISTRY.get_sample_value("supervisor_restart_total", {"worker": worker}) or 0.0
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_worker_that_keeps_dying_ends_up_stopping_keepalives(notify_socket: socket.socket, monkeypatch) -> None:
+    """The rule (supervisor.py docstring): restarted with backoff until `max_restarts` within the
+    window are used up, then dead — keep-alives stop, so systemd restarts the service."""
+    current = [Beater()]
+    current[0].crash.set()
+    current[0].start()
+
+    def restart() -> None:
+        current[0] = Beater()
+        current[0].crash.set()  # dies again at once
+        current[0].start()
+
+    before = restarts("line:crashy")
+    w = Watched("line:crashy", lambda: current[0], stale_after=5.0, restart=restart, max_restarts=3, backoff=0.01)
+    sup = start([w], notify_socket, monkeypatch)
+    deadline = time.monotonic() + 10
+    while sup.problems != ["worker line:crashy is dead"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sup.problems == ["worker line:crashy is dead"]
+    assert restarts("line:crashy") - before == 3
+    drain(notify_socket)
+    later = drain(notify_socket)
+    assert not any("WATCHDOG=1" in m for m in later)
+    assert any("DEGRADED worker line:crashy is dead" in m for m in later), later
+    assert sup.is_alive()
+    sup.stop()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_restart_that_raises_does_not_end_the_supervisor(notify_socket: socket.socket, monkeypatch) -> None:
+    w = Beater()
+    w.crash.set()
+    w.start()
+    calls: list[float] = []
+
+    def restart() -> None:
+        calls.append(time.monotonic())
+        raise OSError("cannot open the serial port")
+
+    sup = start(
+        [Watched("line:b", lambda: w, stale_after=5.0, restart=restart, max_restarts=2, backoff=0.01)],
+        notify_socket,
+        monkeypatch,
+    )
+    deadline = time.monotonic() + 10
+    while sup.problems != ["worker line:b is dead"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sup.problems == ["worker line:b is dead"] and len(calls) == 2
+    assert sup.is_alive()
+    sup.stop()
+
+
+def test_a_failing_check_is_a_problem_not_the_end_of_supervision(notify_socket: socket.socket, monkeypatch) -> None:
+    broken = {"on": True}
+
+    def workers() -> list[Watched]:
+        if broken["on"]:
+            raise KeyError("line:x")
+        return []
+
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    sup = Supervisor(workers, lambda: "lines 0/0", Notifier(notify_socket.getsockname()), status_every=0.2)
+    sup.start()
+    deadline = time.monotonic() + 5
+    while not sup.problems and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sup.problems and sup.problems[0].startswith("supervisor check failed: KeyError")
+    assert not any("WATCHDOG=1" in m for m in drain(notify_socket))
+    broken["on"] = False
+    messages_until(notify_socket, "WATCHDOG=1")  # healthy again once the check passes
     sup.stop()
