@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import sdnotify
 from prometheus_client import Counter, Gauge
 
 from edge_gateway.metrics import REGISTRY
@@ -68,30 +68,34 @@ class Watched:
 
 
 class Notifier:
-    """sd_notify over NOTIFY_SOCKET, read at construction (the sdnotify package does the same and
-    swallows errors silently; this one logs them once)."""
+    """sd_notify(3) through the sdnotify package, which reads NOTIFY_SOCKET when it is constructed.
 
-    def __init__(self, address: str | None = None) -> None:
-        self.address = address if address is not None else os.environ.get("NOTIFY_SOCKET", "")
-        self._sock: socket.socket | None = None
+    Made with `debug=True` so a failure raises (its default swallows every error) and is logged
+    once here. Its socket is made non-blocking: a receiver that does not read (a full datagram
+    queue) drops a notification, which is logged; a blocked supervisor would stall shutdown itself.
+    """
+
+    def __init__(self) -> None:
+        self.address = os.environ.get("NOTIFY_SOCKET", "")
+        self._sd: sdnotify.SystemdNotifier | None = None
         self._warned = False
         if self.address:
-            addr = "\0" + self.address[1:] if self.address.startswith("@") else self.address
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            # Never block the supervisor on a receiver that does not read (a full datagram queue):
-            # a dropped notification is logged; a blocked supervisor would stall shutdown itself.
-            self._sock.setblocking(False)
-            self._target = addr
+            try:
+                self._sd = sdnotify.SystemdNotifier(debug=True)
+                self._sd.socket.setblocking(False)
+            except OSError as e:
+                log.warning("sd_notify socket %s: %s; systemd will not hear from us", self.address, e)
+                self._sd = None
 
     @property
     def enabled(self) -> bool:
-        return self._sock is not None
+        return self._sd is not None
 
     def notify(self, *lines: str) -> None:
-        if self._sock is None:
+        if self._sd is None:
             return
         try:
-            self._sock.sendto("\n".join(lines).encode(), self._target)
+            self._sd.notify("\n".join(lines))
         except OSError as e:
             if not self._warned:
                 log.warning("sd_notify to %s failed: %s", self.address, e)

@@ -283,14 +283,15 @@ def test_a_loader_bug_is_refused_as_invalid(tmp_path: Path, monkeypatch: pytest.
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the SystemExit under test
-def test_a_dead_reload_thread_is_restarted_by_the_supervisor(tmp_path: Path) -> None:
+def test_a_dead_reload_thread_is_restarted_by_the_supervisor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     cfg = shutil.copytree(ROOT / "config", tmp_path / "cfg", ignore=shutil.ignore_patterns("examples", "README.md"))
     rl = Reloader(StubGateway(SystemExit(3), "ok"), str(cfg), poll=0.05)  # type: ignore[arg-type]
     before = REGISTRY.get_sample_value("supervisor_restart_total", {"worker": "reload"}) or 0.0
     sup = Supervisor(
         lambda: [Watched("reload", lambda: rl, stale_after=60, restart=rl.restart, backoff=0.01)],
         lambda: "",
-        Notifier(""),
+        Notifier(),
     )
     rl.start()
     sup.start()

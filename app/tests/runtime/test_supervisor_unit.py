@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -71,7 +72,8 @@ def drain(sock: socket.socket, seconds: float = 0.6) -> list[str]:
 def start(workers: list[Watched], sock: socket.socket, monkeypatch: pytest.MonkeyPatch) -> Supervisor:
     monkeypatch.setenv("WATCHDOG_USEC", "200000")  # keep-alive every 100 ms
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
-    sup = Supervisor(lambda: workers, lambda: "lines 1/1", Notifier(sock.getsockname()), status_every=0.2)
+    monkeypatch.setenv("NOTIFY_SOCKET", sock.getsockname())
+    sup = Supervisor(lambda: workers, lambda: "lines 1/1", Notifier(), status_every=0.2)
     sup.start()
     return sup
 
@@ -206,7 +208,8 @@ def test_a_failing_check_is_a_problem_not_the_end_of_supervision(notify_socket: 
 
     monkeypatch.setenv("WATCHDOG_USEC", "200000")
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
-    sup = Supervisor(workers, lambda: "lines 0/0", Notifier(notify_socket.getsockname()), status_every=0.2)
+    monkeypatch.setenv("NOTIFY_SOCKET", notify_socket.getsockname())
+    sup = Supervisor(workers, lambda: "lines 0/0", Notifier(), status_every=0.2)
     sup.start()
     deadline = time.monotonic() + 5
     while not sup.problems and time.monotonic() < deadline:
@@ -216,3 +219,14 @@ def test_a_failing_check_is_a_problem_not_the_end_of_supervision(notify_socket: 
     broken["on"] = False
     messages_until(notify_socket, "WATCHDOG=1")  # healthy again once the check passes
     sup.stop()
+
+
+def test_notifier_reports_a_missing_notify_socket_instead_of_swallowing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody-listens"))
+    with caplog.at_level(logging.WARNING, logger="edge_gateway.runtime.supervisor"):
+        n = Notifier()
+    assert not n.enabled
+    assert "nobody-listens" in caplog.text and "systemd will not hear from us" in caplog.text
+    n.notify("READY=1")  # a no-op, not an error
