@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+import edge_gateway
+
 REPO = Path(__file__).resolve().parents[3]
 BUILD = REPO / "tools" / "image" / "build-image"
 POST_BUILD = REPO / "buildroot" / "board" / "edge-gateway" / "common" / "post-build.sh"
@@ -93,7 +95,7 @@ def test_partitions_carry_labels_and_contents(image: Path) -> None:
 
 def test_bundle_verifies_against_the_keyring(image: Path) -> None:
     bundles = list(image.glob("edge-gateway-*.raucb"))
-    assert [b.name for b in bundles] == ["edge-gateway-0.1.0.raucb"]
+    assert [b.name for b in bundles] == [f"edge-gateway-{edge_gateway.__version__}.raucb"]
     info = subprocess.run(
         ["rauc", "info", f"--keyring={image / 'keyring.pem'}", str(bundles[0])],
         capture_output=True,
@@ -101,7 +103,10 @@ def test_bundle_verifies_against_the_keyring(image: Path) -> None:
         check=False,
     )
     assert info.returncode == 0, info.stderr
-    assert "Compatible: \t'edge-gateway-rpi4'" in info.stdout and "Version:    \t'0.1.0'" in info.stdout
+    assert (
+        "Compatible: \t'edge-gateway-rpi4'" in info.stdout
+        and f"Version:    \t'{edge_gateway.__version__}'" in info.stdout
+    )
     assert "Bundle Format: \tverity" in info.stdout
     assert f"Checksum:  {_sha256(image / 'rootfs.squashfs')}" in info.stdout
     assert "DEVELOPMENT ONLY" in info.stdout
@@ -159,7 +164,7 @@ def test_post_build_makes_the_appliance_root(image: Path) -> None:
     assert "RuntimeWatchdogSec=" in (root / "etc/systemd/system.conf.d/10-watchdog.conf").read_text()
     assert "SystemMaxUse=" in (root / "etc/systemd/journald.conf.d/10-edge-gateway.conf").read_text()
     assert not (root / "README.md").exists()
-    assert "EDGE_GATEWAY_VERSION=0.1.0" in (root / "etc/edge-gateway-release").read_text()
+    assert f"EDGE_GATEWAY_VERSION={edge_gateway.__version__}\n" in (root / "etc/edge-gateway-release").read_text()
     for path in root.rglob("*"):
         if path.is_file() and not path.is_symlink():
             mode = stat.S_IMODE(path.lstat().st_mode)

@@ -4,7 +4,8 @@
 #
 ################################################################################
 
-# The app is built from this repository (app/); its version is app/pyproject.toml's.
+# The app is built from this repository (app/); its version is edge_gateway.__version__
+# (app/edge_gateway/__init__.py, which pyproject.toml reads; app/tests/image checks they agree).
 PYTHON_EDGE_GATEWAY_VERSION = 0.1.0
 PYTHON_EDGE_GATEWAY_SITE = $(BR2_EXTERNAL_EDGE_GATEWAY_PATH)/../app
 PYTHON_EDGE_GATEWAY_SITE_METHOD = local
