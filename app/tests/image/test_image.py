@@ -143,10 +143,13 @@ def test_bundle_from_another_key_is_refused(image: Path, tmp_path: Path) -> None
 
 def test_post_build_makes_the_appliance_root(image: Path) -> None:
     root = image / "rootfs"
-    for unit in ("edge-gateway.service", "edge-gateway-mark-good.service"):
+    for unit in ("edge-gateway.service", "edge-gateway-mark-good.timer"):
         link = root / "etc/systemd/system/multi-user.target.wants" / unit
         assert os.readlink(link) == f"/usr/lib/systemd/system/{unit}"
+    for unit in ("edge-gateway.service", "edge-gateway-mark-good.timer", "edge-gateway-mark-good.service"):
         assert (root / "usr/lib/systemd/system" / unit).read_bytes() == (REPO / "systemd" / unit).read_bytes()
+    # The mark-good oneshot is started by its timer only: nothing in the boot transaction waits for it.
+    assert not list(root.glob("etc/systemd/system/*.wants/edge-gateway-mark-good.service"))
     for mount in ("data.mount", "var-lib-edge\\x2dgateway.mount", "etc-edge\\x2dgateway.mount", "boot-firmware.mount"):
         assert os.readlink(root / "etc/systemd/system/local-fs.target.wants" / mount) == f"/etc/systemd/system/{mount}"
     assert (root / "usr/lib/sysusers.d/edge-gateway.conf").is_file()

@@ -28,7 +28,9 @@ define PYTHON_EDGE_GATEWAY_INSTALL_INIT_SYSTEMD
 		$(TARGET_DIR)/usr/lib/tmpfiles.d/edge-gateway.conf
 	$(if $(BR2_PACKAGE_RAUC), \
 		$(INSTALL) -D -m 0644 $(PYTHON_EDGE_GATEWAY_UNITS_DIR)/edge-gateway-mark-good.service \
-			$(TARGET_DIR)/usr/lib/systemd/system/edge-gateway-mark-good.service)
+			$(TARGET_DIR)/usr/lib/systemd/system/edge-gateway-mark-good.service; \
+		$(INSTALL) -D -m 0644 $(PYTHON_EDGE_GATEWAY_UNITS_DIR)/edge-gateway-mark-good.timer \
+			$(TARGET_DIR)/usr/lib/systemd/system/edge-gateway-mark-good.timer)
 endef
 
 $(eval $(python-package))
