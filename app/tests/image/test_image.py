@@ -7,6 +7,7 @@ exists only for the reproducibility test. Both run tools/image/build-image exact
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -197,6 +198,69 @@ def test_staged_app_runs_and_its_config_lints(image: Path) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.startswith(str(site))
     assert "0 error(s), 0 warning(s)" in run.stdout + run.stderr
+
+
+TEST_ONLY = ("edge_gateway/testkit.py", "edge_gateway/uplink/consumer.py")
+
+
+def _module_name(site: Path, path: Path) -> str:
+    parts = path.relative_to(site).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported(name: str, path: Path, known: set[str]) -> set[str]:
+    """The edge_gateway modules `path` imports (anywhere in it, lazy imports included), resolved to files."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            candidates = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*up, *([node.module] if node.module else [])])
+            candidates = [base, *(f"{base}.{a.name}" for a in node.names)]
+        else:
+            continue
+        for c in candidates:
+            while c and c not in known:
+                c = c.rpartition(".")[0]
+            if c:
+                found.add(c)
+    return found
+
+
+def test_image_carries_only_what_the_runtime_imports(image: Path) -> None:
+    root = image / "rootfs"
+    (site,) = root.glob("usr/lib/python3*/site-packages")
+    for rel in TEST_ONLY:
+        assert not (site / rel).exists(), rel
+    assert not list(site.glob("edge_gateway/**/tests")) and not list(site.glob("tests"))
+    modules = {_module_name(site, p): p for p in (site / "edge_gateway").rglob("*.py")}
+    # Every shipped module is reached, by its imports, from a console script or `python -m edge_gateway`.
+    (entry_points,) = site.glob("edge_gateway-*.dist-info/entry_points.txt")
+    scripts = [ln.split("=", 1)[1].strip().split(":")[0] for ln in entry_points.read_text().splitlines() if "=" in ln]
+    assert "edge_gateway.runtime.cli" in scripts and len(scripts) == 4, scripts
+    todo, reached = [*scripts, "edge_gateway.__main__"], set()
+    while todo:
+        name = todo.pop()
+        if name in reached:
+            continue
+        reached.add(name)
+        todo += [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]  # parent packages
+        todo += _imported(name, modules[name], set(modules))
+    assert set(modules) - reached == set(), "shipped but never imported by the runtime"
+    # ...and every one of them imports from the staged root alone (-S: no host site-packages).
+    probe = "import importlib, sys; sys.path.insert(0, sys.argv[1]); [importlib.import_module(m) for m in sys.argv[2:]]"
+    run = subprocess.run(
+        [sys.executable, "-S", "-c", probe, str(site), *sorted(modules)], capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    # The venv keeps them: tests, benchmarks and `make demo` import them from there.
+    assert all((REPO / "app" / rel).is_file() for rel in TEST_ONLY)
+    mk = (REPO / "buildroot/package/python-edge-gateway/python-edge-gateway.mk").read_text()
+    assert f"PYTHON_EDGE_GATEWAY_TEST_ONLY = {' '.join(TEST_ONLY)}\n" in mk
 
 
 def test_post_build_is_idempotent_and_refuses_a_bare_root(image: Path, tmp_path: Path) -> None:
