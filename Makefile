@@ -6,8 +6,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# Debian packages the tests drive for real (broker, pty pairs) and `make image` needs.
-APT_TEST_PKGS  := mosquitto socat systemd
+# Debian packages the tests drive for real (broker and its clients, pty pairs) and `make image` needs.
+# mosquitto-clients: `make demo` suggests mosquitto_pub, and its test runs that command.
+APT_TEST_PKGS  := mosquitto mosquitto-clients socat systemd
 APT_IMAGE_PKGS := genimage rauc squashfs-tools dosfstools mtools fdisk e2fsprogs openssl
 
 .PHONY: help venv test lint demo bench fuzz hil soak image buildroot-check systemd-check clean

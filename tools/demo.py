@@ -8,14 +8,22 @@ Starts, and owns by PID:
   * the PLC simulator (tools/plcsim, profile tools/plcsim/profiles/demo.yml): Modbus/TCP on 127.0.0.1:15020
     and Modbus RTU on the pty,
   * `edge-gateway run --config config/` (its JSON log goes to build/demo/gateway.log),
-and prints every frame that reaches the broker as `seq tag value q`, decoded from the batches.
-Ctrl-C (or `--seconds N`, `make demo DEMO_SECONDS=N`) stops everything it started, newest first.
+and prints every frame that reaches the broker as `seq tag value q`, decoded from the batches, and every
+command ack. Ctrl-C (or `--seconds N`, `make demo DEMO_SECONDS=N`) stops everything it started, newest first.
+
+It suggests commands to try, each runnable as printed from the repository root (app/tests/test_demo.py runs
+them): `edge-ctl status`, a cloud command sent with `tools/demo.py --send TAG=VALUE` (publishes it on the demo
+broker and waits for the gateway's ack), and the same with `mosquitto_pub` when it is installed (`make venv`
+installs the Debian package mosquitto-clients).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +40,37 @@ BUILD = ROOT / "build" / "demo"
 VENV_BIN = Path(sys.executable).parent
 MQTT_PORT = 18830
 PLC_PORT = 15020
+# config/connector.yml: tenant demo, device edge-01, the default cmd_topic and ack_topic.
+CMD_TOPIC = "/edge/demo/edge-01/cmd/{tag}"
+ACK_TOPIC = "/edge/demo/edge-01/ack/{seq}"
+
+
+def suggestions() -> list[list[str]]:
+    """The commands the demo tells the user to try, as argv lists (run from the repository root)."""
+    venv = os.path.relpath(VENV_BIN, ROOT)
+    out = [
+        [f"{venv}/edge-ctl", "--config", "config", "status"],
+        [f"{venv}/python", "tools/demo.py", "--send", "plant.setpoint_c=23.5"],
+    ]
+    if shutil.which("mosquitto_pub"):
+        topic = CMD_TOPIC.format(tag="plant.setpoint_c")
+        payload = json.dumps({"seq": 1, "value": 23.5})
+        out.append(
+            [
+                "mosquitto_pub",
+                "-h",
+                LOOPBACK,
+                "-p",
+                str(MQTT_PORT),
+                "-q",
+                "1",
+                "-t",
+                topic,
+                "-m",
+                payload,
+            ]
+        )
+    return out
 
 
 class Demo:
@@ -114,16 +153,26 @@ class Demo:
             stderr=subprocess.STDOUT,
         )
         print("demo: edge-gateway run --config config/ (log: build/demo/gateway.log)")
-        print("demo: try `.venv/bin/edge-ctl --config config status` or a command:")
         print(
-            f"      mosquitto_pub -p {MQTT_PORT} -t /edge/demo/edge-01/cmd/plant.setpoint_c"
-            ' -m \'{"seq": 1, "value": 23.5}\''
+            "demo: try, from the repository root, the status, or a cloud command (its ack shows up below):"
         )
+        for argv in suggestions():
+            print(f"      {shlex.join(argv)}")
+        if not shutil.which("mosquitto_pub"):
+            print(
+                "      (mosquitto_pub: Debian package mosquitto-clients, which `make venv` installs as root)"
+            )
         print(f"\n{'seq':>8} {'tag':<28} {'value':<20} q", flush=True)
 
     def watch(self, seconds: float) -> int:
         deadline = time.monotonic() + seconds if seconds else None
+        acked: set[str] = set()
         while deadline is None or time.monotonic() < deadline:
+            if self.sub is not None:
+                for seq, ack in list(self.sub.acks.items()):
+                    if seq not in acked:
+                        acked.add(seq)
+                        print(f"demo: ack {_ack_line(ack)}", flush=True)
             for name, proc in self.procs:
                 if proc.poll() is not None:
                     print(
@@ -163,6 +212,47 @@ def _print_frame(f: dict[str, Any], m: Message) -> None:
     sys.stdout.flush()
 
 
+def _ack_line(ack: dict[str, Any]) -> str:
+    error = f" ({ack['error']})" if ack.get("error") else ""
+    return f"seq {ack.get('seq')} {ack.get('tag')}: {ack.get('result')}{error}"
+
+
+def send(assignment: str, timeout: float = 15.0) -> int:
+    """`--send TAG=VALUE`: one cloud command to the running demo; prints the gateway's ack, 0 if it is ok."""
+    tag, sep, text = assignment.partition("=")
+    if not sep or not tag:
+        raise SystemExit(f"demo: --send wants TAG=VALUE, not {assignment!r}")
+    try:
+        value: Any = json.loads(text)
+    except ValueError:
+        value = text  # a string tag
+    if not _listening(MQTT_PORT):
+        print(
+            f"demo: nothing listens on {LOOPBACK}:{MQTT_PORT}: start `make demo` first",
+            file=sys.stderr,
+        )
+        return 2
+    seq = time.time_ns() // 1_000_000  # ms: a fresh seq for every send
+    sub = BatchSubscriber(LOOPBACK, MQTT_PORT, (ACK_TOPIC.format(seq=seq),)).start()
+    try:
+        sub.publish(
+            CMD_TOPIC.format(tag=tag),
+            json.dumps({"seq": seq, "value": value}).encode(),
+            qos=1,
+        )
+        if not sub.wait_for(lambda s: str(seq) in s.acks, timeout):
+            print(
+                f"demo: no ack for seq {seq} within {timeout:g}s (is the gateway connected?)",
+                file=sys.stderr,
+            )
+            return 1
+        ack = sub.acks[str(seq)]
+    finally:
+        sub.stop()
+    print(f"ack {_ack_line(ack)}")
+    return 0 if ack.get("result") == "ok" else 1
+
+
 def _listening(port: int) -> bool:
     import socket
 
@@ -192,7 +282,14 @@ def main(argv: list[str] | None = None) -> int:
         default=float(os.environ.get("DEMO_SECONDS") or 0),
         help="0 = until Ctrl-C",
     )
+    p.add_argument(
+        "--send",
+        metavar="TAG=VALUE",
+        help="send one cloud command to the running demo (e.g. plant.setpoint_c=23.5), print its ack, exit",
+    )
     args = p.parse_args(argv)
+    if args.send:
+        return send(args.send)
     demo = Demo()
     signal.signal(
         signal.SIGTERM, _interrupt

@@ -7,4 +7,6 @@ Data flows through the subpackages in this order:
 with config/ (the five YAML tables) and runtime/ (supervisor, control socket, CLIs) beside them.
 """
 
+# The one place the version is written: pyproject.toml reads it (dynamic = ["version"]), and so do the wheel,
+# the image (dist-info, /etc/edge-gateway-release, the bundle name) and buildroot/package/python-edge-gateway.
 __version__ = "0.1.0"

@@ -120,13 +120,52 @@ def var(
     return Variable(tag, did, access, Address(table, addr, n), dt, endian, word_order, scale)  # type: ignore[arg-type]
 
 
-def collect(bus: FrameBus, want: int, timeout: float = 10.0, pred: Any = None) -> list[Frame]:
-    """Drain the bus until `want` frames (matching pred) arrived or the deadline passed."""
+def collect(bus: FrameBus, want: int, timeout: float = 10.0, pred: Any = None, what: str = "") -> list[Frame]:
+    """Drain the bus until `want` frames (matching pred) arrived; fails loudly on timeout.
+
+    A short list would surface later as an unrelated IndexError or a wrong count; the AssertionError says what
+    was waited for (`what`, else the count and the predicate), for how long, and what did arrive. To read
+    whatever comes within a time, use `drain_for`.
+    """
     out: list[Frame] = []
+    others: list[Frame] = []  # arrived but rejected by pred: often the best hint why
     deadline = time.monotonic() + timeout
-    while len(out) < want and time.monotonic() < deadline:
+    while len(out) < want:
+        if time.monotonic() > deadline:
+            raise AssertionError(_short_message(want, timeout, pred, what, out, others))
+        for f in bus.drain(10000, 0.05):
+            (out if pred is None or pred(f) else others).append(f)
+    return out
+
+
+def drain_for(bus: FrameBus, seconds: float, pred: Any = None) -> list[Frame]:
+    """Every frame (matching pred) that arrives within `seconds`; may be empty (the caller asserts)."""
+    out: list[Frame] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         out += [f for f in bus.drain(10000, 0.05) if pred is None or pred(f)]
     return out
+
+
+def _short_message(want: int, timeout: float, pred: Any, what: str, got: list[Frame], others: list[Frame]) -> str:
+    wanted = what or (f"{want} frame(s)" + (f" matching {_pred_name(pred)}" if pred is not None else ""))
+    lines = [f"collect: waited {timeout:g}s for {wanted}, got {len(got)} of {want}"]
+    if got:
+        lines.append(f"  last matching: {_brief(got[-5:])}")
+    if pred is not None:
+        lines.append(f"  {len(others)} other frame(s) arrived" + (f", last: {_brief(others[-5:])}" if others else ""))
+    return "\n".join(lines)
+
+
+def _pred_name(pred: Any) -> str:
+    code = getattr(pred, "__code__", None)
+    if code is None or getattr(pred, "__name__", "") != "<lambda>":
+        return getattr(pred, "__name__", repr(pred))
+    return f"a lambda at {Path(code.co_filename).name}:{code.co_firstlineno}"
+
+
+def _brief(frames: list[Frame]) -> str:
+    return ", ".join(f"{f.tag}={f.value!r} q={f.q}" for f in frames)
 
 
 @pytest.fixture

@@ -111,13 +111,17 @@ def wait_for(cond: Callable[[], object], timeout: float = 10.0, what: str = "con
         time.sleep(0.01)
 
 
-def collect(bus: FrameBus, n: int, timeout: float = 10.0) -> list[Frame]:
-    """Drain the bus until `n` frames arrived (fails on timeout with what did arrive)."""
+def collect(bus: FrameBus, n: int, timeout: float = 10.0, what: str = "") -> list[Frame]:
+    """Drain the bus until `n` frames arrived; fails on timeout saying what it waited for and what arrived."""
     out: list[Frame] = []
     deadline = time.monotonic() + timeout
     while len(out) < n:
         if time.monotonic() > deadline:
-            raise AssertionError(f"got {len(out)} of {n} frames: {out[-5:]}")
+            last = ", ".join(f"{f.tag}={f.value!r} q={f.q}" for f in out[-5:]) or "nothing"
+            raise AssertionError(
+                f"collect: waited {timeout:g}s for {what or f'{n} frame(s)'} on the bus, got {len(out)} of {n}"
+                f" (last: {last})"
+            )
         out.extend(bus.drain(n - len(out), 0.05))
     return out
 

@@ -11,6 +11,8 @@ import tomllib
 import zlib
 from pathlib import Path
 
+import edge_gateway
+
 REPO = Path(__file__).resolve().parents[3]
 BR = REPO / "buildroot"
 BOARDS = {
@@ -53,7 +55,7 @@ def test_external_tree_names_itself_and_includes_every_package() -> None:
 
 def test_app_package_matches_pyproject() -> None:
     project = tomllib.loads((REPO / "app/pyproject.toml").read_text())["project"]
-    assert _mk_var("python-edge-gateway", "PYTHON_EDGE_GATEWAY_VERSION") == project["version"]
+    assert _mk_var("python-edge-gateway", "PYTHON_EDGE_GATEWAY_VERSION") == edge_gateway.__version__
     assert _mk_var("python-edge-gateway", "PYTHON_EDGE_GATEWAY_SETUP_TYPE") == "setuptools"
     selects = re.findall(
         r"select BR2_PACKAGE_(\w+) # runtime", (BR / "package/python-edge-gateway/Config.in").read_text()

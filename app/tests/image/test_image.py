@@ -7,6 +7,7 @@ exists only for the reproducibility test. Both run tools/image/build-image exact
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -17,6 +18,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+import edge_gateway
 
 REPO = Path(__file__).resolve().parents[3]
 BUILD = REPO / "tools" / "image" / "build-image"
@@ -93,7 +96,7 @@ def test_partitions_carry_labels_and_contents(image: Path) -> None:
 
 def test_bundle_verifies_against_the_keyring(image: Path) -> None:
     bundles = list(image.glob("edge-gateway-*.raucb"))
-    assert [b.name for b in bundles] == ["edge-gateway-0.1.0.raucb"]
+    assert [b.name for b in bundles] == [f"edge-gateway-{edge_gateway.__version__}.raucb"]
     info = subprocess.run(
         ["rauc", "info", f"--keyring={image / 'keyring.pem'}", str(bundles[0])],
         capture_output=True,
@@ -101,7 +104,10 @@ def test_bundle_verifies_against_the_keyring(image: Path) -> None:
         check=False,
     )
     assert info.returncode == 0, info.stderr
-    assert "Compatible: \t'edge-gateway-rpi4'" in info.stdout and "Version:    \t'0.1.0'" in info.stdout
+    assert (
+        "Compatible: \t'edge-gateway-rpi4'" in info.stdout
+        and f"Version:    \t'{edge_gateway.__version__}'" in info.stdout
+    )
     assert "Bundle Format: \tverity" in info.stdout
     assert f"Checksum:  {_sha256(image / 'rootfs.squashfs')}" in info.stdout
     assert "DEVELOPMENT ONLY" in info.stdout
@@ -138,10 +144,13 @@ def test_bundle_from_another_key_is_refused(image: Path, tmp_path: Path) -> None
 
 def test_post_build_makes_the_appliance_root(image: Path) -> None:
     root = image / "rootfs"
-    for unit in ("edge-gateway.service", "edge-gateway-mark-good.service"):
+    for unit in ("edge-gateway.service", "edge-gateway-mark-good.timer"):
         link = root / "etc/systemd/system/multi-user.target.wants" / unit
         assert os.readlink(link) == f"/usr/lib/systemd/system/{unit}"
+    for unit in ("edge-gateway.service", "edge-gateway-mark-good.timer", "edge-gateway-mark-good.service"):
         assert (root / "usr/lib/systemd/system" / unit).read_bytes() == (REPO / "systemd" / unit).read_bytes()
+    # The mark-good oneshot is started by its timer only: nothing in the boot transaction waits for it.
+    assert not list(root.glob("etc/systemd/system/*.wants/edge-gateway-mark-good.service"))
     for mount in ("data.mount", "var-lib-edge\\x2dgateway.mount", "etc-edge\\x2dgateway.mount", "boot-firmware.mount"):
         assert os.readlink(root / "etc/systemd/system/local-fs.target.wants" / mount) == f"/etc/systemd/system/{mount}"
     assert (root / "usr/lib/sysusers.d/edge-gateway.conf").is_file()
@@ -159,7 +168,7 @@ def test_post_build_makes_the_appliance_root(image: Path) -> None:
     assert "RuntimeWatchdogSec=" in (root / "etc/systemd/system.conf.d/10-watchdog.conf").read_text()
     assert "SystemMaxUse=" in (root / "etc/systemd/journald.conf.d/10-edge-gateway.conf").read_text()
     assert not (root / "README.md").exists()
-    assert "EDGE_GATEWAY_VERSION=0.1.0" in (root / "etc/edge-gateway-release").read_text()
+    assert f"EDGE_GATEWAY_VERSION={edge_gateway.__version__}\n" in (root / "etc/edge-gateway-release").read_text()
     for path in root.rglob("*"):
         if path.is_file() and not path.is_symlink():
             mode = stat.S_IMODE(path.lstat().st_mode)
@@ -189,6 +198,69 @@ def test_staged_app_runs_and_its_config_lints(image: Path) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.startswith(str(site))
     assert "0 error(s), 0 warning(s)" in run.stdout + run.stderr
+
+
+TEST_ONLY = ("edge_gateway/testkit.py", "edge_gateway/uplink/consumer.py")
+
+
+def _module_name(site: Path, path: Path) -> str:
+    parts = path.relative_to(site).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported(name: str, path: Path, known: set[str]) -> set[str]:
+    """The edge_gateway modules `path` imports (anywhere in it, lazy imports included), resolved to files."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            candidates = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*up, *([node.module] if node.module else [])])
+            candidates = [base, *(f"{base}.{a.name}" for a in node.names)]
+        else:
+            continue
+        for c in candidates:
+            while c and c not in known:
+                c = c.rpartition(".")[0]
+            if c:
+                found.add(c)
+    return found
+
+
+def test_image_carries_only_what_the_runtime_imports(image: Path) -> None:
+    root = image / "rootfs"
+    (site,) = root.glob("usr/lib/python3*/site-packages")
+    for rel in TEST_ONLY:
+        assert not (site / rel).exists(), rel
+    assert not list(site.glob("edge_gateway/**/tests")) and not list(site.glob("tests"))
+    modules = {_module_name(site, p): p for p in (site / "edge_gateway").rglob("*.py")}
+    # Every shipped module is reached, by its imports, from a console script or `python -m edge_gateway`.
+    (entry_points,) = site.glob("edge_gateway-*.dist-info/entry_points.txt")
+    scripts = [ln.split("=", 1)[1].strip().split(":")[0] for ln in entry_points.read_text().splitlines() if "=" in ln]
+    assert "edge_gateway.runtime.cli" in scripts and len(scripts) == 4, scripts
+    todo, reached = [*scripts, "edge_gateway.__main__"], set()
+    while todo:
+        name = todo.pop()
+        if name in reached:
+            continue
+        reached.add(name)
+        todo += [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]  # parent packages
+        todo += _imported(name, modules[name], set(modules))
+    assert set(modules) - reached == set(), "shipped but never imported by the runtime"
+    # ...and every one of them imports from the staged root alone (-S: no host site-packages).
+    probe = "import importlib, sys; sys.path.insert(0, sys.argv[1]); [importlib.import_module(m) for m in sys.argv[2:]]"
+    run = subprocess.run(
+        [sys.executable, "-S", "-c", probe, str(site), *sorted(modules)], capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    # The venv keeps them: tests, benchmarks and `make demo` import them from there.
+    assert all((REPO / "app" / rel).is_file() for rel in TEST_ONLY)
+    mk = (REPO / "buildroot/package/python-edge-gateway/python-edge-gateway.mk").read_text()
+    assert f"PYTHON_EDGE_GATEWAY_TEST_ONLY = {' '.join(TEST_ONLY)}\n" in mk
 
 
 def test_post_build_is_idempotent_and_refuses_a_bare_root(image: Path, tmp_path: Path) -> None:

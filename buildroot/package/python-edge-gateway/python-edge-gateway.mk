@@ -4,7 +4,8 @@
 #
 ################################################################################
 
-# The app is built from this repository (app/); its version is app/pyproject.toml's.
+# The app is built from this repository (app/); its version is edge_gateway.__version__
+# (app/edge_gateway/__init__.py, which pyproject.toml reads; app/tests/image checks they agree).
 PYTHON_EDGE_GATEWAY_VERSION = 0.1.0
 PYTHON_EDGE_GATEWAY_SITE = $(BR2_EXTERNAL_EDGE_GATEWAY_PATH)/../app
 PYTHON_EDGE_GATEWAY_SITE_METHOD = local
@@ -27,7 +28,18 @@ define PYTHON_EDGE_GATEWAY_INSTALL_INIT_SYSTEMD
 		$(TARGET_DIR)/usr/lib/tmpfiles.d/edge-gateway.conf
 	$(if $(BR2_PACKAGE_RAUC), \
 		$(INSTALL) -D -m 0644 $(PYTHON_EDGE_GATEWAY_UNITS_DIR)/edge-gateway-mark-good.service \
-			$(TARGET_DIR)/usr/lib/systemd/system/edge-gateway-mark-good.service)
+			$(TARGET_DIR)/usr/lib/systemd/system/edge-gateway-mark-good.service; \
+		$(INSTALL) -D -m 0644 $(PYTHON_EDGE_GATEWAY_UNITS_DIR)/edge-gateway-mark-good.timer \
+			$(TARGET_DIR)/usr/lib/systemd/system/edge-gateway-mark-good.timer)
 endef
+
+# The image carries only what the runtime imports: the test kit and the reference consumer are for tests,
+# benchmarks and `make demo` (same list as tools/image/build-image).
+PYTHON_EDGE_GATEWAY_TEST_ONLY = edge_gateway/testkit.py edge_gateway/uplink/consumer.py
+
+define PYTHON_EDGE_GATEWAY_REMOVE_TEST_ONLY
+	rm -f $(addprefix $(TARGET_DIR)/usr/lib/python$(PYTHON3_VERSION_MAJOR)/site-packages/,$(PYTHON_EDGE_GATEWAY_TEST_ONLY))
+endef
+PYTHON_EDGE_GATEWAY_POST_INSTALL_TARGET_HOOKS += PYTHON_EDGE_GATEWAY_REMOVE_TEST_ONLY
 
 $(eval $(python-package))

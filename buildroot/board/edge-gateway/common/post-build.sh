@@ -34,7 +34,7 @@ wants() { # wants TARGET UNIT [UNIT_DIR]
 	ln -sfn "${3:-/usr/lib/systemd/system}/$2" "$TARGET_DIR/etc/systemd/system/$1.wants/$2"
 }
 wants multi-user.target edge-gateway.service
-wants multi-user.target edge-gateway-mark-good.service
+wants multi-user.target edge-gateway-mark-good.timer
 wants local-fs.target data.mount /etc/systemd/system
 wants local-fs.target 'var-lib-edge\x2dgateway.mount' /etc/systemd/system
 wants local-fs.target 'etc-edge\x2dgateway.mount' /etc/systemd/system
