@@ -36,6 +36,21 @@ def wait_port(port: int, timeout: float = 10.0, host: str = LOOPBACK) -> None:
             time.sleep(0.02)
 
 
+def wait_listening(port: int, timeout: float = 10.0) -> None:
+    """Wait until 127.0.0.1:`port` is in LISTEN state, without connecting: a probe connection to a
+    forking server (socat `fork`) starts a child that competes with the real client for its device."""
+    want = f"{socket.htonl(0x7F000001):08X}:{port:04X}"
+    deadline = time.monotonic() + timeout
+    while True:
+        for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            cols = row.split()
+            if cols[1] == want and cols[3] == "0A":
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing listens on {LOOPBACK}:{port} after {timeout}s")
+        time.sleep(0.02)
+
+
 def stop_pid(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
     """SIGTERM, then SIGKILL, by PID; reaps the child."""
     if proc.poll() is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edge_gateway.acquisition import start_line
 from edge_gateway.config.model import Endpoint, TlsFiles
-from edge_gateway.testkit import free_port, require, stop_pid, wait_port
+from edge_gateway.testkit import free_port, require, stop_pid, wait_listening, wait_port
 
 from .conftest import collect, driver, var
 
@@ -23,7 +23,7 @@ def test_rtu_over_tcp_via_a_serial_device_server(sim_factory, bus, pty_pair) -> 
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_port(port)
+        wait_listening(port)  # not wait_port: its probe connection would fork a second reader of the pty
         ep = Endpoint("dsrv", "rtu+tcp", "127.0.0.1", port, timeout=0.5, baud=115200)
         line = start_line(ep, [driver("d", 3, "dsrv")], [var("x", "d", "holding", 4, "float32")], bus)
         try:
