@@ -114,7 +114,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)  # a short write is followed by the error that cut it
@@ -416,7 +416,7 @@ class Wal:
             n_bytes, n_frames, n_records = n_bytes + size, n_frames + count, n_records + 1
             if start + n_bytes >= self.cfg.segment_bytes:
                 break
-        _pwrite_all(self._fd, memoryview(self._buf)[:n_bytes], start)
+        _pwrite_all(self._fd, self._buf[:n_bytes], start)  # a copy: _buf is cut after the write
         os.fsync(self._fd)
         return n_bytes, n_frames, n_records
 
