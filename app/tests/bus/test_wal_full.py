@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,10 @@ from edge_gateway.bus.wal import Wal, seg_name
 from edge_gateway.bus.writer import open_bus_and_wal
 from edge_gateway.config.model import BusCfg, GatewayCfg
 from edge_gateway.metrics import value
+from edge_gateway.testkit import LOOPBACK
+from edge_gateway.uplink.consumer import BatchSubscriber
 
+from ..runtime.plant import Plant, no_gaps
 from .test_wal import cfg
 
 DEADLINE = 30.0
@@ -148,3 +153,44 @@ def test_full_disk_with_drop_oldest_frees_the_oldest_segments_and_counts_the_los
     wal = Wal.open(c)
     assert wal.next_seq == accepted + 1
     wal.close()
+
+
+def test_the_gateway_process_on_a_full_disk_reports_it_pauses_and_delivers_everything_after(tmp_path: Path) -> None:
+    """The real `edge-gateway` (demo config, PLC simulator, Mosquitto) with its WAL on a filled tmpfs."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    plant = Plant(tmp_path)
+    wal_dir = tmp_path / "wal"
+    wal_dir.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(wal_dir)], check=True)
+    try:
+        with BatchSubscriber(LOOPBACK, plant.broker.port) as sub:
+            plant.start_gateway(notify=True)
+            assert plant.notifications(lambda ms: any(m.startswith("READY=1") for m in ms), 30), plant.log_tail()
+            assert sub.wait_for(lambda s: len(s.frames()) >= 16, 30), plant.log_tail()
+            fill(wal_dir / "filler", leave=8 << 10)
+            until(lambda: (plant.ctl("status")["wal"] or {}).get("fault") == "enospc", "the gateway sees the disk full")
+            status = plant.ctl("status")
+            assert status["bus"]["paused"] and status["supervisor"]["healthy"]  # held, not dead: no restart helps
+            assert plant.metric("framebus_wal_fault", {"reason": "enospc"}) == 1
+            shown = plant.notifications(lambda ms: any("wal FAULT enospc" in m for m in ms), 15)
+            assert any(m.startswith("STATUS=") and "wal FAULT enospc" in m for m in shown), shown
+            ctl = subprocess.run(
+                [str(Path(sys.executable).with_name("edge-ctl")), "--config", str(plant.cfg), "status"],
+                capture_output=True,
+                text=True,
+            )
+            assert "fault=enospc" in ctl.stdout and "PAUSED" in ctl.stdout, ctl.stdout + ctl.stderr
+
+            (wal_dir / "filler").unlink()
+            until(lambda: plant.ctl("status")["wal"]["fault"] is None, "the gateway recovers by itself")
+            committed = plant.ctl("status")["wal"]["committed_seq"]
+            assert sub.wait_for(lambda s: set(range(1, committed + 1)) <= set(s.seqs()), 30)
+            assert plant.metric("framebus_wal_fault", {"reason": "enospc"}) == 0
+            assert no_gaps(sorted(set(sub.seqs())))
+        assert plant.gw is not None
+        plant.gw.send_signal(signal.SIGTERM)
+        assert plant.gw.wait(15) == 0
+    finally:
+        plant.stop()
+        subprocess.run(["umount", "--lazy", str(wal_dir)], check=True)
