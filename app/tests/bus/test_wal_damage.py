@@ -121,6 +121,8 @@ def test_damage_in_a_closed_segment_is_skipped_counted_once_and_shown(tmp_path: 
     assert s["damage"] == [{"segment": seg_name(victim), "offset": offset, "bytes": skipped, "frames": len(lost)}]
     text = subprocess.run([EDGE_BUS, "--wal-dir", str(tmp_path), "stats"], capture_output=True, text=True).stdout
     assert f"{seg_name(victim)} offset {offset}" in text
+    r = subprocess.run([EDGE_BUS, "--wal-dir", str(tmp_path), "replay"], capture_output=True, text=True)
+    assert [json.loads(x)["seq"] for x in r.stdout.splitlines()] == [s for s in range(1, N + 1) if s not in lost]
 
     wal = Wal.open(cfg(tmp_path))  # after a restart the same damage is not counted again
     assert read_seqs(wal, "c", 1000) == [s for s in range(1, N + 1) if s not in lost]
