@@ -193,3 +193,24 @@ def test_the_gateway_process_on_a_full_disk_reports_it_pauses_and_delivers_every
     finally:
         plant.stop()
         subprocess.run(["umount", "--lazy", str(wal_dir)], check=True)
+
+
+def test_a_commit_the_disk_refuses_leaves_the_segment_as_it_was_and_keeps_the_frames(disk: Path) -> None:
+    """Wal alone, no thread: the partly written record is cut off at once, nothing moves, the retry works."""
+    c = cfg(disk / "wal", segment_bytes=8 << 20)
+    wal = Wal.open(c)
+    wal.append([Frame(1 + i, 1, "a", i) for i in range(100)])
+    wal.commit()
+    size = (disk / "wal" / "00000000000000000001.seg").stat().st_size
+    fill(disk / "filler", leave=16 << 10)
+    wal.append([Frame(101 + i, 1, "b", "x" * 100) for i in range(1000)])  # ~130 KiB: more than is left
+    with pytest.raises(OSError) as e:
+        wal.commit()
+    assert e.value.errno == errno.ENOSPC and wal.fault == "enospc"
+    assert (disk / "wal" / "00000000000000000001.seg").stat().st_size == size == wal.sizes[1]
+    assert wal.committed_seq == 100 and wal.unwritten == 1000
+    assert read_seqs(wal, "r") == list(range(1, 101))
+    (disk / "filler").unlink()
+    assert [f.seq for f in wal.commit()] == list(range(101, 1101))
+    assert wal.fault is None and read_seqs(wal, "r2") == list(range(1, 1101))
+    wal.close()
