@@ -130,14 +130,14 @@ class WalWriter(threading.Thread):
 
     def _commit(self, ticket: int) -> None:
         t0 = time.perf_counter()
-        ok = True
         try:
             done = self.wal.commit()
         except OSError as e:
-            ok, done = False, []
+            done = []
             self._failed(e)
         else:
             self._backoff = 0.0
+        ok = self.wal.unwritten == 0  # a commit cut short returns what it wrote; the rest is not durable
         if done:
             metrics.FSYNC.observe(time.perf_counter() - t0)
             for fn in list(self._listeners):
