@@ -72,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 for name, c in s["cursors"].items():  # type: ignore[attr-defined]
                     print(f"  cursor {name}: acked {c['acked']}, lag {c['lag']}")
+                print(
+                    f"  damage: {s['corrupt_records']} stretches, {s['corrupt_bytes']:,} bytes skipped, "
+                    f"{s['corrupt_frames']} frames lost"
+                )
+                for d in s["damage"]:  # type: ignore[attr-defined]
+                    print(f"    {d['segment']} offset {d['offset']}: {d['bytes']} bytes, {d['frames']} frames")
             return 0
         if a.cmd == "replay":
             cur = Cursor(wal, "edge-bus-replay", a.start - 1)
@@ -97,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return 1
-            freed += wal.drop_oldest()
+            freed += wal.drop_oldest(f"edge-bus gc --keep-bytes {a.keep_bytes} --force")
         print(f"freed {freed:,} bytes; {wal.total_bytes:,} bytes in {len(wal.segments)} segments")
         return 0
     finally:

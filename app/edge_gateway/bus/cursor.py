@@ -14,12 +14,14 @@ if TYPE_CHECKING:
 @dataclass
 class ReadHint:
     """Where a sequential reader stopped in the files: the segment and byte offset of the next record,
-    and the frames of the last record it decoded but has not returned yet. A record holds what the
+    the seq that record should start with (a jump means frames were lost to damage), and the frames
+    of the last record it decoded but has not returned yet. A record holds what the
     writer drained at once (often thousands of frames): decoding it again for every read would make
     catching up on a backlog quadratic."""
 
     segment: int = 0
     offset: int = 0
+    seq: int = 0
     held: list[Frame] = field(default_factory=list)
 
 

@@ -13,9 +13,11 @@
       value: nothing (None, bools), 8 bytes (i64, f64), or u32 length + bytes (str, bytes, big int)
 
 One CRC per batch keeps the per-frame cost to one struct.pack; the bus hands the writer
-frames with consecutive seqs, so only the first is stored. A record whose header or CRC
-does not check is either a torn tail (nothing valid after it: truncated on open) or
-corruption (a valid record follows: reported, counted, skipped — see `scan`).
+frames with consecutive seqs, so only the first is stored. The magic is what a reader
+resynchronises on: after a header or CRC that does not check, `scan` looks for the next
+offset where the magic starts a whole record whose CRC checks. What lies between is
+corruption; a bad stretch with no valid record after it is a torn tail in the segment a
+crash interrupted (truncated on open) and corruption anywhere else (wal.py has the rules).
 """
 
 from __future__ import annotations

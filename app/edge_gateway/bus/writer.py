@@ -2,10 +2,19 @@
 
 It is the only thread that touches segment files for writing, so appends need no lock; it
 is also where GC and the `max_bytes` policy run, right after a commit.
+
+A failed commit (ENOSPC, EIO) never ends the thread: the WAL is left as it was after the last
+good commit and keeps the frames (wal.py). The writer then stops draining the bus and holds it
+(producers pause, as for `full_policy: pause`), frees what it may — acked segments, and with
+`drop_oldest` on a full disk the oldest segment (its lost frames counted) — and retries, at once
+when something was freed, else with backoff (RETRY_FIRST doubling to RETRY_MAX). The first commit
+that succeeds releases the bus. Meanwhile `wal.fault`, framebus_wal_fault{reason}, STATUS= and
+`edge-ctl status` say so, and the heartbeat goes on: a restart would not make space.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -20,6 +29,9 @@ from edge_gateway.config.model import GatewayCfg, WalCfg
 log = logging.getLogger(__name__)
 
 DRAIN_BATCH = 8192
+RETRY_FIRST = 0.05  # s after the first failed commit; doubles up to RETRY_MAX
+RETRY_MAX = 1.0
+_SPACE = (errno.ENOSPC, errno.EDQUOT)
 Listener = Callable[[list[Frame]], None]
 
 
@@ -37,9 +49,13 @@ class WalWriter(threading.Thread):
         self._flush_req = threading.Event()
         self._flushed = threading.Condition()
         self._flush_asked = 0  # flush() tickets handed out
+        self._flush_tried = 0  # tickets a commit was attempted for
         self._flush_done = 0  # tickets whose frames are durable
         self._stall_until = 0.0
         self._holding = False
+        self._over_max = False  # full_policy pause: max_bytes reached
+        self._backoff = 0.0
+        self._retry_at = 0.0
         self.error: BaseException | None = None
 
     def add_listener(self, fn: Listener) -> None:
@@ -55,13 +71,14 @@ class WalWriter(threading.Thread):
         self._stall_until = time.monotonic() + seconds
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Commit now and wait until it is durable."""
+        """Commit now and wait until it is durable; False if that commit failed (see `wal.fault`)."""
         with self._flushed:
             self._flush_asked += 1
             ticket = self._flush_asked
             self._flush_req.set()
             self.bus.wake()
-            return self._flushed.wait_for(lambda: self._flush_done >= ticket, timeout)
+            self._flushed.wait_for(lambda: self._flush_tried >= ticket, timeout)
+            return self._flush_done >= ticket
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping.set()
@@ -85,14 +102,19 @@ class WalWriter(threading.Thread):
                 time.sleep(min(0.01, self._stall_until - now))
                 continue
             self.heartbeat = now
-            frames = self.bus.drain(DRAIN_BATCH, timeout=max(0.0, min(0.1, next_commit - now)))
-            if frames:
-                self.wal.append(frames)
-            if time.monotonic() >= next_commit or self._flush_req.is_set():
+            if self.wal.fault is None:
+                frames = self.bus.drain(DRAIN_BATCH, timeout=max(0.0, min(0.1, next_commit - now)))
+                if frames:
+                    self.wal.append(frames)
+                due = time.monotonic() >= next_commit
+            else:  # the last commit failed: take nothing more from the bus until one succeeds
+                self._flush_req.wait(max(0.0, min(0.1, self._retry_at - now)))
+                due = time.monotonic() >= self._retry_at
+            if due or self._flush_req.is_set():
                 ticket = self._flush_asked
                 if self._flush_req.is_set():  # flush(): everything published before it is durable after it
                     self._flush_req.clear()
-                    while frames := self.bus.drain(DRAIN_BATCH, timeout=0):
+                    while self.wal.fault is None and (frames := self.bus.drain(DRAIN_BATCH, timeout=0)):
                         self.wal.append(frames)
                 self._commit(ticket)
                 next_commit = time.monotonic() + self.flush_s
@@ -100,37 +122,78 @@ class WalWriter(threading.Thread):
         while frames := self.bus.drain(DRAIN_BATCH, timeout=0):
             self.wal.append(frames)
         self._commit(ticket)
-        self.wal.close()
+        while self.wal.fault is not None and self._retry_at <= time.monotonic():  # space was freed: again
+            self._commit(ticket)
+        self.wal.close()  # counts what still could not be written as lost
         if self._holding:
             self.bus.release()
 
     def _commit(self, ticket: int) -> None:
         t0 = time.perf_counter()
-        done = self.wal.commit()
+        try:
+            done = self.wal.commit()
+        except OSError as e:
+            done = []
+            self._failed(e)
+        else:
+            self._backoff = 0.0
+        ok = self.wal.unwritten == 0  # a commit cut short returns what it wrote; the rest is not durable
         if done:
             metrics.FSYNC.observe(time.perf_counter() - t0)
             for fn in list(self._listeners):
                 fn(done)
-        self.wal.persist_acks()
         self.wal.gc()
+        self.wal.persist()
         self._enforce_max_bytes()
+        self._update_hold()
         with self._flushed:
-            self._flush_done = max(self._flush_done, ticket)
+            self._flush_tried = max(self._flush_tried, ticket)
+            if ok:
+                self._flush_done = max(self._flush_done, ticket)
             self._flushed.notify_all()
+
+    def _failed(self, e: OSError) -> None:
+        """Make room if the policy allows, and schedule the retry: now if something was freed."""
+        freed = self.wal.gc()
+        if not freed and e.errno in _SPACE and self.policy == "drop_oldest":
+            freed = self.wal.drop_oldest(f"disk full ({e.strerror})")
+        now = time.monotonic()
+        if freed:
+            self._retry_at = now
+            return
+        self._backoff = min(RETRY_MAX, max(RETRY_FIRST, 2 * self._backoff))
+        self._retry_at = now + self._backoff
 
     def _enforce_max_bytes(self) -> None:
         total = self.wal.total_bytes
         if self.policy == "drop_oldest":
             while total > self.max_bytes and len(self.wal.segments) > 1:
-                self.wal.drop_oldest()
+                self.wal.drop_oldest(f"full ({total} bytes > max_bytes {self.max_bytes})")
                 total = self.wal.total_bytes
-        elif total > self.max_bytes and not self._holding:
-            log.warning("wal: full (%d bytes > %d): pausing producers until consumers catch up", total, self.max_bytes)
-            self._holding = True
+        elif total > self.max_bytes:
+            self._over_max = True
+        elif total <= self.max_bytes - self.wal.cfg.segment_bytes:
+            self._over_max = False
+
+    def _update_hold(self) -> None:
+        """Producers pause while the WAL is over max_bytes (pause) or cannot be written, and not longer."""
+        hold = self._over_max or self.wal.fault is not None
+        if hold == self._holding:
+            return
+        if hold and self.wal.fault is not None:
+            log.warning("wal: %s: pausing producers until a commit succeeds", self.wal.fault)
+        elif hold:
+            log.warning(
+                "wal: full (%d bytes > %d): pausing producers until consumers catch up",
+                self.wal.total_bytes,
+                self.max_bytes,
+            )
+        else:
+            log.info("wal: writable and below max_bytes: resuming producers")
+        self._holding = hold
+        if hold:
             self.bus.hold()
-        elif self._holding and total <= self.max_bytes - self.wal.cfg.segment_bytes:
-            log.info("wal: below max_bytes again: resuming producers")
-            self._holding = False
+        else:
             self.bus.release()
 
 

@@ -467,6 +467,8 @@ class Gateway:
         if self.uplink is not None:
             parts.append(f"uplink {self.uplink.state.value}")
             parts.append(f"backlog {self.uplink.cursor.lag}")
+        if self.wal is not None and self.wal.fault is not None:  # commits failing (a full disk): producers held
+            parts.append(f"wal FAULT {self.wal.fault}")
         parts.append(f"rev {self.snapshot.revision[:8]}")
         return ", ".join(parts)
 
