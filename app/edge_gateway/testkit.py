@@ -185,7 +185,8 @@ class PowerCutDisk:
 
     dir: Path
     size_mib: int = 128
-    mkfs_opts: tuple[str, ...] = ()
+    mkfs_opts: tuple[str, ...] = ()  # e.g. ("-O", "fast_commit")
+    mount_opts: str = ""  # e.g. "data=writeback"
     loop: str | None = None
     mounted: bool = False
 
@@ -229,7 +230,9 @@ class PowerCutDisk:
 
     def mount(self) -> None:
         assert self.loop is not None
-        self._run("mount", "-t", "ext4", self.loop, str(self.mnt))
+        self._run(
+            "mount", "-t", "ext4", *(("-o", self.mount_opts) if self.mount_opts else ()), self.loop, str(self.mnt)
+        )
         self.mounted = True
 
     def umount(self) -> None:

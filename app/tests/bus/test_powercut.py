@@ -7,7 +7,8 @@ a child (powercut_writer.py) appends through the real FrameBus + WalWriter with 
 consumers that ack (so GC deletes segments), and reports every committed range and every persisted
 ack; at a seeded random moment the test cuts the power, SIGKILLs the child, remounts, reopens the WAL
 and checks everything it was told. POWERCUT_CUTS (default 100) and POWERCUT_SEED (default 14) set the
-rounds; the figures go to build/powercut/wal.json.
+rounds, POWERCUT_MKFS_OPTS (e.g. "-O fast_commit") and POWERCUT_MOUNT_OPTS (e.g. "data=writeback") the
+file system; the figures go to build/powercut/wal.json.
 """
 
 from __future__ import annotations
@@ -88,7 +89,12 @@ def test_power_cut_at_random_moments_loses_no_committed_frame_and_reuses_no_seq(
     cuts = int(os.environ.get("POWERCUT_CUTS", "100"))
     seed = int(os.environ.get("POWERCUT_SEED", "14"))
     rng = random.Random(seed)
-    disk = PowerCutDisk(tmp_path / "disk", size_mib=128)
+    disk = PowerCutDisk(
+        tmp_path / "disk",
+        size_mib=128,
+        mkfs_opts=tuple(os.environ.get("POWERCUT_MKFS_OPTS", "").split()),
+        mount_opts=os.environ.get("POWERCUT_MOUNT_OPTS", ""),
+    )
     wal_dir = disk.mnt / "wal"
     gens: list[tuple[int, int]] = []  # (gen, start seq)
     reported: list[tuple[int, int, int]] = []  # (gen, first, last): every range a child said was committed
@@ -201,6 +207,8 @@ def test_power_cut_at_random_moments_loses_no_committed_frame_and_reuses_no_seq(
     fig["segments_deleted_by_gc"] = len(segments_seen - set(wal.segments)) if fig["cuts"] else 0
     fig["seconds"] = round(time.monotonic() - t0, 1)
     fig["seed"] = seed
+    fig["mkfs_opts"] = " ".join(disk.mkfs_opts)
+    fig["mount_opts"] = disk.mount_opts
     fig["last_seq"] = high_water
     out = ROOT / "build" / "powercut" / "wal.json"
     out.parent.mkdir(parents=True, exist_ok=True)
