@@ -8,8 +8,10 @@ Every frame's content follows from the writer's generation GEN and its index n i
 
     start NEXT_SEQ COMMITTED_SEQ            after Wal.open (recovery), before the first frame
     appended LAST                           after each append: frames up to LAST are in the page cache
-    committed FIRST LAST COUNT              after each group commit: FIRST..LAST are durable and visible
-    acked NAME SEQ                          after persist_acks: NAME's cursor on disk is at least SEQ
+    committed FIRST LAST COUNT T            after each group commit: FIRST..LAST are durable and visible;
+                                            T = time.monotonic() after the fsync returned (the system-wide
+                                            clock the test reads just before it cuts the power)
+    acked NAME SEQ T                        after persist_acks: NAME's cursor on disk is at least SEQ
 
 It runs until the test cuts the power and SIGKILLs it (a write error after the cut ends it sooner).
 """
@@ -68,8 +70,9 @@ def main() -> None:
         with wal._cond:
             wanted = {name: wal.acks[name] for name in wal._ack_dirty}
         persist()  # persists at least `wanted` (acks only move forward)
+        t = time.monotonic()
         for name, seq in sorted(wanted.items()):
-            say(f"acked {name} {seq}")
+            say(f"acked {name} {seq} {t:.6f}")
 
     wal.persist_acks = persist_and_report  # type: ignore[method-assign]
     append = wal.append
@@ -79,7 +82,9 @@ def main() -> None:
         say(f"appended {frames[-1].seq}")
 
     wal.append = append_and_report  # type: ignore[method-assign]
-    writer.add_listener(lambda frames: say(f"committed {frames[0].seq} {frames[-1].seq} {len(frames)}"))
+    writer.add_listener(
+        lambda frames: say(f"committed {frames[0].seq} {frames[-1].seq} {len(frames)} {time.monotonic():.6f}")
+    )
     for name, lag in (("fast", 0), ("slow", SLOW_LAG)):
         threading.Thread(target=consume, args=(wal, wal.cursor(name), lag), daemon=True).start()
     writer.start()
