@@ -120,7 +120,7 @@ def test_power_cut_through_the_gateway(
             units=2,
             regs=50,
             polling="100ms",
-            wal={"segment_bytes": "64KiB", "flush_ms": 50},  # rolls and GC between cuts
+            wal={"segment_bytes": "16KiB", "flush_ms": 50},  # rolls and GC between cuts
         )
         rec = Recorder(rig.ledger)
         rig.sub = BatchSubscriber(
