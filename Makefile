@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 APT_TEST_PKGS  := mosquitto mosquitto-clients socat systemd
 APT_IMAGE_PKGS := genimage rauc squashfs-tools dosfstools mtools fdisk e2fsprogs openssl
 
-.PHONY: help venv test lint demo bench fuzz hil soak image buildroot-check systemd-check clean
+.PHONY: help venv test lint demo bench fuzz hil soak powercut image buildroot-check systemd-check clean
 
 help:
 	@echo "make demo    simulator + local Mosquitto + gateway on config/, values flowing"
@@ -22,6 +22,7 @@ help:
 	@echo "make fuzz    seeded fuzzers (tools/fuzz/fuzz_*.py), JSON summaries in build/fuzz/"
 	@echo "make hil     hardware-in-the-loop suite against the PLC simulator (short)"
 	@echo "make soak    long soak runs"
+	@echo "make powercut   100 real power cuts under the gateway (root; ext4 loop device), build/powercut/"
 	@echo "make image   SD card image + signed RAUC bundle in build/image/"
 	@echo "make systemd-check   systemd-analyze verify + security on systemd/"
 	@echo "make buildroot-check BUILDROOT=DIR   defconfigs + check-package against Buildroot 2026.02.3"
@@ -75,6 +76,17 @@ SOAK_RATE    ?= 5000
 soak: venv
 	cd hil-tests && ../$(PY) -m pytest -q -s -k test_soak --soak-seconds $(SOAK_SECONDS) --soak-rate $(SOAK_RATE) --outage 30 --soak-report ../build/hil/soak.json $(HIL_ARGS)
 	@cat build/hil/soak.json
+
+# Real power cuts (hil-tests/README.md, "Power cuts"): ext4 on a loop device, EXT4_IOC_SHUTDOWN
+# NOLOGFLUSH, remount. Needs root. POWERCUT_CUTS power cuts under the running gateway, then the
+# WAL-level test with as many; figures in build/powercut/report.json and build/powercut/wal.json.
+POWERCUT_CUTS ?= 100
+POWERCUT_SEED ?= 14
+powercut: venv
+	@mkdir -p build/powercut
+	cd hil-tests && ../$(PY) -m pytest -q -s test_powercut.py --cuts $(POWERCUT_CUTS) --powercut-seed $(POWERCUT_SEED) --powercut-report ../build/powercut/report.json $(HIL_ARGS)
+	cd app && POWERCUT_CUTS=$(POWERCUT_CUTS) POWERCUT_SEED=$(POWERCUT_SEED) ../$(PY) -m pytest -q -s tests/bus/test_powercut.py
+	@$(PY) -c 'import json; r = json.load(open("build/powercut/report.json")); r.pop("per_cut"); print("gateway:", json.dumps(r)); print("wal:    ", open("build/powercut/wal.json").read().replace(chr(10), " "))'
 
 image: venv
 	@tools/ensure-debian-packages $(APT_IMAGE_PKGS)

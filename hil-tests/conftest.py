@@ -45,6 +45,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="power cuts in a row",
     )
     g.addoption(
+        "--cuts",
+        type=int,
+        default=int(os.environ.get("HIL_CUTS", "10")),
+        help="real power cuts (ext4 shutdown on a loop device) in test_powercut.py",
+    )
+    g.addoption(
+        "--powercut-seed",
+        type=int,
+        default=int(os.environ.get("HIL_POWERCUT_SEED", "14")),
+        help="seed of the cut moments",
+    )
+    g.addoption(
+        "--powercut-report",
+        default=None,
+        help="write the power-cut figures to this JSON file (make powercut: build/powercut/report.json)",
+    )
+    g.addoption(
         "--soak-seconds",
         type=float,
         default=float(os.environ.get("SOAK_SECONDS", "600")),

@@ -1,14 +1,18 @@
-"""Real parts for tests, benchmarks and `make demo`: a Mosquitto broker and socat pty pairs.
+"""Real parts for tests, benchmarks and `make demo`: a Mosquitto broker, socat pty pairs, and an ext4
+file system on a loop device that can lose power (`PowerCutDisk`).
 
-Everything listens on 127.0.0.1 only, and every process started here is ended by its PID.
+Everything listens on 127.0.0.1 only, every process started here is ended by its PID, and every mount
+is unmounted and every loop device detached by `close()`.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -164,3 +168,124 @@ class PtyPair:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+EXT4_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32)
+EXT4_GOING_FLAGS_NOLOGFLUSH = 2  # stop at once: neither dirty data nor the running journal reach the device
+
+
+def power_cut_unsupported() -> str | None:
+    """Why `PowerCutDisk` cannot run here (None when it can): it needs root, losetup and mkfs.ext4."""
+    if os.geteuid() != 0:
+        return "a power cut needs root (loop device, mount, EXT4_IOC_SHUTDOWN)"
+    for prog in ("losetup", "mkfs.ext4", "mount", "umount"):
+        if not (shutil.which(prog) or os.path.exists(f"/usr/sbin/{prog}") or os.path.exists(f"/sbin/{prog}")):
+            return f"{prog} is not installed"
+    if not os.path.exists("/dev/loop-control"):
+        return "no loop device support (/dev/loop-control)"
+    return None
+
+
+@dataclass
+class PowerCutDisk:
+    """A small ext4 file system on a loop device whose power can be cut, as xfstests does it.
+
+    `cut()` is the ext4 shutdown ioctl with EXT4_GOING_FLAGS_NOLOGFLUSH: from that instant nothing
+    more reaches the device: data not fsynced and the journal's running transaction are lost, as
+    they are when a board loses power (what a SIGKILL cannot show: the page cache survives it).
+    Later writes fail with EIO. `remount()` is the power coming back: unmount, mount again, and
+    ext4 replays its journal. The image is made once (`mkfs` on `start()`) and reused.
+
+    `close()` unmounts and detaches the loop device; call it in a `finally`."""
+
+    dir: Path
+    size_mib: int = 128
+    mkfs_opts: tuple[str, ...] = ()  # e.g. ("-O", "fast_commit")
+    mount_opts: str = ""  # e.g. "data=writeback"
+    loop: str | None = None
+    mounted: bool = False
+
+    @property
+    def image(self) -> Path:
+        return self.dir / "disk.img"
+
+    @property
+    def mnt(self) -> Path:
+        return self.dir / "mnt"
+
+    def _run(self, *args: str) -> str:
+        out = subprocess.run([require(args[0]), *args[1:]], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)}: exit {out.returncode}: {out.stderr.strip()}")
+        return out.stdout.strip()
+
+    def start(self) -> PowerCutDisk:
+        why = power_cut_unsupported()
+        if why:
+            raise RuntimeError(why)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.mnt.mkdir(exist_ok=True)
+        with open(self.image, "wb") as f:
+            f.truncate(self.size_mib << 20)
+        self._run("mkfs.ext4", "-q", "-F", *self.mkfs_opts, str(self.image))
+        for attempt in range(5):  # another process may take the free loop device between find and attach
+            try:
+                self.loop = self._run("losetup", "--find", "--show", str(self.image))
+                break
+            except RuntimeError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.2)
+        try:
+            self.mount()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def mount(self) -> None:
+        assert self.loop is not None
+        self._run(
+            "mount", "-t", "ext4", *(("-o", self.mount_opts) if self.mount_opts else ()), self.loop, str(self.mnt)
+        )
+        self.mounted = True
+
+    def umount(self) -> None:
+        if self.mounted:
+            self._run("umount", str(self.mnt))
+            self.mounted = False
+
+    def cut(self) -> None:
+        """Power off: the file system stops at this instant; nothing more reaches the device."""
+        fd = os.open(self.mnt, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.ioctl(fd, EXT4_IOC_SHUTDOWN, struct.pack("I", EXT4_GOING_FLAGS_NOLOGFLUSH))
+        finally:
+            os.close(fd)
+
+    def remount(self) -> None:
+        """Power back: unmount the dead file system and mount it again (ext4 replays its journal)."""
+        self.umount()
+        self.mount()
+
+    def close(self) -> None:
+        try:
+            if self.mounted:
+                for attempt in range(10):  # a child killed a moment ago may still hold a file open
+                    try:
+                        self.umount()
+                        break
+                    except RuntimeError:
+                        if attempt == 9:
+                            raise
+                        time.sleep(0.2)
+        finally:
+            if self.loop is not None:
+                self._run("losetup", "-d", self.loop)
+                self.loop = None
+
+    def __enter__(self) -> PowerCutDisk:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -156,6 +156,7 @@ class Wal:
         self.acks: dict[str, int] = {}
         self._ack_dirty: set[str] = set()
         self._persist_failing = False
+        self._acks_durable: dict[str, int] = {}  # what each cursor file holds: GC goes by these
         self._lock_fd: int | None = None
         self.fault: str | None = None  # errno name while commits fail
         self._damage: dict[tuple[int, int], Stretch] = {}
@@ -214,6 +215,7 @@ class Wal:
                 except ValueError:
                     log.error("wal: cursor file %s is unreadable; treating %s as acked up to 0", p, p.stem)
                     self.acks[p.stem] = 0
+        self._acks_durable = dict(self.acks)
         last = 0
         while self.segments:
             tail = self.segments[-1]
@@ -513,6 +515,8 @@ class Wal:
             self._ack_dirty.add(new)
         self.persist_acks()
         (self.dir / "cursors" / f"{old}.ack").unlink(missing_ok=True)
+        with self._cond:
+            self._acks_durable.pop(old, None)
         metrics.BACKLOG.remove(old)
 
     def ack(self, name: str, seq: int) -> None:
@@ -539,6 +543,9 @@ class Wal:
                 failed = e
                 with self._cond:
                     self._ack_dirty.add(name)
+                continue
+            with self._cond:
+                self._acks_durable[name] = max(seq, self._acks_durable.get(name, 0))
         if failed is not None:
             self._persist_failed(failed)
         elif values and self._persist_failing:
@@ -689,8 +696,12 @@ class Wal:
             return min(self.acks.values()) if self.acks else 0  # no consumer yet: keep everything
 
     def gc(self) -> int:
-        """Delete whole segments every consumer has acked. Returns bytes freed."""
-        low = self.min_ack()
+        """Delete whole segments every consumer has acked. Returns bytes freed.
+        It goes by the acks persisted in the cursor files (persisting the dirty ones first): an ack held
+        only in memory would leave, after a power cut, a cursor pointing into deleted frames."""
+        self.persist_acks()
+        with self._cond:
+            low = min(self._acks_durable.get(n, 0) for n in self.acks) if self.acks else 0
         freed = 0
         while len(self.segments) > 1 and self.segments[1] - 1 <= low:
             freed += self._delete_oldest()

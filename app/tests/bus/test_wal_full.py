@@ -179,7 +179,8 @@ def test_the_gateway_process_on_a_full_disk_reports_it_pauses_and_delivers_every
                 capture_output=True,
                 text=True,
             )
-            assert "fault=enospc" in ctl.stdout and "PAUSED" in ctl.stdout, ctl.stdout + ctl.stderr
+            assert "FAULT enospc" in ctl.stdout and "PAUSED" in ctl.stdout, ctl.stdout + ctl.stderr
+            assert "WAL commits fail (enospc)" in ctl.stdout, ctl.stdout  # the health reason, not only the WAL row
 
             (wal_dir / "filler").unlink()
             until(lambda: plant.ctl("status")["wal"]["fault"] is None, "the gateway recovers by itself")
