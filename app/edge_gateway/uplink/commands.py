@@ -240,8 +240,10 @@ def check_value(var: Variable, value: Value) -> None:
         return
     if type(value) not in (int, float):
         raise Refused("invalid_value", f"{var.tag}: {dt} tag needs a number, got {type(value).__name__}")
-    if type(value) is int and not -(1 << 64) <= value <= 1 << 64:
-        raise Refused("out_of_range", f"{var.tag}: {value} is outside any {dt}")
+    if type(value) is int and abs(value) > FLOAT32_MAX and dt != "float64":
+        raise Refused("out_of_range", f"{var.tag}: {value} is outside {dt}")  # and math.isfinite would overflow
+    if type(value) is int and abs(value) >= 1 << 1024:
+        raise Refused("out_of_range", f"{var.tag}: {value} is outside {dt}")
     if not math.isfinite(value):  # type: ignore[arg-type]
         raise Refused("invalid_value", f"{var.tag}: value must be finite")
     raw: float | int = value  # type: ignore[assignment]

@@ -188,6 +188,7 @@ def test_deep_nesting_is_refused_not_a_crash(snapshot: Snapshot) -> None:
     # other things a hostile payload provokes inside the decoder are refusals too
     assert desk.send("plant.setpoint_c", b'{"seq":4,"value":' + b"9" * 5000 + b"}").reason == "malformed"
     assert desk.send("plant.setpoint_c", {"seq": 5, "value": 10**30}).reason == "out_of_range"
+    assert desk.send("plant.setpoint_c", {"seq": 8, "value": 10**400}).reason == "out_of_range"
     assert desk.writes == [("plant.setpoint_c", 20)]
 
 
