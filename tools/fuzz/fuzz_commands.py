@@ -64,6 +64,7 @@ FLOAT32_MAX = 3.4028234663852886e38
 SEQ_RE = re.compile(rb'"seq"\s*:\s*(-?[0-9]{1,19})(?![0-9])')
 CMD = "/edge/fz/gw/cmd/"
 WINDOW = 48  # commands with an expected ack in flight at most
+ACK_STALL = 20.0  # no ack at all for this long: the command path is dead, stop sending
 
 
 @dataclass(frozen=True)
@@ -629,14 +630,21 @@ def run(seed: int, count: int, out: Path) -> dict[str, Any]:
                 c.verdict, c.value = model(c, int(time.time() * 1000))
             cases.append(c)
             with cloud.cv:  # pace: at most WINDOW commands waiting for their ack
-                cloud.cv.wait_for(lambda: outstanding(cases, cloud) < WINDOW, 30)
-                if c.kind in (
-                    "replay",
-                    "seq_reused",
-                ):  # the first outcome is known before its replay
-                    cloud.cv.wait_for(
-                        lambda c=c: any(s in cloud.acks for s in c.seqs), 30
+                moving = cloud.cv.wait_for(
+                    lambda: outstanding(cases, cloud) < WINDOW, ACK_STALL
+                )
+                if moving and c.kind in ("replay", "seq_reused"):
+                    # the first outcome is known before its replay is sent
+                    moving = cloud.cv.wait_for(
+                        lambda c=c: any(s in cloud.acks for s in c.seqs), ACK_STALL
                     )  # type: ignore[misc]
+            if not moving:
+                failures.append(
+                    f"acks stopped after {n} payloads (no ack for {ACK_STALL:.0f}s): "
+                    f"gateway {'alive' if gw.poll() is None else 'exited'}"
+                )
+                cases.pop()
+                break
             cloud.publish(CMD + c.tag, c.payload, retain=c.retained)
             if c.retained:
                 cloud.publish(
@@ -648,7 +656,7 @@ def run(seed: int, count: int, out: Path) -> dict[str, Any]:
                 )
                 break
         with cloud.cv:
-            cloud.cv.wait_for(lambda: outstanding(cases, cloud) == 0, 60)
+            cloud.cv.wait_for(lambda: outstanding(cases, cloud) == 0, 3 * ACK_STALL)
         fuzz_s = time.monotonic() - t0
         # the uplink still delivers data: new frames after the flood
         with cloud.cv:
@@ -694,6 +702,9 @@ def run(seed: int, count: int, out: Path) -> dict[str, Any]:
         "unacked": sum(1 for f in failures if f.startswith("no ack")),
         "failures": len(failures),
         "first_failures": failures[:30],
+        "wrong_write_examples": [f for f in failures if f.startswith("wrong write")][
+            :10
+        ],
         "seconds": round(fuzz_s, 1),
         "gateway_log": str(log_path),
     }
