@@ -240,10 +240,11 @@ def test_hostile_and_retained_commands_through_the_broker_never_stop_the_uplink(
     sub = subscriber(mosquitto.port)
     p = pipeline(connector(mosquitto.port), commands=load_snapshot(CONFIG))
     assert p.uplink is not None
-    deadline = time.monotonic() + 10
-    while p.uplink.stats()["subscriptions"] != ["/edge/t1/gw1/cmd/+"] and time.monotonic() < deadline:
-        time.sleep(0.02)  # SUBACK
     cmd = "/edge/t1/gw1/cmd/plant.setpoint_c"
+    deadline = time.monotonic() + 10
+    while "9" not in sub.acks and time.monotonic() < deadline:  # the subscription is up once a probe is acked
+        sub.publish(cmd, b'{"seq":9,"value":"probe"}')
+        sub.wait_for(lambda s: "9" in s.acks, 0.5)
     sub.publish(cmd, b'{"seq":1,"value":1,"meta":' + b"[" * 60_000)
     sub.publish(cmd, b'{"seq":2,"value":1,"meta":{"blob":"' + b"x" * (10 << 20) + b'"}}')
     sub.publish(cmd, json.dumps({"seq": 3, "value": 20}).encode(), retain=True)
