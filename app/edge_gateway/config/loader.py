@@ -608,6 +608,7 @@ class _Build:
                 "compression",
                 "username",
                 "password",
+                "cmd_dedup",
             )
             if k in c
         }
@@ -625,6 +626,7 @@ class _Build:
             max_interval=parse_duration(c.get("max_interval", "1s")),
             keepalive=parse_duration(c.get("keepalive", "30s")),
             session_expiry=parse_duration(c.get("session_expiry", "1d")),
+            cmd_max_bytes=parse_size(c.get("cmd_max_bytes", "64KiB")),
             backoff=bk,
             tls=tls,
             src=f"{src.name}:{src.line((ident,))}",

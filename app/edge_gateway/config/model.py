@@ -187,6 +187,8 @@ class Connector:
     session_expiry: float = 86400.0
     backoff: Backoff = Backoff()
     tls: TlsFiles | None = None
+    cmd_max_bytes: int = 64 * 1024  # larger commands are refused (too_large) before they are parsed
+    cmd_dedup: int = 4096  # command seqs remembered (across restarts) so a replay is never run twice
     src: str = field(default="", compare=False)
 
 

@@ -30,6 +30,7 @@ import threading
 import time
 from concurrent.futures import Future
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from edge_gateway import __version__
@@ -45,6 +46,7 @@ from edge_gateway.runtime.gwfile import where
 from edge_gateway.runtime.reload import ApplyError, Reloader
 from edge_gateway.runtime.supervisor import Notifier, Supervisor, Watched
 from edge_gateway.uplink.commands import Downlink
+from edge_gateway.uplink.ledger import SeqLedger
 from edge_gateway.uplink.mqtt import Uplink
 
 log = logging.getLogger(__name__)
@@ -200,7 +202,9 @@ class Gateway:
             return
         ids = {d.id for d in drivers}
         tags = tuple(t for t in snap.mqtt_tags if t.driver_id in ids)
-        self.sources[ep_id] = start_source(snap.mqtt_endpoints[ep_id], drivers, tags, self.bus)
+        self.sources[ep_id] = start_source(
+            snap.mqtt_endpoints[ep_id], drivers, tags, self.bus, state_dir=snap.gateway.wal.dir
+        )
 
     def _stop_source(self, ep_id: str) -> None:
         src = self.sources.pop(ep_id, None)
@@ -218,8 +222,19 @@ class Gateway:
     # -- uplink and /metrics ----------------------------------------------------------------------------------
     def _start_uplink(self, snap: Snapshot) -> None:
         for conn in snap.connectors.values():  # the loader allows exactly one
-            self.downlink = Downlink(conn.id, lambda: self.snapshot, self.submit_write, self.bus.publish)
-            self.uplink = Uplink(conn, self.wal.cursor(conn.id), record=self.bus.publish, downlink=self.downlink)
+            state = snap.gateway.wal.dir  # session and command-seq state live beside the WAL
+            ledger = SeqLedger(Path(state) / "commands" / f"{conn.id}.seqs", conn.cmd_dedup)
+            self.downlink = Downlink(
+                conn.id,
+                lambda: self.snapshot,
+                self.submit_write,
+                self.bus.publish,
+                max_bytes=conn.cmd_max_bytes,
+                ledger=ledger,
+            )
+            self.uplink = Uplink(
+                conn, self.wal.cursor(conn.id), record=self.bus.publish, downlink=self.downlink, state_dir=state
+            )
             self.writer.add_listener(self.uplink.wake)
             self.uplink.start()
 

@@ -17,7 +17,17 @@ Every command gets an ack on `ack_topic` with `{seq}` filled: `{"result": "ok"|"
 "error": null|"…", "tag": …, "seq": …}` — refused and malformed ones included, as long as a seq can
 be read (a payload that is not JSON is still searched for `"seq": N`). Every command is counted in
 `connector_cmd_total{result,reason}` and recorded in the WAL as Kind.CMD frames (one on arrival, one
-with the outcome) for audit; the uplink never sends CMD frames as data and nothing replays them.
+with the outcome; the command's `meta` only in the first) for audit; the uplink never sends CMD
+frames as data and nothing replays them.
+
+Hostile input: a payload above `max_bytes` (connector.yml `cmd_max_bytes`, 64 KiB) is refused
+`too_large` before it is parsed; nesting deeper than MAX_DEPTH is refused `malformed` before
+`json.loads` sees it (a recursive decoder would blow the stack); any other failure while parsing or
+validating is a refusal too (`malformed`, or `internal` for a bug) — nothing raises into the MQTT
+thread. Replays: a seq seen before (the last `cmd_dedup` seqs, kept across restarts by a
+`SeqLedger` file) is answered with its first outcome and never executed again; the same seq with
+another tag or value is refused `seq_reused`. Refusals are logged at WARNING for the first
+LOG_FIRST of every LOG_EVERY seconds, then summed up in one line per interval (all are counted).
 
 The Modbus write runs on the owning line's thread; its Future's callback produces the ack, so the
 MQTT thread never waits for a device.
@@ -27,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import math
@@ -44,6 +55,7 @@ from edge_gateway.config.model import WRITABLE_TYPES, Snapshot, Variable
 from edge_gateway.config.units import parse_duration
 from edge_gateway.uplink import metrics
 from edge_gateway.uplink.codec import B64
+from edge_gateway.uplink.ledger import PENDING, Entry, SeqLedger
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +68,15 @@ INT_RANGES = {
     "int64": (-0x8000_0000_0000_0000, 0x7FFF_FFFF_FFFF_FFFF),
 }
 FLOAT32_MAX = 3.4028234663852886e38
-_SEQ_RE = re.compile(rb'"seq"\s*:\s*(-?[0-9]+)')
+_SEQ_RE = re.compile(rb'"seq"\s*:\s*(-?[0-9]{1,19})(?![0-9])')
+SEQ_MAX = (1 << 63) - 1
+MAX_BYTES = 64 * 1024  # default bound of a command payload (connector.yml cmd_max_bytes)
+MAX_DEPTH = 16  # deepest JSON nesting accepted (the command object itself is level 1)
+LOG_FIRST = 10  # refusals logged at WARNING per interval …
+LOG_EVERY = 60.0  # … of this many seconds; the rest are summed up in one line
+# Refusals that say nothing about the command itself: it never reached a line, so a retry with the
+# same seq may still run. Everything else is remembered as the seq's outcome.
+TRANSIENT = frozenset({"unavailable", "retained", "malformed", "too_large", "seq_reused", "internal"})
 
 Submit = Callable[[Variable, Value], "Future[None]"]
 
@@ -92,7 +112,46 @@ class Command:
 
 
 def parse(tag: str, payload: bytes, arrival_ms: int) -> Command:
-    """Payload → Command; raises Refused("malformed", …) with the reason in words."""
+    """Payload → Command; raises Refused("malformed", …) with the reason in words, and nothing else."""
+    try:
+        return _parse(tag, payload, arrival_ms)
+    except Refused:
+        raise
+    except RecursionError:
+        raise Refused("malformed", "payload nests too deeply") from None
+    except Exception as e:  # noqa: BLE001 - whatever a hostile payload provokes is a malformed command
+        raise Refused("malformed", f"payload not understood: {type(e).__name__}: {e}"[:300]) from None
+
+
+def nesting(payload: bytes) -> int:
+    """How deep arrays and objects nest in a JSON text (brackets inside strings do not count).
+    One linear pass; payloads with few brackets skip it."""
+    opening = payload.count(b"[") + payload.count(b"{")
+    if opening <= 1:
+        return opening
+    depth = deepest = 0
+    in_str = escaped = False
+    for b in payload:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif b == 0x5C:  # backslash
+                escaped = True
+            elif b == 0x22:
+                in_str = False
+        elif b == 0x22:
+            in_str = True
+        elif b in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif b in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+def _parse(tag: str, payload: bytes, arrival_ms: int) -> Command:
+    if nesting(payload) > MAX_DEPTH:
+        raise Refused("malformed", f"payload nests deeper than {MAX_DEPTH} levels")
     try:
         body = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -100,8 +159,8 @@ def parse(tag: str, payload: bytes, arrival_ms: int) -> Command:
     if not isinstance(body, dict):
         raise Refused("malformed", "payload must be a JSON object")
     seq = body.get("seq")
-    if type(seq) is not int or seq < 0:
-        raise Refused("malformed", '"seq" must be a non-negative integer')
+    if type(seq) is not int or not 0 <= seq <= SEQ_MAX:
+        raise Refused("malformed", '"seq" must be a non-negative 64-bit integer')
     unknown = set(body) - {"seq", "value", "meta", "ttl", "ts", "tag"}
     if unknown:
         raise Refused("malformed", f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -146,7 +205,14 @@ def _value(v: Any) -> Value:
 def salvage_seq(payload: bytes) -> int | None:
     """The seq of a payload that is not valid JSON, when it plainly contains one."""
     m = _SEQ_RE.search(payload[:4096])
-    return int(m.group(1)) if m and int(m.group(1)) >= 0 else None
+    return int(m.group(1)) if m and 0 <= int(m.group(1)) <= SEQ_MAX else None
+
+
+def fingerprint(cmd: Command) -> str:
+    """What makes a replay the same command: its tag and its value."""
+    v: object = {B64: base64.b64encode(cmd.value).decode()} if isinstance(cmd.value, bytes) else cmd.value
+    raw = json.dumps([cmd.tag, v], sort_keys=True, default=str).encode()
+    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def check_value(var: Variable, value: Value) -> None:
@@ -174,6 +240,10 @@ def check_value(var: Variable, value: Value) -> None:
         return
     if type(value) not in (int, float):
         raise Refused("invalid_value", f"{var.tag}: {dt} tag needs a number, got {type(value).__name__}")
+    if type(value) is int and abs(value) > FLOAT32_MAX and dt != "float64":
+        raise Refused("out_of_range", f"{var.tag}: {value} is outside {dt}")  # and math.isfinite would overflow
+    if type(value) is int and abs(value) >= 1 << 1024:
+        raise Refused("out_of_range", f"{var.tag}: {value} is outside {dt}")
     if not math.isfinite(value):  # type: ignore[arg-type]
         raise Refused("invalid_value", f"{var.tag}: value must be finite")
     raw: float | int = value  # type: ignore[assignment]
@@ -194,11 +264,48 @@ def check_value(var: Variable, value: Value) -> None:
         raise Refused("out_of_range", f"{var.tag}: {raw!r} is outside float32")
 
 
+class LogLimit:
+    """At most `first` lines per `every` seconds; what was held back is summed up in one line when
+    the interval is over (`tick`, called from the MQTT thread's loop, or the next refusal)."""
+
+    def __init__(self, first: int = LOG_FIRST, every: float = LOG_EVERY, clock: Callable[[], float] = time.monotonic):
+        self.first, self.every, self.clock = first, every, clock
+        self._start = clock()
+        self._logged = 0
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, reason: str) -> bool:
+        self.tick()
+        with self._lock:
+            if self._logged < self.first:
+                self._logged += 1
+                return True
+            self._held[reason] = self._held.get(reason, 0) + 1
+            return False
+
+    def tick(self) -> None:
+        now = self.clock()
+        with self._lock:
+            if now - self._start < self.every:
+                return
+            held, self._held = self._held, {}
+            self._start, self._logged = now, 0
+        if held:
+            log.warning(
+                "%d more refused commands not logged in the last %.0fs (%s); all are counted in connector_cmd_total",
+                sum(held.values()),
+                self.every,
+                ", ".join(f"{r} {n}" for r, n in sorted(held.items())),
+                extra={"suppressed": held},
+            )
+
+
 class Downlink:
     """Validates commands against the running snapshot and routes them to `submit`.
 
     `handle` runs on the MQTT thread and returns at once; `done(ack)` is called exactly once per
-    command, from the MQTT thread (refusals) or from a line thread (write outcome)."""
+    command, from the MQTT thread (refusals) or from a line thread (write outcome). It never raises."""
 
     def __init__(
         self,
@@ -207,20 +314,46 @@ class Downlink:
         submit: Submit | None,
         record: Callable[[list[Frame]], int] | None = None,
         timeout: float = 30.0,
+        *,
+        max_bytes: int = MAX_BYTES,
+        ledger: SeqLedger | None = None,
     ) -> None:
         self.connector_id = connector_id
         self._snapshot = snapshot
         self._submit = submit
         self._record = record
         self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.ledger = ledger if ledger is not None else SeqLedger()
+        self.log_limit = LogLimit()
         self.accepting = True
         self._pending: dict[int, tuple[float, Command, Future[None], Callable[[Ack], None]]] = {}
+        self._replays: dict[int, list[Callable[[Ack], None]]] = {}  # seq → waiting for the first outcome
         self._lock = threading.Lock()
         self._n = 0
 
+    def close(self) -> None:
+        self.ledger.close()
+
     # -- arrival, on the MQTT thread -------------------------------------------------------------------
     def handle(self, tag: str, payload: bytes, retained: bool, done: Callable[[Ack], None]) -> None:
+        try:
+            self._handle(tag, payload, retained, done)
+        except Exception as e:  # noqa: BLE001 - a bug here must not end the uplink: refuse, count, log
+            log.exception("command on %s not handled", tag)
+            try:
+                ack = Ack(salvage_seq(payload), tag, "fail", "internal", f"internal error: {type(e).__name__}")
+                self._finish(done, ack, None, "received")
+            except Exception:  # noqa: BLE001 - the refusal itself failed: counted in the log only
+                log.exception("command on %s: refusal not delivered", tag)
+
+    def _handle(self, tag: str, payload: bytes, retained: bool, done: Callable[[Ack], None]) -> None:
         arrival = now_ms()
+        if len(payload) > self.max_bytes:
+            seq = salvage_seq(payload)
+            why = f"payload of {len(payload)} bytes is larger than {self.max_bytes}"
+            self._finish(done, Ack(seq, tag, "fail", "too_large", why), None, "received")
+            return
         try:
             cmd = parse(tag, payload, arrival)
         except Refused as e:
@@ -232,11 +365,29 @@ class Downlink:
                 raise Refused("retained", "retained command refused: it would run again on every reconnect")
             if not self.accepting:
                 raise Refused("unavailable", "gateway is shutting down")
+            if self._replayed(cmd, done):
+                return
             var = self._validate(cmd)
         except Refused as e:
             self._finish(done, Ack(cmd.seq, tag, "fail", e.reason, str(e)), cmd.value, "received", cmd)
             return
         self._write(cmd, var, done)
+
+    def _replayed(self, cmd: Command, done: Callable[[Ack], None]) -> bool:
+        """A seq seen before: answer with its first outcome (or wait for it), never run it again."""
+        with self._lock:  # the same lock as the outcome's: a replay either sees it or waits for it
+            prev = self.ledger.get(cmd.seq)
+            if prev is None:
+                return False
+            if prev.fp != fingerprint(cmd):
+                raise Refused("seq_reused", f"seq {cmd.seq} was already used by another command (on {prev.tag})")
+            metrics.CMD.labels(connector=self.connector_id, result=prev.result, reason="duplicate").inc()
+            if prev.result == PENDING:
+                self._replays.setdefault(cmd.seq, []).append(done)
+                return True
+        self._record_frame(cmd.tag, cmd.value, cmd, "received", "duplicate", prev.reason, prev.error)
+        done(Ack(cmd.seq, cmd.tag, prev.result, prev.reason, prev.error, now_ms()))
+        return True
 
     def _validate(self, cmd: Command) -> Variable:
         snap = self._snapshot()
@@ -263,6 +414,8 @@ class Downlink:
 
     def _write(self, cmd: Command, var: Variable, done: Callable[[Ack], None]) -> None:
         self._record_frame(cmd.tag, cmd.value, cmd, "received", "accepted", None, None)
+        # Remembered before the line sees it: a replay from now on waits for this outcome.
+        self.ledger.put(cmd.seq, Entry(fingerprint(cmd), cmd.tag, PENDING, "none"))
         try:
             if self._submit is None:
                 raise Refused("unavailable", "no line accepts writes in this process")
@@ -297,7 +450,9 @@ class Downlink:
 
     def expire(self) -> None:
         """Answer writes a line has not finished within `timeout` (a hung line must not leave the
-        cloud without an ack). The write may still happen later; the ack says it timed out."""
+        cloud without an ack). The write may still happen later; the ack says it timed out.
+        Also the MQTT thread's tick for the refusal log's summary line."""
+        self.log_limit.tick()
         now = time.monotonic()
         with self._lock:
             late = [k for k, (t, *_rest) in self._pending.items() if now >= t]
@@ -322,17 +477,27 @@ class Downlink:
     ) -> None:
         ack = Ack(ack.seq, ack.tag, ack.result, ack.reason, ack.error, now_ms())
         metrics.CMD.labels(connector=self.connector_id, result=ack.result, reason=ack.reason).inc()
-        level = logging.INFO if ack.result == "ok" else logging.WARNING
-        log.log(
-            level,
-            "command %s on %s: %s",
-            ack.seq,
-            ack.tag,
-            ack.result if ack.error is None else f"{ack.result}: {ack.error}",
-            extra={"cmd_seq": ack.seq, "tag": ack.tag, "result": ack.result, "reason": ack.reason},
-        )
+        if ack.result == "ok" or self.log_limit.allow(ack.reason):
+            log.log(
+                logging.INFO if ack.result == "ok" else logging.WARNING,
+                "command %s on %s: %s",
+                ack.seq,
+                ack.tag,
+                ack.result if ack.error is None else f"{ack.result}: {ack.error}"[:500],
+                extra={"cmd_seq": ack.seq, "tag": ack.tag, "result": ack.result, "reason": ack.reason},
+            )
         self._record_frame(ack.tag, value, cmd, stage, ack.result, ack.reason, ack.error, ack.seq)
+        waiting: list[Callable[[Ack], None]] = []
+        if cmd is not None and ack.reason != "seq_reused":
+            if ack.reason in TRANSIENT and stage == "done":
+                self.ledger.forget(cmd.seq)
+            with self._lock:
+                if ack.reason not in TRANSIENT:
+                    self.ledger.put(cmd.seq, Entry(fingerprint(cmd), cmd.tag, ack.result, ack.reason, ack.error))
+                waiting = self._replays.pop(cmd.seq, [])
         done(ack)
+        for d in waiting:
+            d(ack)
 
     def _record_frame(
         self,
@@ -351,8 +516,8 @@ class Downlink:
         if reason and reason != "none":
             meta["reason"] = reason
         if error:
-            meta["error"] = error
-        if cmd is not None and cmd.meta:
+            meta["error"] = error[:500]
+        if cmd is not None and cmd.meta and stage == "received":  # once per command, not in the outcome too
             meta["cmd_meta"] = cmd.meta
         if cmd is not None and cmd.deadline_ms is not None:
             meta["deadline"] = cmd.deadline_ms

@@ -45,8 +45,9 @@ QOS_DOWNGRADE = Counter(
 )
 CMD = Counter(
     "connector_cmd",
-    "Cloud commands by outcome: result ok|fail, reason none|malformed|unknown_tag|read_only|write_disabled|"
-    "invalid_value|out_of_range|expired|retained|unavailable|write_error|timeout",
+    "Cloud commands by outcome: result ok|fail, reason none|malformed|too_large|unknown_tag|read_only|"
+    "write_disabled|invalid_value|out_of_range|expired|retained|unavailable|write_error|timeout|seq_reused|"
+    "interrupted|internal; reason duplicate = a replayed seq answered with its first outcome (result), not run",
     ["connector", "result", "reason"],
     registry=REGISTRY,
 )

@@ -14,9 +14,11 @@ Delivery (SPEC §5):
     (after `backoff.base`), ahead of new batches. Batches the broker already accepted are not
     resent, so a subscriber can see that one batch late; every frame carries its seq.
   * Reconnects use our own exponential backoff with jitter (backoff.base → backoff.max), not
-    paho's. The session is persistent (clean_start only on a client's first connect,
-    SessionExpiryInterval = session_expiry), so within one process paho resends its own in-flight
-    QoS1/2 publishes after a reconnect and nothing is read twice. Unacknowledged QoS0 batches die
+    paho's. The session is persistent (clean_start=False on every connect, the configured
+    client_id, SessionExpiryInterval = session_expiry): the broker keeps the command subscription
+    and queues the commands sent while the gateway is away, across process restarts too (they are
+    then executed if their ttl allows, or refused `expired`). Within one process paho resends its
+    own in-flight QoS1/2 publishes after a reconnect and nothing is read twice. Unacknowledged QoS0 batches die
     with the socket: then the cursor is rewound to acked+1. After a restart the cursor starts at
     acked+1 anyway: at most the last in-flight window is sent twice, never a gap.
   * CONNACK MaximumQoS below the configured qos: publish at the granted QoS, mark every frame
@@ -30,6 +32,14 @@ Delivery (SPEC §5):
     (paho itself ignores it).
   * Status: retained `online` on status_topic after each CONNACK, `offline` as the last will and
     published before a clean stop (a clean DISCONNECT suppresses the will).
+
+Commands (commands.Downlink): subscribed with retain-as-published, so a retained command is seen as
+retained (and refused) however it reaches us, and no-local. The subscription is reconciled with the
+one the resumed session holds (uplink.session: a changed cmd_topic unsubscribes the old filter).
+Nothing that arrives can end the thread: on_message refuses and counts what it cannot handle.
+CONNECT carries MaximumPacketSize (16 × cmd_max_bytes, at least 16 MiB): the broker drops larger
+messages for us instead of making a small board hold them (smaller oversized ones are refused and
+acked `too_large`).
 """
 
 from __future__ import annotations
@@ -60,6 +70,7 @@ from edge_gateway.uplink.batcher import Batch, Batcher
 from edge_gateway.uplink.codec import CONTENT_TYPE, Compressor, frame_json, join_batch
 from edge_gateway.uplink.commands import Ack, Downlink
 from edge_gateway.uplink.inflight import Flight, Window
+from edge_gateway.uplink.session import Options, SessionState
 from edge_gateway.uplink.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -102,6 +113,7 @@ class Uplink(threading.Thread):
         window: int = 32,
         connect_timeout: float = 10.0,
         drain_timeout: float = 2.0,
+        state_dir: str | None = None,
     ) -> None:
         super().__init__(name=f"uplink-{connector.id}", daemon=True)
         self.cfg = connector
@@ -138,8 +150,13 @@ class Uplink(threading.Thread):
         self._publishing = False
         self._early: set[int] = set()  # QoS0 mids acknowledged inside publish()
         self._acks: SimpleQueue[Ack] = SimpleQueue()
+        self._stray = 0  # messages on topics that are not commands
+        self.session_resumed = False  # the last CONNACK had session_present
         self._status_mid: int | None = None
         self._status_acked = threading.Event()
+        key = f"{connector.host}:{connector.port} {connector.client_id}"
+        self.session = SessionState.load(state_dir, f"uplink-{connector.id}", key)
+        self._sub_pending: dict[int, tuple[str, str, Options]] = {}  # mid → (subscribe|unsubscribe, filter, opts)
 
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -188,6 +205,8 @@ class Uplink(threading.Thread):
         self.wake()
         if self.is_alive():
             self.join(timeout)
+        if self.downlink is not None:
+            self.downlink.close()
 
     def reconnect(self) -> None:
         """`edge-ctl connector mqtt reconnect`: let in-flight batches finish (a few seconds at most),
@@ -230,6 +249,9 @@ class Uplink(threading.Thread):
             "latency_ms_avg": round(1000 * sum(lat) / len(lat), 2) if lat else None,
             "retries": self.retries,
             "commands_pending": self.downlink.pending if self.downlink else 0,
+            "session": "resumed" if self.session_resumed else "new",
+            "subscriptions": sorted(self.session.subs),
+            "stray": self._stray,
             "last_error": self.last_error,
         }
 
@@ -322,6 +344,8 @@ class Uplink(threading.Thread):
         cl.on_disconnect = self._on_disconnect
         cl.on_publish = self._on_publish
         cl.on_message = self._on_message
+        cl.on_subscribe = self._on_subscribe
+        cl.on_unsubscribe = self._on_unsubscribe
         cl.max_inflight_messages_set(min(self._receive_max, self._window_cfg + ACK_RESERVE))
         cl.max_queued_messages_set(0)
         cl.connect_timeout = self.connect_timeout
@@ -355,13 +379,14 @@ class Uplink(threading.Thread):
                 cl.username_pw_set(user, password)
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = max(0, min(int(c.session_expiry), 0xFFFFFFFF))
+            props.MaximumPacketSize = max(16 << 20, 16 * c.cmd_max_bytes)
             self.state = State.CONNECTING
             self._connect_deadline = time.monotonic() + self.connect_timeout
             rc = cl.connect(
                 c.host,
                 c.port,
                 keepalive=max(1, round(c.keepalive)),
-                clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+                clean_start=False,  # resume the session: commands queued while we were away are delivered
                 properties=props,
             )
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -423,6 +448,7 @@ class Uplink(threading.Thread):
         self.window.size = max(1, min(self._window_cfg, self._receive_max - ACK_RESERVE))
         old_qos, self.qos = self.qos, min(int(self.cfg.qos), self.granted_qos)
         self.state = State.CONNECTED
+        self.session_resumed = bool(flags.session_present)
         self.connected_since = time.monotonic()
         self.connections += 1
         self._attempts = 0
@@ -445,9 +471,46 @@ class Uplink(threading.Thread):
         if self.qos < self.cfg.qos:
             self._downgraded(old_qos)
         cl.publish(self.topics.status, b"online", qos=min(1, self.granted_qos), retain=True)
-        if self.downlink is not None:
-            opts = SubscribeOptions(qos=min(1, self.qos) if self.qos else 0, noLocal=True)
-            cl.subscribe(self.topics.cmd_filter, options=opts)
+        self._reconcile(cl, bool(flags.session_present))
+
+    def _wanted(self) -> dict[str, Options]:
+        if self.downlink is None:
+            return {}
+        return {self.topics.cmd_filter: {"qos": min(1, self.qos), "nl": True, "rap": True}}
+
+    def _reconcile(self, cl: mqtt.Client, session_present: bool) -> None:
+        """Make the session's subscriptions the configured ones (uplink.session)."""
+        self._sub_pending.clear()  # SUBACKs lost with the previous link never come
+        wanted = self._wanted()
+        gone, new = self.session.plan(wanted, session_present)
+        for f in gone:
+            _, mid = cl.unsubscribe(f)
+            log.info("mqtt %s: unsubscribing %r (no longer configured)", self.cfg.id, f)
+            if mid is not None:
+                self._sub_pending[mid] = ("unsubscribe", f, {})
+        for f in new:
+            o = wanted[f]
+            opts = SubscribeOptions(qos=o["qos"], noLocal=o["nl"], retainAsPublished=o["rap"])
+            _, mid = cl.subscribe(f, options=opts)
+            if mid is not None:
+                self._sub_pending[mid] = ("subscribe", f, o)
+
+    def _on_subscribe(self, _cl: mqtt.Client, _ud: object, mid: int, rcs: list[ReasonCode], _props: Any) -> None:
+        what = self._sub_pending.pop(mid, None)
+        if what is None:
+            return
+        _, f, o = what
+        if rcs and rcs[0].is_failure:
+            self.last_error = f"command subscription {f!r} refused: {rcs[0]}"
+            log.error("mqtt %s: %s", self.cfg.id, self.last_error)
+            self.session.unsubscribed(f)
+            return
+        self.session.subscribed(f, o)
+
+    def _on_unsubscribe(self, _cl: mqtt.Client, _ud: object, mid: int, _rcs: Any, _props: Any) -> None:
+        what = self._sub_pending.pop(mid, None)
+        if what is not None:
+            self.session.unsubscribed(what[1])
 
     def _downgraded(self, old_qos: int) -> None:
         self.downgrades += 1
@@ -633,13 +696,23 @@ class Uplink(threading.Thread):
 
     # -- downlink ----------------------------------------------------------------------------------------
     def _on_message(self, _cl: mqtt.Client, _ud: object, msg: mqtt.MQTTMessage) -> None:
-        if self.downlink is None:
-            return
-        tag = self.topics.cmd_tag(msg.topic)
-        if tag is None:
-            log.warning("mqtt %s: message on unexpected topic %r ignored", self.cfg.id, msg.topic)
-            return
-        self.downlink.handle(tag, msg.payload, bool(msg.retain), self._ack_ready)
+        try:
+            if self.downlink is None:
+                return
+            try:
+                topic = msg.topic
+            except UnicodeDecodeError:
+                topic = None
+            tag = self.topics.cmd_tag(topic) if topic is not None else None
+            if tag is None:
+                self._stray += 1
+                if self._stray <= 10 or self._stray % 1000 == 0:
+                    log.warning("mqtt %s: message on unexpected topic %r ignored (%d so far)",
+                                self.cfg.id, msg._topic[:200], self._stray)  # fmt: skip
+                return
+            self.downlink.handle(tag, msg.payload, bool(msg.retain), self._ack_ready)
+        except Exception:  # noqa: BLE001 - paho would re-raise it out of loop_read and end the thread
+            log.exception("mqtt %s: command message not handled", self.cfg.id)
 
     def _ack_ready(self, ack: Ack) -> None:
         """From any thread: queue the ack for the MQTT thread (paho is only touched there)."""
@@ -655,7 +728,10 @@ class Uplink(threading.Thread):
             except Empty:
                 return
             assert ack.seq is not None
-            cl.publish(self.topics.ack_topic(ack.seq), ack.payload(), qos=min(1, self.qos))
+            try:
+                cl.publish(self.topics.ack_topic(ack.seq), ack.payload(), qos=min(1, self.qos))
+            except ValueError as e:  # a tag that makes no valid UTF-8 / an over-long topic
+                log.error("mqtt %s: ack of command %s not published: %s", self.cfg.id, ack.seq, e)
 
     # -- stop --------------------------------------------------------------------------------------------
     def _shutdown(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from concurrent.futures import Future
 from pathlib import Path
@@ -14,6 +15,7 @@ from edge_gateway.config.loader import load_snapshot
 from edge_gateway.config.model import Snapshot, Variable
 from edge_gateway.metrics import value as metric
 from edge_gateway.uplink.commands import Ack, Downlink
+from edge_gateway.uplink.ledger import SeqLedger
 
 CONFIG = Path(__file__).resolve().parents[3] / "config"
 
@@ -26,13 +28,13 @@ def snapshot() -> Snapshot:
 class Desk:
     """Collects what reached the 'line' and every ack; the line completes writes on its own thread."""
 
-    def __init__(self, snapshot: Snapshot, fail: str | None = None) -> None:
+    def __init__(self, snapshot: Snapshot, fail: str | None = None, ledger: SeqLedger | None = None) -> None:
         self.writes: list[tuple[str, Value]] = []
         self.acks: list[Ack] = []
         self.frames: list[Frame] = []
         self.done = threading.Event()
         self.fail = fail
-        self.downlink = Downlink("t", lambda: snapshot, self.submit, self.record)
+        self.downlink = Downlink("t", lambda: snapshot, self.submit, self.record, ledger=ledger)
 
     def submit(self, var: Variable, value: Value) -> Future[None]:
         self.writes.append((var.tag, value))
@@ -163,3 +165,166 @@ def test_a_command_for_an_mqtt_source_tag_is_refused_as_read_only() -> None:
         assert "MQTT source" in (ack.error or "")
     assert desk.send("lab.oven", {"seq": 9, "value": 1}).reason == "unknown_tag"
     assert desk.writes == []
+
+
+# -- hostile payloads, replays, the refusal log (issue 14: 6, 7) ------------------------------------------
+
+
+def test_deep_nesting_is_refused_not_a_crash(snapshot: Snapshot) -> None:
+    """`"meta":` + 100 000 `[` made json.loads raise RecursionError into the MQTT thread."""
+    desk = Desk(snapshot)
+    ack = desk.send("plant.setpoint_c", b'{"seq":1,"value":1,"meta":' + b"[" * 60_000)  # under 64 KiB
+    assert (ack.seq, ack.result, ack.reason) == (1, "fail", "malformed")
+    assert "nests deeper" in (ack.error or "")
+    huge = desk.send("plant.setpoint_c", b'{"seq":6,"value":1,"meta":' + b"[" * 100_000)  # the report's payload
+    assert (huge.seq, huge.result) == (6, "fail")
+    desk.downlink.max_bytes = 1 << 20
+    assert desk.send("plant.setpoint_c", b'{"seq":7,"value":1,"meta":' + b"[" * 100_000).reason == "malformed"
+    # closed, and hidden behind brackets inside strings: still counted right
+    deep = b'{"seq":2,"value":1,"meta":{"a":' + b"[" * 40 + b"]" * 40 + b"}}"
+    assert desk.send("plant.setpoint_c", deep).reason == "malformed"
+    fake = json.dumps({"seq": 3, "value": 20, "meta": {"note": "[[[[{{{{" * 50}}).encode()
+    assert desk.send("plant.setpoint_c", fake).result == "ok"
+    # other things a hostile payload provokes inside the decoder are refusals too
+    assert desk.send("plant.setpoint_c", b'{"seq":4,"value":' + b"9" * 5000 + b"}").reason == "malformed"
+    assert desk.send("plant.setpoint_c", {"seq": 5, "value": 10**30}).reason == "out_of_range"
+    assert desk.send("plant.setpoint_c", {"seq": 8, "value": 10**400}).reason == "out_of_range"
+    assert desk.writes == [("plant.setpoint_c", 20)]
+
+
+def test_oversized_command_is_refused_before_parsing_and_not_stored(snapshot: Snapshot) -> None:
+    desk = Desk(snapshot)
+    before = metric("connector_cmd_total", {"connector": "t", "result": "fail", "reason": "too_large"})
+    big = b'{"seq":300,"value":33,"meta":{"blob":"' + b"x" * (10 << 20) + b'"}}'
+    ack = desk.send("plant.setpoint_c", big)
+    assert (ack.seq, ack.result, ack.reason) == (300, "fail", "too_large")
+    assert metric("connector_cmd_total", {"connector": "t", "result": "fail", "reason": "too_large"}) == before + 1
+    assert desk.writes == []
+    assert len(desk.frames) == 1 and "cmd_meta" not in (desk.frames[0].meta or {})  # 10 MB never reach the WAL
+    assert desk.send("plant.setpoint_c", b"x" * 70_000).seq is None  # counted; nothing to ack to
+    small = Desk(snapshot)
+    small.downlink.max_bytes = 100
+    assert small.send("plant.setpoint_c", {"seq": 9, "value": 20, "meta": {"n": "y" * 100}}).reason == "too_large"
+    assert small.send("plant.setpoint_c", {"seq": 10, "value": 20}).result == "ok"
+
+
+def test_meta_is_stored_once_per_command(snapshot: Snapshot) -> None:
+    desk = Desk(snapshot)
+    assert desk.send("plant.setpoint_c", {"seq": 1, "value": 20, "meta": {"by": "x"}}).result == "ok"
+    assert [("cmd_meta" in (f.meta or {})) for f in desk.frames] == [True, False]
+
+
+def test_duplicate_seq_is_acked_with_the_first_outcome_and_not_written_again(snapshot: Snapshot) -> None:
+    desk = Desk(snapshot)
+    first = desk.send("plant.setpoint_c", {"seq": 77, "value": 22.5})
+    assert first.result == "ok" and desk.writes == [("plant.setpoint_c", 22.5)]
+    again = desk.send("plant.setpoint_c", {"seq": 77, "value": 22.5, "meta": {"retry": 1}})
+    assert (again.seq, again.result, again.reason) == (77, "ok", "none")
+    assert desk.writes == [("plant.setpoint_c", 22.5)]  # not executed twice
+    refused = desk.send("plant.setpoint_c", {"seq": 78, "value": 4000.0})
+    assert desk.send("plant.setpoint_c", {"seq": 78, "value": 4000.0}).reason == refused.reason == "out_of_range"
+    # the same seq for another command is not a replay: refused, and the first outcome stands
+    other = desk.send("plant.pump_on", {"seq": 77, "value": False})
+    assert (other.result, other.reason) == ("fail", "seq_reused")
+    assert desk.writes == [("plant.setpoint_c", 22.5)]
+    # transient refusals are not outcomes: a retry with the same seq runs
+    desk.downlink.accepting = False
+    assert desk.send("plant.setpoint_c", {"seq": 79, "value": 20}).reason == "unavailable"
+    assert desk.send("plant.setpoint_c", {"seq": 80, "value": 20}, retained=True).reason == "retained"
+    desk.downlink.accepting = True
+    assert desk.send("plant.setpoint_c", {"seq": 79, "value": 20}).result == "ok"
+    assert desk.send("plant.setpoint_c", {"seq": 80, "value": 20}).result == "ok"
+    assert desk.writes == [("plant.setpoint_c", 22.5), ("plant.setpoint_c", 20), ("plant.setpoint_c", 20)]
+
+
+def test_a_replay_while_the_write_runs_waits_for_its_outcome(snapshot: Snapshot) -> None:
+    release = threading.Event()
+    writes: list[Value] = []
+    acks: list[Ack] = []
+
+    def submit(var: Variable, value: Value) -> Future[None]:
+        writes.append(value)
+        fut: Future[None] = Future()
+        threading.Thread(target=lambda: (release.wait(5), fut.set_result(None))).start()
+        return fut
+
+    dl = Downlink("t", lambda: snapshot, submit)
+    raw = json.dumps({"seq": 5, "value": 21.0}).encode()
+    dl.handle("plant.setpoint_c", raw, False, acks.append)
+    dl.handle("plant.setpoint_c", raw, False, acks.append)
+    assert acks == [] and writes == [21.0]
+    release.set()
+    deadline = threading.Event()
+    for _ in range(500):
+        if len(acks) == 2:
+            break
+        deadline.wait(0.01)
+    assert [(a.seq, a.result) for a in acks] == [(5, "ok"), (5, "ok")] and writes == [21.0]
+
+
+def test_seen_seqs_survive_a_restart(snapshot: Snapshot, tmp_path: Path) -> None:
+    from edge_gateway.uplink.ledger import Entry
+
+    path = tmp_path / "commands" / "t.seqs"
+    desk = Desk(snapshot, ledger=SeqLedger(path, capacity=50))
+    assert desk.send("plant.setpoint_c", {"seq": 1, "value": 20}).result == "ok"
+    assert desk.send("plant.setpoint_c", {"seq": 2, "value": 4000.0}).reason == "out_of_range"
+    desk.downlink.close()
+    led = SeqLedger(path, capacity=50)
+    led.put(3, Entry("fp", "plant.setpoint_c", "pending", "none"))  # the process dies mid-write
+    led.close()
+    again = Desk(snapshot, ledger=SeqLedger(path, capacity=50))
+    assert again.send("plant.setpoint_c", {"seq": 1, "value": 20}).result == "ok"
+    assert again.send("plant.setpoint_c", {"seq": 2, "value": 4000.0}).reason == "out_of_range"
+    assert again.writes == []
+    # the window is bounded: the oldest seqs are forgotten, and the file is compacted
+    for seq in range(100, 400):
+        again.send("plant.setpoint_c", {"seq": seq, "value": 4000.0})
+    assert len(again.downlink.ledger) == 50 and len(path.read_text().splitlines()) <= 2 * 50 + 64
+    assert again.send("plant.setpoint_c", {"seq": 1, "value": 20}).result == "ok"
+    assert again.writes == [("plant.setpoint_c", 20)]
+
+
+def test_interrupted_write_is_not_run_again_after_a_restart(snapshot: Snapshot, tmp_path: Path) -> None:
+    path = tmp_path / "t.seqs"
+    first = Desk(snapshot, ledger=SeqLedger(path))
+    first.downlink._submit = lambda var, value: Future()  # the line never answers: the process dies
+    first.downlink.handle("plant.setpoint_c", json.dumps({"seq": 9, "value": 20}).encode(), False, lambda a: None)
+    again = Desk(snapshot, ledger=SeqLedger(path))
+    ack = again.send("plant.setpoint_c", {"seq": 9, "value": 20})
+    assert (ack.result, ack.reason) == ("fail", "interrupted") and again.writes == []
+
+
+def test_refusals_are_counted_all_but_logged_at_a_rate_limit(
+    snapshot: Snapshot, caplog: pytest.LogCaptureFixture
+) -> None:
+    from edge_gateway.uplink.commands import LogLimit
+
+    now = [1000.0]
+    desk = Desk(snapshot)
+    desk.downlink.log_limit = LogLimit(first=10, every=60.0, clock=lambda: now[0])
+    labels = {"connector": "t", "result": "fail", "reason": "unknown_tag"}
+    before = metric("connector_cmd_total", labels)
+    with caplog.at_level(logging.WARNING, logger="edge_gateway.uplink.commands"):
+        for seq in range(3245):
+            desk.send("plant.nope", {"seq": seq, "value": 1})
+        assert len(caplog.records) == 10
+        now[0] += 61
+        desk.downlink.expire()  # the MQTT thread's tick
+    assert metric("connector_cmd_total", labels) == before + 3245
+    assert len(caplog.records) == 11
+    assert "3235 more refused commands" in caplog.records[-1].getMessage()
+    assert "unknown_tag 3235" in caplog.records[-1].getMessage()
+    with caplog.at_level(logging.WARNING, logger="edge_gateway.uplink.commands"):
+        desk.send("plant.nope", {"seq": 99999, "value": 1})
+    assert len(caplog.records) == 12  # a new interval logs again
+
+
+def test_an_exception_inside_validation_is_a_refusal(snapshot: Snapshot) -> None:
+    def broken() -> Snapshot:
+        raise KeyError("boom")
+
+    acks: list[Ack] = []
+    dl = Downlink("t", broken, None)
+    dl.handle("plant.setpoint_c", json.dumps({"seq": 4, "value": 1}).encode(), False, acks.append)
+    assert [(a.seq, a.result, a.reason) for a in acks] == [(4, "fail", "internal")]

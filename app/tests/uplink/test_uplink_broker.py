@@ -229,3 +229,32 @@ def test_commands_are_acked_through_the_broker(
     errors = {k: v["error"] for k, v in sub.acks.items()}
     assert "access R" in errors["1"] and "unknown tag" in errors["2"]
     assert "not JSON" in errors["3"] and "outside int16" in errors["4"] and "no line" in errors["5"]
+
+
+def test_hostile_and_retained_commands_through_the_broker_never_stop_the_uplink(
+    mosquitto: Mosquitto, pipeline: Callable[..., Pipeline], subscriber: Callable[..., BatchSubscriber]
+) -> None:
+    """Issue 14 (6, 7): a deeply nested command used to end the uplink thread (RecursionError in
+    on_message); a retained command published while we are subscribed lost its retain flag on the
+    way (no retain-as-published) and was executed."""
+    sub = subscriber(mosquitto.port)
+    p = pipeline(connector(mosquitto.port), commands=load_snapshot(CONFIG))
+    assert p.uplink is not None
+    cmd = "/edge/t1/gw1/cmd/plant.setpoint_c"
+    deadline = time.monotonic() + 10
+    while "9" not in sub.acks and time.monotonic() < deadline:  # the subscription is up once a probe is acked
+        sub.publish(cmd, b'{"seq":9,"value":"probe"}')
+        sub.wait_for(lambda s: "9" in s.acks, 0.5)
+    sub.publish(cmd, b'{"seq":1,"value":1,"meta":' + b"[" * 60_000)
+    sub.publish(cmd, b'{"seq":2,"value":1,"meta":{"blob":"' + b"x" * (10 << 20) + b'"}}')
+    sub.publish(cmd, json.dumps({"seq": 3, "value": 20}).encode(), retain=True)
+    sub.publish(cmd, b'{"seq":4,"value":1,"meta":"\\ud800' + b"9" * 5000 + b'"}')
+    assert sub.wait_for(lambda s: {"1", "2", "3", "4"} <= s.acks.keys(), 20), sub.acks
+    assert "nests deeper" in sub.acks["1"]["error"]
+    assert "larger than 65536" in sub.acks["2"]["error"]
+    assert "retained" in sub.acks["3"]["error"]  # not "no line accepts writes": it never got that far
+    assert all(a["result"] == "fail" for a in sub.acks.values())
+    sub.publish(cmd, b"", retain=True)  # clear the retained command
+    assert p.uplink.is_alive()
+    p.publish(20)
+    assert p.wait_acked(p.published[-1])  # still delivering

@@ -16,12 +16,15 @@ One thread rather than a network thread plus a forwarder thread: measured on 2 c
 every burst to a second thread cost up to ~80 ms of wake-up latency under the GIL while paho was
 busy reading, enough to overflow a 1000-message queue with the bus idle (bench_mqtt_source).
 
-Session: MQTT v5, clean_start FIRST_ONLY with a session expiry. Each process (and each restart
-of this worker by a reload) starts a clean session, so the broker's subscriptions are exactly
-the configured ones; within the process a reconnect resumes the session, so the broker
-delivers the QoS 1/2 messages it queued while the link was down. Subscriptions are made once
-per fresh session, each with its own MQTT v5 subscription identifier, which tells us which
-subscription (hence which driver) every message arrived through.
+Session: MQTT v5, clean_start=False on every connect with the endpoint's client_id and
+session_expiry, so the broker keeps our session — and queues QoS 1/2 messages for us — across
+lost links *and* gateway restarts (a restart, a reload of the driver). The session's
+subscriptions are reconciled with the configured ones on every CONNACK (uplink.session: the set
+we subscribed is kept in the WAL directory; what was removed is unsubscribed, what is new or
+changed is subscribed, all of it when the session is new). Each subscription has its own MQTT v5
+subscription identifier, which tells us which subscription (hence which driver) every message
+arrived through; identifiers are kept with the session, so messages the broker queued under an
+old identifier are still attributed right, and a removed filter's identifier is never reused.
 
 Health per driver: `down` while not connected; `degraded` from a drop until the queue has
 drained and `recover` seconds passed without another drop (or while a subscription is refused
@@ -42,7 +45,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from paho.mqtt.client import (
-    MQTT_CLEAN_START_FIRST_ONLY,
     CallbackAPIVersion,
     Client,
     ConnectFlags,
@@ -62,6 +64,7 @@ from edge_gateway.acquisition.mqtt.payload import Malformed
 from edge_gateway.bus.frame import GOOD, Frame, bad, now_ms
 from edge_gateway.bus.framebus import FrameBus
 from edge_gateway.config.model import MqttDriver, MqttEndpoint, MqttTag
+from edge_gateway.uplink.session import Options, SessionState
 
 log = logging.getLogger(__name__)
 
@@ -135,17 +138,26 @@ class MqttSource(threading.Thread):
     heartbeat, status(), submit_write() (refused: source tags are read-only)."""
 
     def __init__(
-        self, endpoint: MqttEndpoint, drivers: Sequence[MqttDriver], tags: Iterable[MqttTag], bus: FrameBus
+        self,
+        endpoint: MqttEndpoint,
+        drivers: Sequence[MqttDriver],
+        tags: Iterable[MqttTag],
+        bus: FrameBus,
+        state_dir: str | None = None,
     ) -> None:
         super().__init__(name=f"mqtt-src-{endpoint.id}", daemon=True)
         self.endpoint = endpoint
         self._bus = bus
         tags = list(tags)
         self._drivers = {d.id: _Driver(d, TopicMap(t for t in tags if t.driver_id == d.id)) for d in drivers}
+        key = f"{endpoint.host}:{endpoint.port} {endpoint.client_id}"
+        self.session = SessionState.load(state_dir, f"source-{endpoint.id}", key)
         self._subs: list[_Sub] = []
+        idents: dict[str, int] = {}
         for d in self._drivers.values():
             for s in d.cfg.cfg.subscriptions:
-                self._subs.append(_Sub(len(self._subs) + 1, s.filter, s.qos, d))
+                ident = idents.setdefault(s.filter, self.session.ident(s.filter))  # one filter, one subscription
+                self._subs.append(_Sub(ident, s.filter, s.qos, d))
         self._by_ident = {s.ident: s for s in self._subs}
         self._lock = threading.Lock()
         self._queue: deque[_Item] = deque()
@@ -155,7 +167,8 @@ class MqttSource(threading.Thread):
         self._next_health = 0.0
         self._client: Client | None = None
         self._sub_ids = True  # the broker supports subscription identifiers (CONNACK)
-        self._pending_subs: dict[int, _Sub] = {}  # SUBSCRIBE mid → subscription, until its SUBACK
+        self._pending_subs: dict[int, tuple[_Sub, Options]] = {}  # SUBSCRIBE mid → subscription, until SUBACK
+        self._pending_unsubs: dict[int, str] = {}  # UNSUBSCRIBE mid → filter, until UNSUBACK
         self._attempt = 0
         self.connected = False
         self.session_resumed = False  # the last CONNACK had session_present: the broker kept our session
@@ -307,6 +320,7 @@ class MqttSource(threading.Thread):
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_subscribe = self._on_subscribe
+        c.on_unsubscribe = self._on_unsubscribe
         c.on_message = self._on_message
         c.connect_timeout = 5.0
         if ep.scheme == "mqtts":
@@ -323,7 +337,7 @@ class MqttSource(threading.Thread):
             ep.host,
             ep.port,
             keepalive=max(1, round(ep.keepalive)),
-            clean_start=MQTT_CLEAN_START_FIRST_ONLY,
+            clean_start=False,  # resume our session: what the broker queued while we were away arrives
             properties=props,
         )
         self._client = c
@@ -385,41 +399,77 @@ class MqttSource(threading.Thread):
             self.endpoint.port,
             "resumed" if flags.session_present else "new",
         )
-        if flags.session_present:
-            return  # the broker kept our subscriptions
+        self._reconcile(client, bool(flags.session_present))
+
+    def _options(self, s: _Sub) -> Options:
+        take = s.driver.cfg.cfg.retained == "take"
+        rh = SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE if take else SubscribeOptions.RETAIN_DO_NOT_SEND
+        return {"qos": s.qos, "rh": rh, "id": s.ident if self._sub_ids else None}
+
+    def _reconcile(self, client: Client, session_present: bool) -> None:
+        """Make the session's subscriptions the configured ones (uplink.session)."""
         self._pending_subs.clear()  # SUBACKs lost with the previous link never come
-        for s in self._subs:
-            s.granted, s.error = None, None
-            take = s.driver.cfg.cfg.retained == "take"
-            handling = SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE if take else SubscribeOptions.RETAIN_DO_NOT_SEND
-            opts = SubscribeOptions(qos=s.qos, retainHandling=handling)
-            sp = None
-            if self._sub_ids:
-                sp = Properties(PacketTypes.SUBSCRIBE)
-                sp.SubscriptionIdentifier = s.ident
-            _, mid = client.subscribe(s.filter, options=opts, properties=sp)
+        self._pending_unsubs.clear()
+        by_filter = {s.filter: s for s in self._subs}  # the same filter twice is one subscription
+        wanted = {f: self._options(s) for f, s in by_filter.items()}
+        gone, new = self.session.plan(wanted, session_present)
+        for f in gone:
+            log.info("mqtt source %s: unsubscribing %r (no longer configured)", self.endpoint.id, f)
+            _, mid = client.unsubscribe(f)
             if mid is not None:
-                self._pending_subs[mid] = s
+                self._pending_unsubs[mid] = f
+        for s in self._subs:
+            if s.filter not in new:
+                s.granted, s.error = self.session.granted(s.filter), None  # kept by the broker
+                if s.granted is None:
+                    s.granted = s.qos
+        for f in new:
+            s = by_filter[f]
+            o = wanted[f]
+            for t in self._subs:
+                if t.filter == f:
+                    t.granted, t.error = None, None
+            opts = SubscribeOptions(qos=o["qos"], retainHandling=o["rh"])
+            sp = None
+            if o["id"] is not None:
+                sp = Properties(PacketTypes.SUBSCRIBE)
+                sp.SubscriptionIdentifier = o["id"]
+            _, mid = client.subscribe(f, options=opts, properties=sp)
+            if mid is not None:
+                self._pending_subs[mid] = (s, o)
+
+    def _on_unsubscribe(self, client: Client, userdata: Any, mid: int, rcs: Any, props: Properties | None) -> None:
+        f = self._pending_unsubs.pop(mid, None)
+        if f is not None:
+            self.session.unsubscribed(f)
 
     def _on_subscribe(
         self, client: Client, userdata: Any, mid: int, rcs: list[ReasonCode], props: Properties | None
     ) -> None:
-        s = self._pending_subs.pop(mid, None)
-        if s is None or not rcs:
+        pending = self._pending_subs.pop(mid, None)
+        if pending is None or not rcs:
             return
+        first, opts = pending
         rc = rcs[0]
-        d = s.driver
         if rc.is_failure:
-            s.error = str(rc)
-            if s.filter not in d.refused:
-                d.refused.append(s.filter)
-            log.error("mqtt source %s: subscription %r refused: %s", d.id, s.filter, rc)
-            return
-        s.granted = rc.value
-        if s.filter in d.refused:
-            d.refused.remove(s.filter)
-        if rc.value < s.qos:
-            log.warning("mqtt source %s: %r granted QoS %d instead of %d", d.id, s.filter, rc.value, s.qos)
+            self.session.unsubscribed(first.filter)
+        else:
+            self.session.subscribed(first.filter, {**opts, "granted": rc.value})
+        for s in self._subs:
+            if s.filter != first.filter:
+                continue
+            d = s.driver
+            if rc.is_failure:
+                s.error = str(rc)
+                if s.filter not in d.refused:
+                    d.refused.append(s.filter)
+                log.error("mqtt source %s: subscription %r refused: %s", d.id, s.filter, rc)
+                continue
+            s.granted = rc.value
+            if s.filter in d.refused:
+                d.refused.remove(s.filter)
+            if rc.value < s.qos:
+                log.warning("mqtt source %s: %r granted QoS %d instead of %d", d.id, s.filter, rc.value, s.qos)
 
     def _on_disconnect(
         self, client: Client, userdata: Any, flags: DisconnectFlags, rc: ReasonCode, props: Properties | None
@@ -588,9 +638,13 @@ class MqttSource(threading.Thread):
 
 
 def start_source(
-    endpoint: MqttEndpoint, drivers: Sequence[MqttDriver], tags: Iterable[MqttTag], bus: FrameBus
+    endpoint: MqttEndpoint,
+    drivers: Sequence[MqttDriver],
+    tags: Iterable[MqttTag],
+    bus: FrameBus,
+    state_dir: str | None = None,
 ) -> MqttSource:
-    """Start the client thread of one MQTT source endpoint."""
-    src = MqttSource(endpoint, drivers, tags, bus)
+    """Start the client thread of one MQTT source endpoint; its session state lives in `state_dir`."""
+    src = MqttSource(endpoint, drivers, tags, bus, state_dir)
     src.start()
     return src
