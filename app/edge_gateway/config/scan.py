@@ -453,19 +453,22 @@ def gateways_configured_for(device: str) -> list[Holder]:
 
 def check_line_free(device: str) -> None:
     """Raise Refused when a running gateway (or anything else) owns the serial line."""
-    holders = gateways_configured_for(device) + open_by_others(device)
+    gateways = gateways_configured_for(device)
+    holders = gateways + open_by_others(device)
     seen: set[int] = set()
     lines = []
     for h in holders:
         if h.pid not in seen:
             seen.add(h.pid)
-            lines.append(f"  pid {h.pid} {h.why}: {h.cmdline}")
+            cmd = " ".join(h.cmdline.split())
+            lines.append(f"  pid {h.pid} {h.why}: {cmd[:200]}")
     if lines:
-        raise Refused(
-            f"{device} is in use; not scanning a line another process owns "
-            "(stop the gateway, e.g. `systemctl stop edge-gateway`, or remove the endpoint and reload):\n"
-            + "\n".join(lines)
+        hint = (
+            "stop the gateway (e.g. `systemctl stop edge-gateway`) or remove the endpoint and reload"
+            if gateways or any("edge-gateway" in h.cmdline or "edge_gateway" in h.cmdline for h in holders)
+            else "close the program that has it open"
         )
+        raise Refused(f"{device} is in use; not scanning a line another process owns ({hint}):\n" + "\n".join(lines))
 
 
 # --- the starting configuration ---------------------------------------------------------------
