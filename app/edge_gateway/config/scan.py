@@ -168,6 +168,8 @@ class SerialReader:
             raise ScanError(f"cannot open {port}: {e}") from None
         except (OSError, ValueError, termios.error) as e:
             raise ScanError(f"cannot open {port}: {e}") from None
+        self.timeout = timeout
+        self.char = (1 + bytesize + (parity != "N") + stopbits) / baud  # seconds per character on the wire
         self.mm = minimalmodbus
         self.instrument = minimalmodbus.Instrument(self.serial, 1, mode=minimalmodbus.MODE_RTU)
         self.instrument.clear_buffers_before_each_transaction = True
@@ -175,6 +177,12 @@ class SerialReader:
     def read(self, unit: int, table: str, start: int, count: int) -> list[int]:
         mm, ins = self.mm, self.instrument
         ins.address = unit
+        # The answer's own wire time on top of the timeout: 125 registers take 290 ms at 9600 baud.
+        # minimalmodbus reads the whole answer in one serial.read(), whose deadline POSIX pyserial
+        # takes from `_timeout`; the `timeout` property would re-run tcsetattr() on every change
+        # (which a pty with parity set rejects with EINVAL).
+        answer = 5 + (2 * count if table in ("holding", "input") else (count + 7) // 8)
+        self.serial._timeout = self.timeout + (8 + answer + 3.5) * self.char
         try:
             if table in ("holding", "input"):
                 return list(ins.read_registers(start, count, functioncode=FUNCTION[table]))

@@ -50,6 +50,11 @@ PROFILE: dict[str, Any] = {
             "faults": {"exceptions": [{"table": "holding", "from": 0, "to": 65535, "code": 2}]},
         },
         # unit 4 does not exist: silence
+        {  # every answer of unit 5 has a broken CRC (a unit at the wrong parity looks like this)
+            "unit": 5,
+            "points": [{"table": "holding", "addr": 0, "type": "uint16", "value": 1}],
+            "faults": {"bad_crc_every": 1},
+        },
     ]
 }
 
@@ -219,9 +224,50 @@ def test_tcp_scan_of_a_genuine_pymodbus_server(capsys: pytest.CaptureFixture[str
 
 def test_no_unit_answers_exit_1(rtu_line: tuple[PtyPair, Sim], capsys: pytest.CaptureFixture[str]) -> None:
     pair, _ = rtu_line
-    rc, out, err = run_scan(capsys, "--serial", pair.b, "--baud", str(BAUD), "--units", "4-5", "--timeout", "50ms")
+    rc, out, err = run_scan(capsys, "--serial", pair.b, "--baud", str(BAUD), "--units", "4,6", "--timeout", "50ms")
     assert (rc, out) == (1, "")
     assert "0 of 2 unit(s) answered" in err
+
+
+def test_a_garbled_answer_is_reported_not_configured(
+    rtu_line: tuple[PtyPair, Sim], capsys: pytest.CaptureFixture[str]
+) -> None:
+    pair, _ = rtu_line
+    rc, out, err = run_scan(capsys, "--serial", pair.b, "--baud", str(BAUD), "--units", "1,5", "--timeout", "100ms")
+    assert rc == 0, err
+    assert {c["cfg"]["unit_id"] for c in sections(out)["drivers.yml"].values()} == {1}
+    assert "garbled answer (check baud/parity, or two units with one id): unit 5:" in err
+    assert "1 of 2 unit(s) answered" in err
+
+
+def test_long_reads_get_their_wire_time_on_top_of_the_timeout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """125 registers at 9600 baud are about 300 ms on the wire (the simulator emulates it): a 100 ms
+    timeout is for the silence before an answer, not for the whole answer."""
+    profile = {"units": [{"unit": 1, "points": [{"table": "holding", "addr": 124, "type": "uint16", "value": 9}]}]}
+    with PtyPair(tmp_path / "pty") as pair:
+        sim = Sim(profile, tmp_path, tcp=False, rtu=[pair.a], baud=9600).start()
+        try:
+            rc, out, err = run_scan(
+                capsys,
+                "--serial",
+                pair.b,
+                "--baud",
+                "9600",
+                "--units",
+                "1",
+                "--probe",
+                "holding:0-124",
+                "--timeout",
+                "100ms",
+            )
+        finally:
+            sim.stop()
+    assert rc == 0, err
+    tags = sections(out)["variables.yml"]
+    assert len(tags) == 125 and tags[-1]["address"] == {"type": "holding", "addr": 124}
+    assert "# read 9 (0x0009)" in out
 
 
 @pytest.mark.parametrize(
