@@ -103,7 +103,23 @@ def parse_probes(text: str) -> list[Probe]:
         if not 0 <= lo <= hi <= 65535:
             raise ValueError(f"probe range {part!r} is outside 0-65535 (or reversed)")
         probes.append(Probe(m.group(1), lo, hi - lo + 1))
-    return probes
+    return _merged(probes)
+
+
+def _merged(probes: list[Probe]) -> list[Probe]:
+    """Overlapping or adjacent ranges of one table become one (no address is read, or configured, twice)."""
+    out: list[Probe] = []
+    for table in dict.fromkeys(p.table for p in probes):
+        spans = sorted((p.start, p.start + p.count - 1) for p in probes if p.table == table)
+        lo, hi = spans[0]
+        for a, b in spans[1:]:
+            if a <= hi + 1:
+                hi = max(hi, b)
+            else:
+                out.append(Probe(table, lo, hi - lo + 1))
+                lo, hi = a, b
+        out.append(Probe(table, lo, hi - lo + 1))
+    return out
 
 
 # --- readers: one transaction at a time ---------------------------------------------------

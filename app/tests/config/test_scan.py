@@ -285,6 +285,16 @@ def test_bad_arguments_exit_2(args: list[str], message: str, capsys: pytest.Capt
     assert rc == 2 and message in err
 
 
+def test_parse_units_and_probes() -> None:
+    assert scan.parse_units("1-3,7,2") == [1, 2, 3, 7]
+    assert scan.parse_probes("holding:0-9,input:0,holding:5-20,coil:3-4,holding:21,coil:0-1") == [
+        scan.Probe("holding", 0, 22),  # overlapping and adjacent ranges merge: no address is configured twice
+        scan.Probe("input", 0, 1),
+        scan.Probe("coil", 0, 2),
+        scan.Probe("coil", 3, 2),
+    ]
+
+
 def test_unreachable_tcp_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = run_scan(capsys, "--tcp", f"127.0.0.1:{free_port()}", "--units", "1")
     assert rc == 2 and "cannot connect" in err
