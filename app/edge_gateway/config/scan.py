@@ -460,7 +460,8 @@ def gateways_configured_for(device: str) -> list[Holder]:
         if cfg is None:
             continue
         try:
-            cfg_dir = Path(os.path.join(os.readlink(f"/proc/{pid}/cwd"), cfg))
+            # An absolute --config (the systemd unit's) needs no access to another user's cwd.
+            cfg_dir = Path(cfg if os.path.isabs(cfg) else os.path.join(os.readlink(f"/proc/{pid}/cwd"), cfg))
             table = yaml.safe_load((cfg_dir / "endpoints.yml").read_text()) or {}
         except (OSError, yaml.YAMLError):
             continue
@@ -655,10 +656,10 @@ def add_subparser(sub: Any) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--serial", metavar="DEVICE", help="serial device, e.g. /dev/ttyS1")
     where.add_argument("--tcp", metavar="HOST:PORT", help="Modbus/TCP address, e.g. 192.168.10.5:502")
-    p.add_argument("--baud", type=int, default=19200)
-    p.add_argument("--parity", choices=("N", "E", "O"), default="E")
-    p.add_argument("--stopbits", type=int, choices=(1, 2), default=1)
-    p.add_argument("--bytesize", type=int, choices=(7, 8), default=8)
+    p.add_argument("--baud", type=int, default=19200, help="serial: baud rate (default 19200)")
+    p.add_argument("--parity", choices=("N", "E", "O"), default="E", help="serial: parity (default E)")
+    p.add_argument("--stopbits", type=int, choices=(1, 2), default=1, help="serial: stop bits (default 1)")
+    p.add_argument("--bytesize", type=int, choices=(7, 8), default=8, help="serial: data bits (default 8)")
     p.add_argument("--units", default="1-247", help="unit ids to try, e.g. 1-247 or 1,2,10-20 (default 1-247)")
     p.add_argument(
         "--probe",
