@@ -295,6 +295,11 @@ def test_parse_units_and_probes() -> None:
     ]
 
 
+def test_missing_serial_device_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = run_scan(capsys, "--serial", str(tmp_path / "ttyNone"), "--units", "1")
+    assert rc == 2 and "cannot open" in err
+
+
 def test_unreachable_tcp_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = run_scan(capsys, "--tcp", f"127.0.0.1:{free_port()}", "--units", "1")
     assert rc == 2 and "cannot connect" in err
