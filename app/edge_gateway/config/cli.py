@@ -22,7 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     p_diff = sub.add_parser("diff", help="what a reload from OLD to NEW would touch")
     p_diff.add_argument("old")
     p_diff.add_argument("new")
+    # edge-cfg modbus scan: commissioning, all of it in edge_gateway.config.scan
+    from edge_gateway.config import scan as modbus_scan
+
+    modbus_scan.add_subparser(sub)
     args = p.parse_args(argv)
+    if args.cmd == "modbus":
+        return modbus_scan.run(args)
 
     if args.cmd == "lint":
         problems = lint(args.dir)
