@@ -89,8 +89,11 @@ def scrape(plant: Plant) -> Scrape:
 def wait_for(plant: Plant, ready: Any, timeout: float, what: str) -> Scrape:
     deadline = time.monotonic() + timeout
     while True:
-        s = scrape(plant)
-        if ready(s):
+        try:
+            s: Scrape | None = scrape(plant)
+        except OSError:  # the control socket answers a moment before /metrics is bound
+            s = None
+        if s is not None and ready(s):
             return s
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}\n{plant.log_tail()}")
@@ -293,6 +296,15 @@ def test_requires_names_grafana_prometheus_and_every_panel_type() -> None:
 def test_no_created_series(live: Live) -> None:
     assert not [n for n in live.scrape.names if n.endswith("_created")]
     assert "_created" not in live.scrape.text
+    # Nor in OpenMetrics, which Prometheus asks for first.
+    req = urllib.request.Request(
+        f"http://{LOOPBACK}:{live.plant.metrics_port}/metrics",
+        headers={"Accept": "application/openmetrics-text; version=1.0.0"},
+    )
+    with urllib.request.urlopen(req, timeout=5) as r:  # noqa: S310 - a loopback URL the test built
+        assert r.headers["Content-Type"].startswith("application/openmetrics-text")
+        text = r.read().decode()
+    assert "modbus_pdu_total{" in text and "_created" not in text
 
 
 def test_build_info_is_one_sample_of_one(live: Live) -> None:
@@ -349,4 +361,4 @@ def test_config_revision_counts_up_with_the_hash_as_a_label(live: Live) -> None:
     s = scrape(plant)
     assert s.value("cfg_revision_current") == 2  # nothing new runs
     assert s.of("cfg_revision_info") == [({"hash": answer["revision"][:12]}, 1.0)]
-    assert s.value("cfg_apply_total", result="invalid") == 1
+    assert (s.value("cfg_apply_total", result="invalid") or 0) >= 1  # the file watcher may have refused it too
