@@ -39,6 +39,12 @@ PROMQL = {
     "and", "or", "unless", "on", "ignoring", "group_left", "group_right", "bool", "offset",
 }  # fmt: skip
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "summary": ("_sum", "_count")}
+# Unit ids of Grafana's valueFormats (packages/grafana-data/src/valueFormats/categories.ts) this dashboard may
+# use: a misspelt id is not an error in Grafana, the axis just shows bare numbers.
+GRAFANA_UNITS = {
+    "none", "short", "percentunit", "percent", "s", "ms", "bytes", "decbytes", "Bps", "binBps", "cps", "ops",
+    "reqps", "bool", "bool_yes_no", "bool_on_off",
+}  # fmt: skip
 TARGET_LABELS = {"instance", "job"}  # added by Prometheus to every series it scrapes
 SOURCE = {  # one MQTT source driver on the plant's Mosquitto, so the mqtt_source_* series exist
     "endpoints.yml": "\nsrc_broker:\n  scheme: mqtt\n  host: {host}\n  port: {port}\n"
@@ -269,7 +275,9 @@ def test_every_panel_has_a_unit_and_every_axis_one() -> None:
     ps = panels(dashboard())
     assert len(ps) >= 20
     for p in ps:
-        assert unit_of(p), f"{p['title']}: no unit"
+        assert unit_of(p) in GRAFANA_UNITS, f"{p['title']}: no unit, or one Grafana does not know: {unit_of(p)}"
+        for o in p["fieldConfig"].get("overrides", []):
+            assert all(x["value"] in GRAFANA_UNITS for x in o["properties"] if x["id"] == "unit"), p["title"]
         if p["type"] == "timeseries":
             for side, units in axes(p).items():
                 assert len(units) == 1, (p["title"], side, units)
