@@ -6,12 +6,13 @@ import argparse
 import json
 import sys
 
-from edge_gateway.config import schema
+from edge_gateway.config import schema, stdout
 from edge_gateway.config.diff import diff
 from edge_gateway.config.loader import ConfigError, lint, load_snapshot
 from edge_gateway.config.source import printable
 
 
+@stdout.guard
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="edge-cfg", description="Check and compare edge-gateway configurations.")
     sub = p.add_subparsers(dest="cmd", required=True)

@@ -21,12 +21,14 @@ import threading
 from types import FrameType
 
 from edge_gateway import __version__
+from edge_gateway.config import stdout
 from edge_gateway.config.loader import ConfigError, load_snapshot
 from edge_gateway.runtime import logs
 
 log = logging.getLogger("edge_gateway")
 
 
+@stdout.guard
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="edge-gateway", description="Modbus → WAL → MQTT 5 edge gateway")
     p.add_argument("--version", action="version", version=f"edge-gateway {__version__}")

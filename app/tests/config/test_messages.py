@@ -43,7 +43,8 @@ CASES = [
         "address: { type: holding, addr: 1 }",
         "address: { type: holdin, addr: 1 }",
         "holdin,",
-        "tag plant.level_pct: address.type 'holdin' is not one of holding, input, coil, discrete; did you mean holding?",
+        "tag plant.level_pct: address.type 'holdin' is not one of holding, input, coil, discrete; "
+        "did you mean holding?",
     ),
     (
         "enum-wrong-case",
