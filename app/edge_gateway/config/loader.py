@@ -101,6 +101,7 @@ class _Build:
         self._mqtt_driver_ids: set[str] = set()
         self._mqtt_drivers: dict[str, MqttDriver] = {}
         self._mqtt_tags: list[MqttTag] = []
+        self._relative: dict[str, str] = {}  # resolved → as written, for Snapshot.relative_paths
 
     def run(self) -> tuple[Snapshot | None, list[Problem]]:
         data: dict[str, Any] = {}
@@ -191,6 +192,7 @@ class _Build:
             mqtt_endpoints=mqtt_endpoints,
             mqtt_drivers=self._mqtt_drivers,
             mqtt_tags=tuple(self._mqtt_tags),
+            relative_paths=dict(self._relative),
         )
 
     def _each(self, table: Any, bad: set[tuple], src: Source, build: Callable[[str, dict, Source], Any]) -> dict:
@@ -206,8 +208,13 @@ class _Build:
         return out
 
     def _path(self, value: str) -> str:
+        """A path from a file: relative paths are relative to the config directory."""
         p = Path(value)
-        return str(p if p.is_absolute() else (self.dir / p).resolve())
+        if p.is_absolute():
+            return str(p)
+        resolved = str((self.dir / p).resolve())
+        self._relative[resolved] = value
+        return resolved
 
     def _endpoint(self, ident: str, e: dict, src: Source) -> Endpoint | None:
         scheme, opts = e["scheme"], e.get("opts") or {}
