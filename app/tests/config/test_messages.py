@@ -71,6 +71,23 @@ CASES = [
         "tag plant.flow_m3h: unknown key 'adress'; did you mean address?",
     ),
     (
+        "bad-tag-named-by-position",
+        "variables.yml",
+        "- tag: plant.level_pct",
+        '- tag: "level %"',
+        "level %",
+        "variable 2: tag 'level %' is not a tag name of letters, digits and _ . : - ; MQTT source tags may use "
+        "{1}, {2}, … (captured topic levels)",
+    ),
+    (
+        "no-tag-named-by-position",
+        "variables.yml",
+        "- tag: plant.level_pct",
+        "- tagg: plant.level_pct",
+        "tagg",
+        "variable 2: unknown key 'tagg'; did you mean tag?",
+    ),
+    (
         "unknown-key-in-endpoint-opts",
         "endpoints.yml",
         "    echo: false",
