@@ -38,6 +38,7 @@ from edge_gateway.acquisition import start_line
 from edge_gateway.acquisition.mqtt import MqttSource, start_source
 from edge_gateway.bus import open_bus_and_wal
 from edge_gateway.bus.frame import GOOD, Frame, Value, now_ms
+from edge_gateway.bus.wal import WalLocked
 from edge_gateway.config.diff import Impact, diff
 from edge_gateway.config.model import Endpoint, GatewayCfg, Snapshot, Variable
 from edge_gateway.metrics import REGISTRY, MetricsServer
@@ -117,6 +118,12 @@ class Gateway:
             self._watched = self._build_watched()
             self.supervisor = Supervisor(self.watched, self.summary, self.notifier)
             self.supervisor.start()
+        except (WalLocked, OSError) as e:
+            # Expected at start (the WAL or a socket is another process's, a port is taken): the one-line
+            # reason is the caller's "cannot start: ..."; a traceback would only bury it.
+            log.debug("gateway failed to start: %s", e)
+            self.stop()
+            raise
         except BaseException:
             log.exception("gateway failed to start; stopping what already runs")
             self.stop()
@@ -161,7 +168,9 @@ class Gateway:
         if self.writer is not None:
             self.writer.stop()
         self._close_metrics()
-        committed = self.wal.committed_seq if self.wal is not None else None
+        if self.wal is None:
+            return  # never opened (a start that failed early): nothing was committed, nothing to report
+        committed = self.wal.committed_seq
         next_seq = self.bus.next_seq if self.bus is not None else None
         log.info(
             "gateway stopped in %.2fs; WAL committed through seq %s",
