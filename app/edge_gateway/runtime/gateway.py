@@ -113,8 +113,8 @@ class Gateway:
             if self.reloader is not None:
                 self.reloader.start()
             self._register_commands()
+            self._serve_metrics(snap.gateway)  # before the control socket answers: ready means scrapeable
             self.control.start()
-            self._serve_metrics(snap.gateway)
             self._watched = self._build_watched()
             self.supervisor = Supervisor(self.watched, self.summary, self.notifier)
             self.supervisor.start()
