@@ -37,7 +37,7 @@ from edge_gateway.config.model import (
     Variable,
     WalCfg,
 )
-from edge_gateway.config.source import Problem, Source, read, secret_file
+from edge_gateway.config.source import Problem, Source, read, secret_file, where
 from edge_gateway.config.units import parse_duration, parse_rate, parse_size
 
 FILES = {name: f"{name}.yml" for name in schema.NAMES}
@@ -101,6 +101,7 @@ class _Build:
         self._mqtt_driver_ids: set[str] = set()
         self._mqtt_drivers: dict[str, MqttDriver] = {}
         self._mqtt_tags: list[MqttTag] = []
+        self._relative: dict[str, str] = {}  # resolved → as written, for Snapshot.relative_paths
 
     def run(self) -> tuple[Snapshot | None, list[Problem]]:
         data: dict[str, Any] = {}
@@ -191,6 +192,7 @@ class _Build:
             mqtt_endpoints=mqtt_endpoints,
             mqtt_drivers=self._mqtt_drivers,
             mqtt_tags=tuple(self._mqtt_tags),
+            relative_paths=dict(self._relative),
         )
 
     def _each(self, table: Any, bad: set[tuple], src: Source, build: Callable[[str, dict, Source], Any]) -> dict:
@@ -206,8 +208,13 @@ class _Build:
         return out
 
     def _path(self, value: str) -> str:
+        """A path from a file: relative paths are relative to the config directory."""
         p = Path(value)
-        return str(p if p.is_absolute() else (self.dir / p).resolve())
+        if p.is_absolute():
+            return str(p)
+        resolved = str((self.dir / p).resolve())
+        self._relative[resolved] = value
+        return resolved
 
     def _endpoint(self, ident: str, e: dict, src: Source) -> Endpoint | None:
         scheme, opts = e["scheme"], e.get("opts") or {}
@@ -282,7 +289,8 @@ class _Build:
             return None
         ok = True
         if d["endpoint_id"] not in known:
-            src.error((ident, "endpoint_id"), f"{ident}: unknown endpoint_id {d['endpoint_id']!r}")
+            hint = schema.did_you_mean(d["endpoint_id"], known)
+            src.error((ident, "endpoint_id"), f"{ident}: unknown endpoint_id {d['endpoint_id']!r}{hint}")
             ok = False
         build = self._PROTOCOLS.get(d["proto"])
         if build is None:
@@ -337,7 +345,7 @@ class _Build:
         ok = True
         ep = d["endpoint_id"]
         if ep not in known:
-            src.error((ident, "endpoint_id"), f"{ident}: unknown endpoint_id {ep!r}")
+            src.error((ident, "endpoint_id"), f"{ident}: unknown endpoint_id {ep!r}{schema.did_you_mean(ep, known)}")
             ok = False
         elif isinstance(known[ep], dict) and not mqtt.is_mqtt_scheme(known[ep].get("scheme")):
             src.error(
@@ -403,7 +411,7 @@ class _Build:
     def _variable(self, i: int, v: dict, src: Source, drivers: dict[str, Driver], known: set[str]) -> Variable | None:
         tag, did = v["tag"], v["driver_id"]
         if did not in known:
-            src.error((i, "driver_id"), f"{tag}: unknown driver_id {did!r}")
+            src.error((i, "driver_id"), f"{tag}: unknown driver_id {did!r}{schema.did_you_mean(did, known)}")
             return None
         if not mqtt.misplaced_mqtt_keys(i, v, src):
             return None
@@ -662,7 +670,7 @@ def _positive(src: Source, path: tuple[str, ...], value: Any, parse: Callable[[A
     or divide by zero in the line or uplink thread, so it is an error here."""
     if value is None or parse(value) > 0:
         return True
-    src.error(path, f"{'/'.join(path)}: {value!r} is zero; it must be positive")
+    src.error(path, f"{where(src, path)} {value!r} is zero; it must be positive")
     return False
 
 

@@ -278,6 +278,9 @@ class Snapshot:
     mqtt_endpoints: dict[str, MqttEndpoint] = field(default_factory=dict)
     mqtt_drivers: dict[str, MqttDriver] = field(default_factory=dict)
     mqtt_tags: tuple[MqttTag, ...] = ()
+    # Every path the files wrote relative (resolved path → as written): `edge-cfg diff` re-resolves
+    # them against the other directory, so two copies of one config in two places compare equal.
+    relative_paths: dict[str, str] = field(default_factory=dict, compare=False)
 
     def mqtt_tags_of(self, driver_id: str) -> tuple[MqttTag, ...]:
         return tuple(t for t in self.mqtt_tags if t.driver_id == driver_id)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+from collections.abc import Iterable
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
 
-from edge_gateway.config.source import Source
+from edge_gateway.config.source import Source, item, key_path, printable, where
 
 NAMES = ("endpoints", "drivers", "variables", "connector", "gateway")
 
@@ -53,23 +55,64 @@ def check(src: Source, name: str, data: Any, schema_ref: str | None = None, base
     return bad
 
 
+def did_you_mean(word: object, choices: Iterable[object]) -> str:
+    """`; did you mean uint16?` when one of `choices` is close to `word` (a typo, or the wrong case)."""
+    if not isinstance(word, str):
+        return ""
+    names = {str(c).lower(): str(c) for c in choices if isinstance(c, str) and c != word}
+    close = difflib.get_close_matches(word.lower(), list(names), n=1, cutoff=0.6)
+    return f"; did you mean {printable(names[close[0]])}?" if close else ""
+
+
+def _prefixed(head: str, message: str) -> str:
+    return f"{head}: {message}" if head else message
+
+
 def _report(src: Source, err: ValidationError, path: tuple) -> None:
-    where = "/".join(map(str, path)) or "(top level)"
     if err.validator == "additionalProperties":
-        extra = [k for k in err.instance if k not in err.schema.get("properties", {})]
+        known = err.schema.get("properties", {})
+        extra = [k for k in err.instance if k not in known]
         for k in extra:
-            src.error((*path, k), f"{where}: unknown key {k!r}", key=True)
+            hint = did_you_mean(k, known)
+            src.error((*path, k), _prefixed(where(src, path), f"unknown key {k!r}{hint}"), key=True)
         return
     if err.validator == "required":
         missing = [k for k in err.validator_value if k not in err.instance]
-        src.error(path, f"{where}: missing required key {', '.join(map(repr, missing))}")
+        src.error(path, _prefixed(where(src, path), f"missing required key {', '.join(map(repr, missing))}"))
         return
     if err.validator == "propertyNames":
         src.error((*path, err.instance), f"invalid id {err.instance!r}: use letters, digits and _", key=True)
         return
-    hint = err.schema.get("description") if isinstance(err.schema, dict) else None
-    if err.validator in ("pattern", "type") and hint and hint.startswith(("a ", "an ", "one ", "host")):
-        # "'1 sec' is not a duration like 500ms, 1s" reads better than the raw regex.
-        src.error(path, f"{where}: {err.instance!r} is not {hint}{src.yaml_trap(path)}")
+    name, key = item(src, path), key_path(src, path)
+    trap = src.yaml_trap(path)
+    if err.validator == "enum" and key:
+        # `datatype 'unit16' is not one of bool, uint16, ...; did you mean uint16?`
+        words = ", ".join(map(str, err.validator_value))
+        guess = did_you_mean(err.instance, err.validator_value)
+        src.error(path, _prefixed(name, f"{key} {err.instance!r} is not one of {words}{guess}{trap}"))
         return
-    src.error(path, f"{where}: {err.message}{src.yaml_trap(path)}")
+    desc = err.schema.get("description") if isinstance(err.schema, dict) else None
+    if err.validator in ("pattern", "type") and desc and desc.startswith(("a ", "an ", "one ", "host")):
+        # "'1 sec' is not a duration like 500ms, 1s" reads better than the raw regex.
+        message = f"{err.instance!r} is not {desc}{trap}"
+        src.error(path, _prefixed(name, f"{key} {message}" if key else message))
+        return
+    if err.validator == "type":
+        # `qos must be an integer, not 1.0`: YAML words (mapping, list), not JSON's (object, array).
+        wanted = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
+        words = " or ".join(_TYPE_WORDS.get(str(t), str(t)) for t in wanted)
+        subject = key or name or "the top level"
+        src.error(path, _prefixed(name if key else "", f"{subject} must be {words}, not {err.instance!r}{trap}"))
+        return
+    src.error(path, f"{where(src, path) or '(top level)'}: {err.message.rstrip('.')}{trap}")
+
+
+_TYPE_WORDS: dict[str, str] = {
+    "object": "a mapping",
+    "array": "a list",
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "null": "empty",
+}

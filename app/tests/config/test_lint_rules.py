@@ -235,7 +235,7 @@ CASES = [
         "ref: 40007, addr",
         "either ref or type+addr",
     ),
-    ("qos-range", "connector.yml", "qos: 2 ", "qos: 3 ", "qos: 3", "is not one of [0, 1, 2]"),
+    ("qos-range", "connector.yml", "qos: 2 ", "qos: 3 ", "qos: 3", "connector mqtt_cloud: qos 3 is not one of 0, 1, 2"),
     (
         "endpoint-url",
         "connector.yml",

@@ -83,7 +83,9 @@ def test_commands_sent_while_the_gateway_is_stopped_are_handled_after_its_restar
     try:
         plant.start_gateway()
         plant.wait_ready()
-        cloud.send("plant.setpoint_c", {"seq": 1, "value": 22.0})  # the subscription is up once it is acked
+        # READY comes before the SUBACK: a command sent earlier is lost (a new session queues nothing yet)
+        assert cloud.wait(lambda: plant.ctl("connector.stats")["subscriptions"] == [CMD + "+"]), plant.log_tail()
+        cloud.send("plant.setpoint_c", {"seq": 1, "value": 22.0})
         assert cloud.wait(lambda: cloud.acks_of(1)), plant.log_tail()
         assert cloud.acks_of(1)[0]["result"] == "ok"
         _stop(plant)
