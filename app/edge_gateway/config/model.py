@@ -14,7 +14,7 @@ Modbus never meets an endpoint or a driver it cannot poll.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from edge_gateway.core.datatypes import SIZE_WORDS, Datatype
 
@@ -278,6 +278,10 @@ class Snapshot:
     mqtt_endpoints: dict[str, MqttEndpoint] = field(default_factory=dict)
     mqtt_drivers: dict[str, MqttDriver] = field(default_factory=dict)
     mqtt_tags: tuple[MqttTag, ...] = ()
+    # Plugins on the generic tables (core/driver.py BaseDriver): EndpointItem, DeviceItem, TagItem.
+    plugin_endpoints: dict[str, Any] = field(default_factory=dict)
+    plugin_devices: dict[str, Any] = field(default_factory=dict)
+    plugin_tags: tuple[Any, ...] = ()
     # Every path the files wrote relative (resolved path → as written): `edge-cfg diff` re-resolves
     # them against the other directory, so two copies of one config in two places compare equal.
     relative_paths: dict[str, str] = field(default_factory=dict, compare=False)
