@@ -87,13 +87,16 @@ def main(argv: list[str] | None = None) -> int:
         epilog=EXIT_CODES,
         formatter_class=fmt,
     ).add_argument("--json", action="store_true", help="as JSON")
-    # edge-cfg modbus scan: commissioning, all of it in edge_gateway.config.scan (its own exit codes)
-    from edge_gateway.config import scan as modbus_scan
-
-    modbus_scan.add_subparser(sub)
+    # Commands a driver plugin brings (`edge-cfg modbus scan`, its own exit codes): its `cli` hook.
+    plugin_cli = {}
+    for name, plugin in registry.drivers().items():
+        hook = getattr(plugin, "cli", None)
+        if hook is not None:
+            hook.add_subparser(sub)
+            plugin_cli[name] = hook
     args = p.parse_args(argv)
-    if args.cmd == "modbus":
-        return modbus_scan.run(args)
+    if args.cmd in plugin_cli:
+        return int(plugin_cli[args.cmd].run(args))
 
     if args.cmd == "plugins":
         return _plugins(args.json)

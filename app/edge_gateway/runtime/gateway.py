@@ -125,7 +125,7 @@ class Gateway:
             log.exception("gateway failed to start; stopping what already runs")
             self.stop()
             raise
-        lines = sum(1 for e in self.table.snapshot().values() if e.plugin != "mqtt")
+        lines = sum(1 for e in self.table.snapshot().values() if registry.driver(e.plugin).status_section == "lines")
         log.info(
             "gateway %s running: %d line(s), %d MQTT source(s), revision %s",
             __version__,

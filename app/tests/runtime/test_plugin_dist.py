@@ -204,6 +204,15 @@ def test_a_pip_installed_driver_is_polled_end_to_end(site: Path, broker: Mosquit
             assert st.returncode == 0, st.stderr
             line = json.loads(st.stdout)["lines"]["cnt"]
             assert line["alive"] and line["drivers"]["ticks"] > 0
+            # Hot reload: a new tag on the plugin's device restarts that endpoint's worker with it.
+            v = cfg / "variables.yml"
+            v.write_text(v.read_text() + "- { tag: c.z, driver_id: c1, datatype: int32, address: { start: 500 } }\n")
+            r = subprocess.run(
+                [str(BIN / "edge-ctl"), "--config", str(cfg), "--json", "reload"],
+                capture_output=True, text=True, env=_env(site), check=False,
+            )  # fmt: skip
+            assert r.returncode == 0, r.stdout + r.stderr  # (the file watcher may have applied it first)
+            assert sub.wait_for(lambda s: any(f["tag"] == "c.z" and f["value"] >= 500 for f in s.frames()), 15)
         finally:
             gw.send_signal(signal.SIGTERM)
             assert gw.wait(15) == 0

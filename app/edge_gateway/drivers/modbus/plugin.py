@@ -30,8 +30,22 @@ class ModbusPlugin:
             address=schema.schema("variables")["$defs"]["variable"]["properties"]["address"],
         )
 
+    @property
+    def config(self) -> Any:
+        """Its builders and lint rules (config.py), which the loader reaches through the registry."""
+        from edge_gateway.drivers.modbus import config
+
+        return config
+
+    @property
+    def cli(self) -> Any:
+        """`edge-cfg modbus scan` (scan.py): `add_subparser(sub)` and `run(args)`, added by config/cli.py."""
+        from edge_gateway.drivers.modbus import scan
+
+        return scan
+
     def build_endpoint(self, ident: str, scheme: str, opts: Mapping[str, Any]) -> Any:
-        raise NotImplementedError("built by config/loader.py")
+        raise NotImplementedError("built by drivers/modbus/config.py, through .config")
 
     build_cfg = build_address = build_endpoint
 
