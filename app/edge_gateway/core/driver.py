@@ -27,7 +27,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from edge_gateway.core.frame import Frame, Value
+from edge_gateway.core.frame import Value
 
 
 class Refused(Exception):
@@ -47,18 +47,6 @@ class Worker(Protocol):
     def is_alive(self) -> bool: ...
 
     def stop(self) -> None: ...
-
-
-class Publish(Protocol):
-    def __call__(self, frames: list[Frame]) -> int: ...
-
-
-class Bus(Protocol):
-    """What a worker may use of the FrameBus."""
-
-    paused: bool
-
-    def publish(self, frames: list[Frame]) -> int: ...
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from edge_gateway.core.driver import DriverPlugin
@@ -32,8 +31,6 @@ DRIVERS = "edge_gateway.drivers"
 CONNECTORS = "edge_gateway.connectors"
 GROUPS = (DRIVERS, CONNECTORS)
 BUILTIN_DIST = "edge-gateway"  # the distribution whose plugins are `kind: static`
-
-T = TypeVar("T")
 
 
 class PluginError(LookupError):
@@ -148,8 +145,3 @@ def driver_for_scheme(scheme: str) -> DriverPlugin | None:
 def reset() -> None:
     for g in _GROUPS.values():
         g.reset()
-
-
-def each(fn: Callable[[DriverPlugin], T]) -> dict[str, T]:
-    """fn applied to every driver plugin, by name."""
-    return {name: fn(p) for name, p in drivers().items()}

@@ -39,10 +39,6 @@ class WorkerTable:
         e = self._table.get(endpoint_id)
         return e.worker if e is not None else None
 
-    def of(self, plugin: str) -> dict[str, Any]:
-        """endpoint id → worker, for one plugin."""
-        return {k: e.worker for k, e in self._table.items() if e.plugin == plugin}
-
     @property
     def lock(self) -> threading.RLock:
         return self._lock
