@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import edge_gateway.acquisition.modbus.line  # noqa: F401 - imported lazily by the runtime; registers metrics
+import edge_gateway.drivers.modbus.line  # noqa: F401 - imported lazily by the runtime; registers metrics
 import edge_gateway.runtime.gateway  # noqa: F401 - imports every other subsystem and its metrics
 from edge_gateway import __version__
 from edge_gateway.metrics import REGISTRY, build_revision

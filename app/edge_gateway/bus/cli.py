@@ -18,11 +18,11 @@ import sys
 from pathlib import Path
 
 from edge_gateway.bus.cursor import Cursor
-from edge_gateway.bus.frame import Frame, Kind
 from edge_gateway.bus.wal import Wal, WalLocked
 from edge_gateway.config import stdout
 from edge_gateway.config.model import WalCfg
 from edge_gateway.config.units import parse_size
+from edge_gateway.core.frame import Frame, Kind
 
 EXIT_CODES = """\
 exit codes:

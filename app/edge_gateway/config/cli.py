@@ -1,4 +1,4 @@
-"""edge-cfg: lint a config directory, print the schemas, diff two configs."""
+"""edge-cfg: lint a config directory, print the schemas, diff two configs, list the installed plugins."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from edge_gateway.config import schema, stdout
 from edge_gateway.config.diff import diff
 from edge_gateway.config.loader import ConfigError, lint, load_snapshot
 from edge_gateway.config.source import printable
+from edge_gateway.core import registry
 
 EXIT_CODES = """\
 exit codes:
   0    lint: no error (warnings allowed); schema: printed; diff: printed,
-       whether or not anything changed
+       whether or not anything changed; plugins: listed
   1    lint: at least one error; diff: OLD or NEW is not a valid configuration
        (its problems on stderr as FILE:LINE: MESSAGE)
   2    the command line is wrong (unknown command or schema name, missing DIR)
@@ -78,14 +79,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_diff.add_argument("old", metavar="OLD", help="the running (or current) config directory")
     p_diff.add_argument("new", metavar="NEW", help="the edited copy")
-    # edge-cfg modbus scan: commissioning, all of it in edge_gateway.config.scan (its own exit codes)
-    from edge_gateway.config import scan as modbus_scan
-
-    modbus_scan.add_subparser(sub)
+    sub.add_parser(
+        "plugins",
+        help="list the installed driver and connector plugins (entry points)",
+        description="Every entry-point name of the groups edge_gateway.drivers and edge_gateway.connectors,\n"
+        "with the object it names and the distribution it comes from.",
+        epilog=EXIT_CODES,
+        formatter_class=fmt,
+    ).add_argument("--json", action="store_true", help="as JSON")
+    # Commands a driver plugin brings (`edge-cfg modbus scan`, its own exit codes): its `cli` hook.
+    plugin_cli = {}
+    for name, plugin in registry.drivers().items():
+        hook = getattr(plugin, "cli", None)
+        if hook is not None:
+            hook.add_subparser(sub)
+            plugin_cli[name] = hook
     args = p.parse_args(argv)
-    if args.cmd == "modbus":
-        return modbus_scan.run(args)
+    if args.cmd in plugin_cli:
+        return int(plugin_cli[args.cmd].run(args))
 
+    if args.cmd == "plugins":
+        return _plugins(args.json)
     if args.cmd == "lint":
         problems = lint(args.dir)
         for problem in problems:
@@ -106,6 +120,22 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for line in diff(old, new).lines():
         print(line)
+    return 0
+
+
+def _plugins(as_json: bool) -> int:
+    """Every entry-point name of every plugin group, with where it comes from; exit 0."""
+    listing = registry.listing()
+    if as_json:
+        print(json.dumps(listing, indent=2))
+        return 0
+    for group, rows in listing.items():
+        print(f"{group}:")
+        if not rows:
+            print("  (none)")
+        for row in rows:
+            err = f"  FAILED TO LOAD: {row['error']}" if "error" in row else ""
+            print(f"  {row['name']:<12} {row['value']}  [{row['dist']}]{err}")
     return 0
 
 

@@ -21,13 +21,16 @@ class Impact:
     variables_changed: tuple[str, ...] = ()  # driver ids whose tag map changed: swap it, no restart
     connectors_changed: tuple[str, ...] = ()
     gateway_changed: tuple[str, ...] = field(default=())  # sections of gateway.yml: bus, wal, metrics, control
-    # MQTT sources (acquisition/mqtt), apart so the fields above only ever name Modbus lines and drivers.
+    # MQTT sources (drivers/mqtt_source), apart so the fields above only ever name Modbus lines and drivers.
     # One client serves every driver of an MQTT endpoint: any change to the endpoint or to one of its
     # drivers restarts that endpoint's source; a change of tags only swaps the driver's tag map.
     mqtt_sources_added: tuple[str, ...] = ()  # endpoint ids: start a source
     mqtt_sources_removed: tuple[str, ...] = ()  # endpoint ids: stop it
     mqtt_sources_changed: tuple[str, ...] = ()  # endpoint ids: restart it (new session, new subscriptions)
     mqtt_tags_changed: tuple[str, ...] = ()  # driver ids: MqttSource.update_tags, no restart
+    # Plugins on the generic tables (core/driver.py BaseDriver): endpoint ids whose endpoint, devices or
+    # tags changed (added and removed ones included); the plugin's plan_reload decides what that restarts.
+    plugin_endpoints_changed: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -79,6 +82,7 @@ def diff(old: Snapshot, new: Snapshot) -> Impact:
         gw += ("control",)
     co_add, co_rm, co_chg = _keys(old.connectors, new.connectors)
     m = _mqtt(old, new)
+    m["plugin_endpoints_changed"] = _plugins(old, new)
     return Impact(
         endpoints_added=ep_add,
         endpoints_removed=ep_rm,
@@ -117,6 +121,16 @@ def _mqtt(old: Snapshot, new: Snapshot) -> dict[str, tuple[str, ...]]:
         "mqtt_sources_changed": tuple(sorted(restart)),
         "mqtt_tags_changed": tags,
     }
+
+
+def _plugins(old: Snapshot, new: Snapshot) -> tuple[str, ...]:
+    def parts(s: Snapshot, e: str) -> tuple[Any, ...]:
+        devices = tuple(sorted((d for d in s.plugin_devices.values() if d.endpoint_id == e), key=lambda d: d.id))
+        ids = {d.id for d in devices}
+        return (s.plugin_endpoints.get(e), devices, tuple(t for t in s.plugin_tags if t.driver_id in ids))
+
+    eps = set(old.plugin_endpoints) | set(new.plugin_endpoints)
+    return tuple(sorted(e for e in eps if parts(old, e) != parts(new, e)))
 
 
 def installed_in(snapshot: Snapshot, directory: str) -> Snapshot:

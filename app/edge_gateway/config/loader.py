@@ -10,39 +10,34 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
-from edge_gateway.config import mqtt, schema
-from edge_gateway.config.expr import Scale, compile_for_tag
+from edge_gateway.config import schema
+from edge_gateway.config.expr import compile_for_tag
 from edge_gateway.config.model import (
-    BIT_TYPES,
-    DATATYPE_REGS,
-    Address,
     Backoff,
     BusCfg,
     Connector,
     Driver,
-    Endpoint,
     GatewayCfg,
-    ModbusCfg,
     MqttDriver,
     MqttEndpoint,
     MqttTag,
-    RegType,
     Snapshot,
     TlsFiles,
     Variable,
     WalCfg,
 )
-from edge_gateway.config.source import Problem, Source, read, secret_file, where
-from edge_gateway.config.units import parse_duration, parse_rate, parse_size
+from edge_gateway.config.source import Problem, Source, positive, read, secret_file
+from edge_gateway.config.units import parse_duration, parse_size
+from edge_gateway.core import registry
+from edge_gateway.core.driver import DeviceItem, DriverPlugin, EndpointItem, TagItem
 
 FILES = {name: f"{name}.yml" for name in schema.NAMES}
 OPTIONAL = {"gateway"}
-RESERVED_KINDS = ("dyn", "wasm")  # driver kinds named by the design, not built in this release
+RESERVED_KINDS = ("wasm",)  # a driver kind named by the design, not built in this release
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
@@ -66,41 +61,22 @@ def load_snapshot(directory: str | Path) -> Snapshot:
     return snapshot
 
 
-def modicon(ref: int | str) -> tuple[str, int] | None:
-    """Modicon reference → (table, 0-based address); None when it is not one.
-    5-digit: 00001-09999 coil, 10001-19999 discrete, 30001-39999 input, 40001-49999 holding.
-    6-digit: 000001-065536 coil, 100001-165536 discrete, 300001-365536 input, 400001-465536 holding."""
-    text = str(ref).strip()
-    if not text.isdigit():
-        return None
-    n = int(text)
-    six = len(text) == 6 or n >= 100000
-    width = 100000 if six else 10000
-    last = 65536 if six else 9999
-    prefix, offset = divmod(n, width)
-    table = {0: "coil", 1: "discrete", 3: "input", 4: "holding"}.get(prefix)
-    if table is None or not 1 <= offset <= last:
-        return None
-    return table, offset - 1
-
-
-def _bad_ref(ref: int | str) -> str:
-    text = str(ref).strip()
-    table = {"0": "coil", "1": "discrete", "3": "input", "4": "holding"}.get(text[:1])
-    if text.isdigit() and len(text) in (5, 6) and table is not None:
-        first = text[0]
-        return f"ref {text} is out of range: {table} refs are {first}0001..{first}9999 or {first}00001..{first}65536"
-    return f"ref {text!r} is not a Modicon reference (0xxxx coil, 1xxxx discrete, 3xxxx input, 4xxxx holding)"
-
-
 class _Build:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
         self.src: dict[str, Source] = {}
-        # MQTT-source parts (config/mqtt.py): drivers by id as written, and what was built of them
+        # MQTT-source parts (drivers/mqtt_source/config.py, via the registry): drivers by id, what was built
         self._mqtt_driver_ids: set[str] = set()
         self._mqtt_drivers: dict[str, MqttDriver] = {}
         self._mqtt_tags: list[MqttTag] = []
+        # The MQTT source's builders and rules, reached through the registry like every plugin's.
+        self.mqtt: Any = registry.driver("mqtt").config  # type: ignore[attr-defined]
+        self.modbus: Any = registry.driver("modbus").config  # type: ignore[attr-defined]
+        # Plugins on the generic tables (core/driver.py BaseDriver): what was built of their entries.
+        self._generic = {n: p for n, p in registry.drivers().items() if p.generic}
+        self._plugin_device_ids: dict[str, DriverPlugin | None] = {}
+        self._plugin_devices: dict[str, DeviceItem] = {}
+        self._plugin_tags: list[TagItem] = []
         self._relative: dict[str, str] = {}  # resolved → as written, for Snapshot.relative_paths
 
     def run(self) -> tuple[Snapshot | None, list[Problem]]:
@@ -142,13 +118,26 @@ class _Build:
     # -- building ----------------------------------------------------------------------------------
     def _build(self, data: dict[str, Any], bad: dict[str, set[tuple]]) -> Snapshot:
         s = self.src
-        ep_data, mqtt_ep_data = _split(data["endpoints"], lambda e: mqtt.is_mqtt_scheme(e.get("scheme")))
-        endpoints = self._each(ep_data, bad["endpoints"], s["endpoints"], self._endpoint)
+        gen_ep_data, ep_table = self._split_generic(data["endpoints"])
+        ep_data, mqtt_ep_data = _split(ep_table, lambda e: self.mqtt.is_mqtt_scheme(e.get("scheme")))
+        plugin_endpoints = self._each(gen_ep_data, bad["endpoints"], s["endpoints"], self._plugin_endpoint)
+        endpoints = self._each(
+            ep_data, bad["endpoints"], s["endpoints"], lambda i, e, src: self.modbus.endpoint(self, i, e, src)
+        )
         mqtt_endpoints: dict[str, MqttEndpoint] = self._each(
-            mqtt_ep_data, bad["endpoints"], s["endpoints"], lambda i, e, src: mqtt.endpoint(i, e, src, self._path)
+            mqtt_ep_data, bad["endpoints"], s["endpoints"], lambda i, e, src: self.mqtt.endpoint(i, e, src, self._path)
         )
         known_endpoints = set(data["endpoints"])
-        drv_data, mqtt_drv_data = _split(data["drivers"], lambda d: d.get("proto") == "mqtt")
+        drv_table, gen_drv_data = _split(data["drivers"], self._is_plugin_device)
+        drv_data, mqtt_drv_data = _split(drv_table, lambda d: d.get("proto") == "mqtt")
+        self._plugin_device_ids = dict.fromkeys(gen_drv_data)
+        plugin_devices = self._each(
+            gen_drv_data,
+            bad["drivers"],
+            s["drivers"],
+            lambda i, d, src: self._plugin_device(i, d, src, plugin_endpoints, data["endpoints"]),
+        )
+        self._plugin_devices_built = set(plugin_devices)
         self._mqtt_driver_ids = set(mqtt_drv_data)
         for ident, d in drv_data.items():
             if (ident,) not in bad["drivers"] and d.get("endpoint_id") in mqtt_ep_data:
@@ -161,7 +150,7 @@ class _Build:
             drv_data,
             bad["drivers"],
             s["drivers"],
-            lambda i, d, src: self._driver(i, d, src, endpoints, known_endpoints),
+            lambda i, d, src: self.modbus.device(self, i, d, src, endpoints, known_endpoints),
         )
         self._mqtt_drivers = self._each(
             mqtt_drv_data,
@@ -169,8 +158,8 @@ class _Build:
             s["drivers"],
             lambda i, d, src: self._mqtt_driver(i, d, src, mqtt_endpoints, data["endpoints"]),
         )
-        mqtt.overlapping_subscriptions(self._mqtt_drivers.values(), s["drivers"])
-        self._unique_units(drivers, endpoints)
+        self.mqtt.overlapping_subscriptions(self._mqtt_drivers.values(), s["drivers"])
+        self.modbus.unique_units(self, drivers, endpoints)
         variables = self._variables(data["variables"], bad["variables"], drivers, set(data["drivers"]))
         connectors = self._each(data["connector"], bad["connector"], s["connector"], self._connector)
         if isinstance(data["connector"], dict) and len(data["connector"]) != 1 and not bad["connector"]:
@@ -193,6 +182,9 @@ class _Build:
             mqtt_drivers=self._mqtt_drivers,
             mqtt_tags=tuple(self._mqtt_tags),
             relative_paths=dict(self._relative),
+            plugin_endpoints=plugin_endpoints,
+            plugin_devices=plugin_devices,
+            plugin_tags=tuple(self._plugin_tags),
         )
 
     def _each(self, table: Any, bad: set[tuple], src: Source, build: Callable[[str, dict, Source], Any]) -> dict:
@@ -216,138 +208,18 @@ class _Build:
         self._relative[resolved] = value
         return resolved
 
-    def _endpoint(self, ident: str, e: dict, src: Source) -> Endpoint | None:
-        scheme, opts = e["scheme"], e.get("opts") or {}
-        where = f"{src.name}:{src.line((ident,))}"
-        ok = True
-        if scheme == "serial":
-            if "port" in e:
-                src.error((ident, "port"), f"{ident}: a serial endpoint has no port (host is the device path)")
-                ok = False
-            for k in ("ca", "client_cert", "client_key"):
-                if k in opts:
-                    src.error((ident, "opts", k), f"{ident}: {k} is for tls+tcp endpoints only")
-                    ok = False
-        else:
-            if "port" not in e:
-                src.error((ident,), f"{ident}: scheme {scheme} needs a port")
-                ok = False
-            serial_only = [k for k in ("parity", "stopbits", "bytesize", "rs485", "echo", "halfduplex") if k in opts]
-            for k in serial_only:
-                src.warn((ident, "opts", k), f"{ident}: {k} only applies to serial lines; ignored for {scheme}")
-            if scheme != "tls+tcp":
-                for k in ("ca", "client_cert", "client_key"):
-                    if k in opts:
-                        src.error((ident, "opts", k), f"{ident}: {k} is only used by tls+tcp endpoints")
-                        ok = False
-        tls = None
-        if scheme == "tls+tcp":
-            if not opts.get("ca"):
-                src.error((ident,), f"{ident}: tls+tcp needs opts.ca (Modbus/TCP Security authenticates the server)")
-                ok = False
-            if bool(opts.get("client_cert")) != bool(opts.get("client_key")):
-                src.error((ident, "opts"), f"{ident}: client_cert and client_key go together")
-                ok = False
-            tls = TlsFiles(*(self._path(opts[k]) if opts.get(k) else None for k in ("ca", "client_cert", "client_key")))
-        if "baud" in opts and scheme == "tcp":
-            src.warn((ident, "opts", "baud"), f"{ident}: baud is ignored for a Modbus/TCP endpoint")
-        ok = _positive(src, (ident, "opts", "timeout"), opts.get("timeout"), parse_duration) and ok
-        ok = _positive(src, (ident, "opts", "rate"), opts.get("rate"), parse_rate) and ok
-        if not ok:
-            return None
-        host = e["host"]
-        if scheme == "serial" and not host.startswith("/"):
-            host = self._path(host)
-        return Endpoint(
-            id=ident,
-            scheme=scheme,
-            host=host,
-            port=e.get("port"),
-            timeout=parse_duration(opts.get("timeout", "300ms" if scheme == "serial" else "1s")),
-            rate=parse_rate(opts["rate"]) if "rate" in opts else None,
-            baud=opts.get("baud", 19200),
-            parity=opts.get("parity", "E"),
-            stopbits=opts.get("stopbits", 1),
-            bytesize=opts.get("bytesize", 8),
-            halfduplex=opts.get("halfduplex", True),
-            rs485=opts.get("rs485", "none"),
-            echo=opts.get("echo", False),
-            turnaround=parse_duration(opts.get("turnaround", "0ms")),
-            tls=tls,
-            src=where,
-        )
-
-    def _driver(
-        self, ident: str, d: dict, src: Source, endpoints: dict[str, Endpoint], known: set[str]
-    ) -> Driver | None:
-        kind = d.get("kind", "static")
-        if kind in RESERVED_KINDS:
-            src.error(
-                (ident, "kind"),
-                f"{ident}: kind {kind!r} is reserved, not supported in this release; use kind: static",
-            )
-            return None
-        ok = True
-        if d["endpoint_id"] not in known:
-            hint = schema.did_you_mean(d["endpoint_id"], known)
-            src.error((ident, "endpoint_id"), f"{ident}: unknown endpoint_id {d['endpoint_id']!r}{hint}")
-            ok = False
-        build = self._PROTOCOLS.get(d["proto"])
-        if build is None:
-            src.error(
-                (ident, "proto"),
-                f"{ident}: proto {d['proto']!r} is not supported in this release (supported: "
-                f"{', '.join(self._PROTOCOLS)})",
-            )
-            return None
-        cfg = build(self, ident, d["cfg"], src)
-        if not ok or cfg is None or d["endpoint_id"] not in endpoints:
-            return None  # a broken endpoint is reported at the endpoint
-        return Driver(
-            id=ident,
-            kind="static",
-            endpoint_id=d["endpoint_id"],
-            proto=d["proto"],
-            modbus=cfg,
-            src=f"{src.name}:{src.line((ident,))}",
-        )
-
-    def _modbus_cfg(self, ident: str, c: dict, src: Source) -> ModbusCfg | None:
-        if schema.check(src, "drivers", c, schema_ref="modbus", base=(ident, "cfg")):
-            return None
-        if not _positive(src, (ident, "cfg", "polling"), c.get("polling"), parse_duration):
-            return None
-        return ModbusCfg(
-            unit_id=c["unit_id"],
-            polling=parse_duration(c.get("polling", "1s")),
-            max_regs_per_req=c.get("max_regs_per_req", 120),
-            retry=c.get("retry", 3),
-            endian=c.get("endian", "big"),
-            word_order=c.get("word_order", "big"),
-            enable_write=c.get("enable_write", False),
-        )
-
-    # proto → the builder of its `cfg` (validated against drivers.json $defs/<proto>). The MQTT
-    # source driver of a later release adds `"mqtt": _mqtt_cfg` here and a `$defs/mqtt` schema.
-    _PROTOCOLS: dict[str, Callable[[_Build, str, dict, Source], ModbusCfg | None]] = {"modbus": _modbus_cfg}
-
     def _mqtt_driver(
         self, ident: str, d: dict, src: Source, endpoints: dict[str, MqttEndpoint], known: dict[str, Any]
     ) -> MqttDriver | None:
-        """A `proto: mqtt` driver: an MQTT source on an mqtt/mqtts endpoint (config/mqtt.py)."""
-        kind = d.get("kind", "static")
-        if kind in RESERVED_KINDS:
-            src.error(
-                (ident, "kind"),
-                f"{ident}: kind {kind!r} is reserved, not supported in this release; use kind: static",
-            )
+        """A `proto: mqtt` driver: an MQTT source on an mqtt/mqtts endpoint (drivers/mqtt_source/config.py)."""
+        if not self._kind_ok(ident, d, src):
             return None
         ok = True
         ep = d["endpoint_id"]
         if ep not in known:
             src.error((ident, "endpoint_id"), f"{ident}: unknown endpoint_id {ep!r}{schema.did_you_mean(ep, known)}")
             ok = False
-        elif isinstance(known[ep], dict) and not mqtt.is_mqtt_scheme(known[ep].get("scheme")):
+        elif isinstance(known[ep], dict) and not self.mqtt.is_mqtt_scheme(known[ep].get("scheme")):
             src.error(
                 (ident, "endpoint_id"),
                 f"{ident}: proto mqtt needs an mqtt or mqtts endpoint; {ep} has scheme {known[ep].get('scheme')}",
@@ -355,27 +227,123 @@ class _Build:
             ok = False
         if schema.check(src, "drivers", d["cfg"], schema_ref="mqtt", base=(ident, "cfg")):
             return None
-        cfg = mqtt.driver_cfg(ident, d["cfg"], src)
+        cfg = self.mqtt.driver_cfg(ident, d["cfg"], src)
         if not ok or cfg is None or ep not in endpoints:
             return None  # a broken endpoint is reported at the endpoint
-        return mqtt.driver(ident, d, cfg, src)
+        return self.mqtt.driver(ident, d, cfg, src)
 
-    def _unique_units(self, drivers: dict[str, Driver], endpoints: dict[str, Endpoint]) -> None:
-        seen: dict[tuple[str, int], str] = {}
-        for d in drivers.values():
-            key = (d.endpoint_id, d.modbus.unit_id)
-            if key in seen:
-                self.src["drivers"].error(
-                    (d.id, "cfg", "unit_id"),
-                    f"{d.id}: unit_id {d.modbus.unit_id} on {d.endpoint_id} is already used by driver {seen[key]}",
-                )
-            else:
-                seen[key] = d.id
-            ep = endpoints.get(d.endpoint_id)
-            if ep and not ep.is_serial and d.modbus.polling < ep.timeout:
-                self.src["drivers"].warn(
-                    (d.id, "cfg", "polling"), f"{d.id}: polling is shorter than the endpoint timeout"
-                )
+    # -- kinds, and plugins on the generic tables ----------------------------------------------------------
+    def _kind_ok(self, ident: str, d: dict, src: Source) -> bool:
+        """`kind: static` is built in; `kind: dyn` names an installed plugin (by its `proto`)."""
+        kind, proto = d.get("kind", "static"), d.get("proto")
+        if kind in RESERVED_KINDS:
+            src.error(
+                (ident, "kind"),
+                f"{ident}: kind {kind!r} is reserved, not supported in this release; use kind: static or dyn",
+            )
+            return False
+        builtin = isinstance(proto, str) and registry.is_builtin(proto)
+        if kind == "dyn" and builtin:
+            src.error(
+                (ident, "kind"), f"{ident}: proto {proto} is built in: use kind: static (dyn names an installed plugin)"
+            )
+            return False
+        if kind == "static" and isinstance(proto, str) and proto in registry.drivers() and not builtin:
+            src.error((ident, "kind"), f"{ident}: proto {proto} is an installed plugin, not built in: use kind: dyn")
+            return False
+        return True
+
+    def _split_generic(self, table: Any) -> tuple[dict[str, Any], Any]:
+        """(endpoints whose scheme a generic plugin owns, the rest)."""
+        if not isinstance(table, dict) or not self._generic:
+            return {}, table
+        schemes = {sc for p in self._generic.values() for sc in p.schemes}
+        yes = {k: v for k, v in table.items() if isinstance(v, dict) and v.get("scheme") in schemes}
+        return yes, {k: v for k, v in table.items() if k not in yes}
+
+    def _is_plugin_device(self, d: dict) -> bool:
+        """A device of a generic plugin, or `kind: dyn` naming one that is not installed (reported there)."""
+        proto = d.get("proto")
+        if d.get("kind") == "dyn" and isinstance(proto, str) and not registry.is_builtin(proto):
+            return True
+        return proto in self._generic
+
+    def _plugin_endpoint(self, ident: str, e: dict, src: Source) -> EndpointItem | None:
+        plugin = registry.driver_for_scheme(e["scheme"])
+        assert plugin is not None  # _split_generic chose it by scheme
+        opts = e.get("opts") or {}
+        if schema.check_fragment(src, "endpoints", dict(plugin.schema().endpoint_opts), opts, (ident, "opts")):
+            return None
+        try:
+            built = plugin.build_endpoint(ident, e["scheme"], opts)
+        except ValueError as err:
+            src.error((ident,), f"{ident}: {err}")
+            return None
+        where = f"{src.name}:{src.line((ident,))}"
+        return EndpointItem(ident, e["scheme"], e["host"], e.get("port"), built, src=where)
+
+    def _plugin_device(
+        self, ident: str, d: dict, src: Source, endpoints: dict[str, EndpointItem], known: dict[str, Any]
+    ) -> DeviceItem | None:
+        proto = d["proto"]
+        self._plugin_device_ids[ident] = None
+        if not self._kind_ok(ident, d, src):
+            return None
+        try:
+            plugin = registry.driver(proto)
+        except registry.PluginError as err:
+            src.error((ident, "proto"), f"{ident}: {err}")
+            return None
+        self._plugin_device_ids[ident] = plugin
+        ep = d["endpoint_id"]
+        ok = True
+        if ep not in known:
+            src.error((ident, "endpoint_id"), f"{ident}: unknown endpoint_id {ep!r}")
+            ok = False
+        elif isinstance(known[ep], dict) and known[ep].get("scheme") not in plugin.schemes:
+            src.error(
+                (ident, "endpoint_id"),
+                f"{ident}: proto {proto} needs an endpoint of scheme {' or '.join(plugin.schemes)}; "
+                f"{ep} has scheme {known[ep].get('scheme')}",
+            )
+            ok = False
+        if schema.check_fragment(src, "drivers", dict(plugin.schema().cfg), d["cfg"], (ident, "cfg")):
+            return None
+        try:
+            cfg = plugin.build_cfg(ident, d["cfg"])
+        except ValueError as err:
+            src.error((ident, "cfg"), f"{ident}: {err}")
+            return None
+        if not ok or ep not in endpoints:
+            return None  # a broken endpoint is reported at the endpoint
+        kind = d.get("kind", "static")
+        return DeviceItem(ident, kind, proto, ep, cfg, src=f"{src.name}:{src.line((ident,))}")
+
+    def _plugin_tag(self, i: int, v: dict, src: Source) -> TagItem | None:
+        tag, did = v["tag"], v["driver_id"]
+        plugin = self._plugin_device_ids[did]
+        if "address" not in v:
+            src.error((i,), f"{tag}: missing required key 'address'")
+            return None
+        if plugin is None:
+            return None  # its device is reported already
+        if schema.check_fragment(src, "variables", dict(plugin.schema().address), v["address"], (i, "address")):
+            return None
+        try:
+            address = plugin.build_address(tag, v["datatype"], v["address"])
+        except ValueError as err:
+            src.error((i, "address"), f"{tag}: {err}")
+            return None
+        scale = None
+        if "scale" in v:
+            scale, scale_ok = compile_for_tag(src, (i, "scale"), tag, v["datatype"], v["scale"])
+            if not scale_ok:
+                return None
+        if did not in self._plugin_devices_built:
+            return None
+        return TagItem(
+            tag, did, v.get("access", "R"), v["datatype"], address, scale, v.get("unit"), f"{src.name}:{src.line((i,))}"
+        )
 
     def _variables(
         self, items: Any, bad: set[tuple], drivers: dict[str, Driver], known_drivers: set[str]
@@ -394,144 +362,25 @@ class _Build:
                 src.error((i, "tag"), f"duplicate tag {tag!r} (first at line {tags[tag]})")
                 continue
             tags[tag] = src.line((i, "tag"))
+            if v["driver_id"] in self._plugin_device_ids:
+                pt = self._plugin_tag(i, v, src)
+                if pt is not None:
+                    self._plugin_tags.append(pt)
+                    index[tag] = i
+                continue
             if v["driver_id"] in self._mqtt_driver_ids:
-                t = mqtt.tag(i, v, src, self._mqtt_drivers.get(v["driver_id"]))
+                t = self.mqtt.tag(i, v, src, self._mqtt_drivers.get(v["driver_id"]))
                 if t is not None:
                     self._mqtt_tags.append(t)
                     index[tag] = i
                 continue
-            var = self._variable(i, v, src, drivers, known_drivers)
+            var = self.modbus.variable(self, i, v, src, drivers, known_drivers)
             if var is not None:
                 out.append(var)
                 index[tag] = i
-        self._overlaps(out, src, index)
-        mqtt.template_shadows(self._mqtt_tags, tags, src, index)
+        self.modbus.overlaps(self, out, src, index)
+        self.mqtt.template_shadows(self._mqtt_tags, tags, src, index)
         return out
-
-    def _variable(self, i: int, v: dict, src: Source, drivers: dict[str, Driver], known: set[str]) -> Variable | None:
-        tag, did = v["tag"], v["driver_id"]
-        if did not in known:
-            src.error((i, "driver_id"), f"{tag}: unknown driver_id {did!r}{schema.did_you_mean(did, known)}")
-            return None
-        if not mqtt.misplaced_mqtt_keys(i, v, src):
-            return None
-        if "address" not in v:
-            src.error((i,), f"{tag}: missing required key 'address' (driver {did} is a Modbus driver)")
-            return None
-        driver = drivers.get(did)
-        address = self._address(i, v, src)
-        dt, access = v["datatype"], v.get("access", "R")
-        if address is None:
-            return None
-        ok = driver is not None  # a broken driver is reported already; still check the tag itself
-        regs = DATATYPE_REGS[dt]
-        if address.type in BIT_TYPES:
-            if dt != "bool":
-                src.error((i, "datatype"), f"{tag}: a {address.type} holds one bit; datatype must be bool, not {dt}")
-                ok = False
-            elif address.len != 1:
-                src.error(
-                    (i, "address", "len"),
-                    f"{tag}: len {address.len} does not fit bool on a {address.type} (1 bit)",
-                )
-                ok = False
-        elif regs is not None and address.len != regs:
-            src.error(
-                (i, "address", "len"),
-                f"{tag}: len {address.len} does not fit {dt} ({regs} register{'s' if regs > 1 else ''})",
-            )
-            ok = False
-        if address.end > 65536:
-            src.error((i, "address"), f"{tag}: address range {address.addr}..{address.end - 1} exceeds 65535")
-            ok = False
-        writable = "W" in access
-        if writable and address.type not in ("holding", "coil"):
-            src.error((i, "access"), f"{tag}: access {access} on a read-only {address.type} table")
-            ok = False
-        if writable and driver is not None and not driver.modbus.enable_write:
-            src.error((i, "access"), f"{tag}: access {access} but driver {did} does not have enable_write: true")
-            ok = False
-        scale: Scale | None = None
-        if "scale" in v:
-            scale, scale_ok = compile_for_tag(src, (i, "scale"), tag, dt, v["scale"])
-            ok = ok and scale_ok
-            if scale is not None and writable and not scale.invertible:
-                src.warn((i, "scale"), f"{tag}: scale is not affine, so writes to this tag will be refused")
-        if not ok or driver is None:
-            return None
-        return Variable(
-            tag=tag,
-            driver_id=did,
-            access=access,
-            address=address,
-            datatype=dt,
-            endian=v.get("endian", driver.modbus.endian),
-            word_order=v.get("word_order", driver.modbus.word_order),
-            scale=scale,
-            unit=v.get("unit"),
-            src=f"{src.name}:{src.line((i,))}",
-        )
-
-    def _address(self, i: int, v: dict, src: Source) -> Address | None:
-        a, tag, dt = v["address"], v["tag"], v["datatype"]
-        if "ref" in a:
-            if "type" in a or "addr" in a:
-                src.error((i, "address"), f"{tag}: give either ref or type+addr, not both")
-                return None
-            ref = a["ref"]
-            text = src.scalar_text((i, "address", "ref"))
-            if isinstance(ref, int) and text is not None and text.isdigit() and str(ref) != text.lstrip("0"):
-                # YAML 1.1 reads 012345 as octal 5349; a Modicon ref is decimal digits as written.
-                src.warn(
-                    (i, "address", "ref"),
-                    f"{tag}: YAML reads unquoted ref {text} as the octal number {ref}; "
-                    f"taken as the Modicon ref {text} — quote it to make that explicit",
-                )
-                ref = text
-            conv = modicon(ref)
-            if conv is None:
-                src.error((i, "address", "ref"), f"{tag}: {_bad_ref(ref)}")
-                return None
-            rtype, addr = conv
-        else:
-            if "type" not in a or "addr" not in a:
-                src.error((i, "address"), f"{tag}: address needs type and addr (or a Modicon ref)")
-                return None
-            rtype, addr = a["type"], a["addr"]
-            guess = modicon(addr) if addr >= 10001 else None
-            if guess is not None and guess[0] == rtype:
-                src.warn(
-                    (i, "address", "addr"),
-                    f"{tag}: addr {addr} looks like a Modicon reference; did you mean ref: {addr} "
-                    f"({rtype} addr {guess[1]})? addr is the 0-based PDU address",
-                )
-        length = a.get("len")
-        if length is None:
-            regs = DATATYPE_REGS[dt]
-            if regs is None:
-                src.error((i, "address"), f"{tag}: datatype {dt} needs address.len (registers)")
-                return None
-            length = 1 if rtype in BIT_TYPES else regs
-        return Address(type=cast(RegType, rtype), addr=addr, len=length)
-
-    def _overlaps(self, variables: list[Variable], src: Source, index: dict[str, int]) -> None:
-        groups: dict[tuple[str, str], list[Variable]] = defaultdict(list)
-        for v in variables:
-            groups[(v.driver_id, v.address.type)].append(v)
-        for vs in groups.values():
-            vs.sort(key=lambda v: (v.address.addr, index[v.tag]))
-            reach: Variable | None = None
-            for v in vs:
-                if reach is not None and v.address.addr < reach.address.end:
-                    later = max(v, reach, key=lambda x: index[x.tag])
-                    other = reach if later is v else v
-                    src.error(
-                        (index[later.tag], "address"),
-                        f"{later.tag}: {later.address.type} {later.address.addr}..{later.address.end - 1} overlaps "
-                        f"{other.tag} ({other.address.addr}..{other.address.end - 1}) on driver {v.driver_id}",
-                    )
-                if reach is None or v.address.end > reach.address.end:
-                    reach = v
 
     def _connector(self, ident: str, c: dict, src: Source) -> Connector | None:
         ok = True
@@ -550,9 +399,9 @@ class _Build:
             ok = secret_file(src, (ident, "password_file"), self._path(c["password_file"])) and ok
         backoff = c.get("backoff") or {}
         for key in ("keepalive", "max_interval"):
-            ok = _positive(src, (ident, key), c.get(key), parse_duration) and ok
+            ok = positive(src, (ident, key), c.get(key), parse_duration) and ok
         for key in ("base", "max"):
-            ok = _positive(src, (ident, "backoff", key), backoff.get(key), parse_duration) and ok
+            ok = positive(src, (ident, "backoff", key), backoff.get(key), parse_duration) and ok
         tls_cfg = c.get("tls")
         if tls_cfg and scheme != "tls":
             src.error((ident, "tls"), f"{ident}: tls settings need a tls:// endpoint")
@@ -663,15 +512,6 @@ class _Build:
             src.error(("metrics", "listen"), f"metrics.listen: port {port} out of range 1..65535")
         sock = (g.get("control") or {}).get("socket", GatewayCfg.control_socket)
         return GatewayCfg(bus, wal, host.strip("[]"), int(port), self._path(sock))
-
-
-def _positive(src: Source, path: tuple[str, ...], value: Any, parse: Callable[[Any], float]) -> bool:
-    """A period that paces a loop (polling, a timeout, a backoff, a rate): zero would spin the loop
-    or divide by zero in the line or uplink thread, so it is an error here."""
-    if value is None or parse(value) > 0:
-        return True
-    src.error(path, f"{where(src, path)} {value!r} is zero; it must be positive")
-    return False
 
 
 def _split(table: Any, pred: Callable[[dict], bool]) -> tuple[dict[str, Any], dict[str, Any]]:

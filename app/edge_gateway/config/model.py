@@ -14,7 +14,9 @@ Modbus never meets an endpoint or a driver it cannot poll.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+from edge_gateway.core.datatypes import SIZE_WORDS, Datatype
 
 if TYPE_CHECKING:
     from edge_gateway.config.expr import Scale
@@ -23,34 +25,8 @@ Scheme = Literal["tcp", "tls+tcp", "rtu+tcp", "serial"]
 RegType = Literal["holding", "input", "coil", "discrete"]
 Access = Literal["R", "W", "RW"]
 Order = Literal["big", "little"]
-Datatype = Literal[
-    "bool",
-    "uint16",
-    "int16",
-    "uint32",
-    "int32",
-    "uint64",
-    "int64",
-    "float32",
-    "float64",
-    "string",
-    "binary",
-]
-
 # Registers a datatype occupies; None = `len` must be given (string/binary: registers of 2 bytes).
-DATATYPE_REGS: dict[str, int | None] = {
-    "bool": 1,
-    "uint16": 1,
-    "int16": 1,
-    "uint32": 2,
-    "int32": 2,
-    "float32": 2,
-    "uint64": 4,
-    "int64": 4,
-    "float64": 4,
-    "string": None,
-    "binary": None,
-}
+DATATYPE_REGS = SIZE_WORDS
 BIT_TYPES = ("coil", "discrete")  # one bit per address, datatype bool only
 WORD_TYPES = ("holding", "input")  # 16-bit registers
 WRITABLE_TYPES = ("holding", "coil")  # the only tables Modbus can write
@@ -302,6 +278,10 @@ class Snapshot:
     mqtt_endpoints: dict[str, MqttEndpoint] = field(default_factory=dict)
     mqtt_drivers: dict[str, MqttDriver] = field(default_factory=dict)
     mqtt_tags: tuple[MqttTag, ...] = ()
+    # Plugins on the generic tables (core/driver.py BaseDriver): EndpointItem, DeviceItem, TagItem.
+    plugin_endpoints: dict[str, Any] = field(default_factory=dict)
+    plugin_devices: dict[str, Any] = field(default_factory=dict)
+    plugin_tags: tuple[Any, ...] = ()
     # Every path the files wrote relative (resolved path → as written): `edge-cfg diff` re-resolves
     # them against the other directory, so two copies of one config in two places compare equal.
     relative_paths: dict[str, str] = field(default_factory=dict, compare=False)

@@ -13,14 +13,36 @@ from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
 
 from edge_gateway.config.source import Source, item, key_path, printable, where
+from edge_gateway.core import registry
 
 NAMES = ("endpoints", "drivers", "variables", "connector", "gateway")
 
 
 @cache
 def schema(name: str) -> dict[str, Any]:
+    """The schema of one file: the shipped JSON, plus the fragments of the installed plugins that use the
+    generic tables (core/driver.py): their endpoint schemes, and free-form `address` mappings, which the
+    loader then checks with the owning plugin's fragment. Without such a plugin it is the JSON as shipped."""
     text = resources.files("edge_gateway.config").joinpath("schemas", f"{name}.json").read_text()
-    return dict(json.loads(text))
+    out = dict(json.loads(text))
+    generic = [p for p in registry.drivers().values() if p.generic]
+    if generic and name == "endpoints":
+        ep = out["$defs"]["endpoint"]
+        schemes = [sc for p in generic for sc in p.schemes]
+        ep["properties"]["scheme"]["enum"] = [*ep["properties"]["scheme"]["enum"], *schemes]
+        ep["else"] = {  # opts of a plugin scheme: checked by the loader against the plugin's fragment
+            "if": {"properties": {"scheme": {"enum": schemes}}, "required": ["scheme"]},
+            "else": ep["else"],
+        }
+    if generic and name == "variables":
+        out["$defs"]["variable"]["properties"]["address"] = {"type": "object"}
+    return out
+
+
+def modbus_address() -> dict[str, Any]:
+    """The Modbus `address` of variables.json as shipped (free-form once a generic plugin is installed)."""
+    text = resources.files("edge_gateway.config").joinpath("schemas", "variables.json").read_text()
+    return dict(json.loads(text)["$defs"]["variable"]["properties"]["address"])
 
 
 def _is_integer(_checker: object, instance: object) -> bool:
@@ -47,6 +69,18 @@ def check(src: Source, name: str, data: Any, schema_ref: str | None = None, base
     v = validator(name)
     if schema_ref is not None:
         v = v.evolve(schema=v.schema["$defs"][schema_ref] | {"$defs": v.schema["$defs"]})
+    return _errors(v, src, data, base)
+
+
+def check_fragment(src: Source, name: str, fragment: dict[str, Any], data: Any, base: tuple) -> set[tuple]:
+    """Validate `data` at `base` against a plugin's schema fragment (it may use the `$defs` of `name`,
+    such as #/$defs/duration)."""
+    v = validator(name)
+    v = v.evolve(schema=fragment | {"$defs": {**v.schema["$defs"], **fragment.get("$defs", {})}})
+    return _errors(v, src, data, base)
+
+
+def _errors(v: Draft202012Validator, src: Source, data: Any, base: tuple) -> set[tuple]:
     bad: set[tuple] = set()
     for err in sorted(v.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
         path = base + tuple(err.absolute_path)

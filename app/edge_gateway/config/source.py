@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -396,4 +396,13 @@ def secret_file(src: Source, path: tuple[str, ...], resolved: str) -> bool:
         return True
     why = "is not a file" if p.exists() else "does not exist"
     src.error(path, f"{where(src, path)}: {resolved} {why}")
+    return False
+
+
+def positive(src: Source, path: tuple[str, ...], value: Any, parse: Callable[[Any], float]) -> bool:
+    """A period that paces a loop (polling, a timeout, a backoff, a rate): zero would spin the loop
+    or divide by zero in the line or uplink thread, so it is an error here."""
+    if value is None or parse(value) > 0:
+        return True
+    src.error(path, f"{where(src, path)} {value!r} is zero; it must be positive")
     return False

@@ -63,8 +63,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge_gateway.bus.frame import GOOD, Frame, now_ms
 from edge_gateway.config.model import Connector
+from edge_gateway.core.frame import GOOD, Frame, now_ms
 from edge_gateway.uplink import metrics
 from edge_gateway.uplink.batcher import Batch, Batcher
 from edge_gateway.uplink.codec import CONTENT_TYPE, Compressor, frame_json, join_batch

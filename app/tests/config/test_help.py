@@ -49,6 +49,7 @@ HELP = [
     ((EDGE_CFG, "lint"), ["-h", "DIR"], ["0", "1", "2", "141"]),
     ((EDGE_CFG, "schema"), ["-h", "NAME"], ["0", "1", "2", "141"]),
     ((EDGE_CFG, "diff"), ["-h", "OLD", "NEW"], ["0", "1", "2", "141"]),
+    ((EDGE_CFG, "plugins"), ["-h", "--json"], ["0", "1", "2", "141"]),
     ((EDGE_GATEWAY,), ["-h", "--version", "COMMAND"], ["0", "1", "2", "141"]),
     ((EDGE_GATEWAY, "run"), ["-h", "--config", "--log-level", "--log-format"], ["0", "1", "2", "141"]),
 ]

@@ -339,7 +339,7 @@ CASES = [
         "meter1:\n  kind: static",
         "meter1:\n  kind: dyn",
         "kind: dyn",
-        "meter1: kind 'dyn' is reserved, not supported in this release",
+        "meter1: proto modbus is built in: use kind: static (dyn names an installed plugin)",
     ),
     (
         "baud-not-standard",

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_gateway.config.loader import lint, load_snapshot, modicon
+from edge_gateway.config.loader import lint, load_snapshot
 from edge_gateway.config.units import parse_duration, parse_rate, parse_size
+from edge_gateway.drivers.modbus.config import modicon
 
 from .conftest import DEMO
 

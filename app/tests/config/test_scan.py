@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from edge_gateway.config import scan
 from edge_gateway.config.cli import main as edge_cfg
 from edge_gateway.config.loader import lint, load_snapshot
+from edge_gateway.drivers.modbus import scan
 from edge_gateway.runtime.control import request
 from edge_gateway.testkit import LOOPBACK, PtyPair, free_port, stop_pid, wait_port
 

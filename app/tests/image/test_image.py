@@ -243,9 +243,18 @@ def test_image_carries_only_what_the_runtime_imports(image: Path) -> None:
     modules = {_module_name(site, p): p for p in (site / "edge_gateway").rglob("*.py")}
     # Every shipped module is reached, by its imports, from a console script or `python -m edge_gateway`.
     (entry_points,) = site.glob("edge_gateway-*.dist-info/entry_points.txt")
-    scripts = [ln.split("=", 1)[1].strip().split(":")[0] for ln in entry_points.read_text().splitlines() if "=" in ln]
+    groups: dict[str, list[str]] = {}
+    for ln in entry_points.read_text().splitlines():
+        if ln.startswith("["):
+            group = groups.setdefault(ln.strip("[] "), [])
+        elif "=" in ln:
+            group.append(ln.split("=", 1)[1].strip().split(":")[0])
+    scripts = groups["console_scripts"]
     assert "edge_gateway.runtime.cli" in scripts and len(scripts) == 4, scripts
-    todo, reached = [*scripts, "edge_gateway.__main__"], set()
+    # The built-in plugins are reached through their entry points (core/registry.py), as installed ones are.
+    plugins = groups["edge_gateway.drivers"] + groups.get("edge_gateway.connectors", [])
+    assert "edge_gateway.drivers.modbus.plugin" in plugins, groups
+    todo, reached = [*scripts, *plugins, "edge_gateway.__main__"], set()
     while todo:
         name = todo.pop()
         if name in reached:

@@ -58,12 +58,12 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge_gateway.acquisition.mqtt import metrics, topics
-from edge_gateway.acquisition.mqtt.mapping import TopicMap
-from edge_gateway.acquisition.mqtt.payload import Malformed
-from edge_gateway.bus.frame import GOOD, Frame, bad, now_ms
 from edge_gateway.bus.framebus import FrameBus
 from edge_gateway.config.model import MqttDriver, MqttEndpoint, MqttTag
+from edge_gateway.core.frame import GOOD, Frame, bad, now_ms
+from edge_gateway.drivers.mqtt_source import metrics, topics
+from edge_gateway.drivers.mqtt_source.mapping import TopicMap
+from edge_gateway.drivers.mqtt_source.payload import Malformed
 from edge_gateway.uplink.session import Options, SessionState
 
 log = logging.getLogger(__name__)
