@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edge_gateway.delivery.codec import decode_value
 from edge_gateway.testkit import LOOPBACK, Mosquitto, require, stop_pid, wait_port
-from edge_gateway.uplink.codec import decode_value
 from edge_gateway.uplink.consumer import BatchSubscriber, Message
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -40,14 +40,14 @@ from edge_gateway.bus import open_bus_and_wal
 from edge_gateway.bus.frame import GOOD, Frame, Value, now_ms
 from edge_gateway.config.diff import Impact, diff
 from edge_gateway.config.model import Endpoint, GatewayCfg, Snapshot, Variable
+from edge_gateway.delivery.commands import Downlink
+from edge_gateway.delivery.ledger import SeqLedger
+from edge_gateway.delivery.runner import Runner
 from edge_gateway.metrics import REGISTRY, MetricsServer
 from edge_gateway.runtime.control import ControlError, ControlServer, TailHub
 from edge_gateway.runtime.gwfile import where
 from edge_gateway.runtime.reload import ApplyError, Reloader
 from edge_gateway.runtime.supervisor import Notifier, Supervisor, Watched
-from edge_gateway.uplink.commands import Downlink
-from edge_gateway.uplink.ledger import SeqLedger
-from edge_gateway.uplink.mqtt import Uplink
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class Gateway:
         self.writer: Any = None
         self.lines: dict[str, Any] = {}
         self.sources: dict[str, MqttSource] = {}  # MQTT source endpoints (acquisition/mqtt)
-        self.uplink: Uplink | None = None
+        self.uplink: Runner | None = None
         self.downlink: Downlink | None = None
         self.tail = TailHub()
         self.control = ControlServer(snapshot.gateway.control_socket, self.tail)
@@ -232,7 +232,7 @@ class Gateway:
                 max_bytes=conn.cmd_max_bytes,
                 ledger=ledger,
             )
-            self.uplink = Uplink(
+            self.uplink = Runner(
                 conn, self.wal.cursor(conn.id), record=self.bus.publish, downlink=self.downlink, state_dir=state
             )
             self.writer.add_listener(self.uplink.wake)
@@ -637,7 +637,7 @@ class Gateway:
         return handler
 
     @staticmethod
-    def _reconnect(up: Uplink) -> dict[str, Any]:
+    def _reconnect(up: Runner) -> dict[str, Any]:
         if not up.is_alive():
             raise ControlError(f"the uplink {up.cfg.id} is not running (state {up.state.value}): nothing to reconnect")
         up.reconnect()

@@ -19,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_gateway.uplink.codec import decode_payload
+from edge_gateway.delivery.codec import decode_payload
 
 
 @dataclass
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from edge_gateway.uplink.codec import decode_value
+    from edge_gateway.delivery.codec import decode_value
 
     p = argparse.ArgumentParser(prog="edge-consumer", description=main.__doc__)
     p.add_argument("--host", default="127.0.0.1")
