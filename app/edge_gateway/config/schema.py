@@ -18,7 +18,34 @@ NAMES = ("endpoints", "drivers", "variables", "connector", "gateway")
 @cache
 def schema(name: str) -> dict[str, Any]:
     text = resources.files("edge_gateway.config").joinpath("schemas", f"{name}.json").read_text()
-    return dict(json.loads(text))
+    s = dict(json.loads(text))
+    if name == "connector":
+        _add_connectors(s)
+    return s
+
+
+def _add_connectors(s: dict[str, Any]) -> None:
+    """connector.yml's entry schema: one branch per installed connector kind, with the schema its
+    plugin ships (`#/$defs/…` references resolve against this file's shared defs). An entry without
+    `kind` is checked as mqtt5, the only kind there was."""
+    from edge_gateway.delivery.lookup import installed, schema_of
+
+    defs = s.setdefault("$defs", {})
+    branches: list[dict[str, Any]] = []
+    kinds = sorted(installed())
+    for kind in kinds:
+        frag = schema_of(kind)
+        if frag is None:
+            continue
+        defs[f"kind_{kind}"] = frag
+        cond: dict[str, Any] = {"properties": {"kind": {"const": kind}}}
+        if kind != "mqtt5":
+            cond["required"] = ["kind"]
+        branches.append({"if": cond, "then": {"$ref": f"#/$defs/kind_{kind}"}})
+    defs["connector"] = {  # no "type": each kind's schema checks the rest (strict)
+        "properties": {"kind": {"enum": kinds}},
+        "allOf": branches,
+    }
 
 
 def _is_integer(_checker: object, instance: object) -> bool:
