@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-import edge_gateway.acquisition.modbus.line  # noqa: F401 - imported lazily by the runtime; registers metrics
+import edge_gateway.drivers.modbus.line  # noqa: F401 - imported lazily by the runtime; registers metrics
 import edge_gateway.runtime.gateway  # noqa: F401 - imports every other subsystem and its metrics
 from edge_gateway.metrics import REGISTRY
 

@@ -31,8 +31,8 @@ from typing import Any
 
 import yaml
 from edge_gateway.bus import open_bus_and_wal
-from edge_gateway.bus.frame import GOOD, Frame, bad
 from edge_gateway.config.model import Backoff, BusCfg, Connector, GatewayCfg, WalCfg
+from edge_gateway.core.frame import GOOD, Frame, bad
 from edge_gateway.delivery.batcher import Batcher
 from edge_gateway.delivery.codec import Compressor, join_batch
 from edge_gateway.delivery.runner import Runner

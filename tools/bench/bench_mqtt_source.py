@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_gateway.acquisition.mqtt import start_source
-from edge_gateway.acquisition.mqtt.mapping import TopicMap
 from edge_gateway.bus.framebus import FrameBus
 from edge_gateway.config.model import (
     BusCfg,
@@ -38,6 +36,8 @@ from edge_gateway.config.model import (
     Payload,
     Subscription,
 )
+from edge_gateway.drivers.mqtt_source import start_source
+from edge_gateway.drivers.mqtt_source.mapping import TopicMap
 from edge_gateway.testkit import LOOPBACK, Mosquitto
 
 DEVICE = r"""

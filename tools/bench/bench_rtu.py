@@ -14,8 +14,6 @@ from pathlib import Path
 
 import yaml
 from _common import args, write
-from edge_gateway.acquisition import start_line
-from edge_gateway.acquisition.modbus import rtu
 from edge_gateway.bus.framebus import FrameBus
 from edge_gateway.config.model import (
     Address,
@@ -25,6 +23,8 @@ from edge_gateway.config.model import (
     ModbusCfg,
     Variable,
 )
+from edge_gateway.drivers.modbus import rtu
+from edge_gateway.drivers.modbus.line import start_line
 from edge_gateway.metrics import value
 from edge_gateway.testkit import PtyPair, stop_pid
 

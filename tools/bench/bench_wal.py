@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 from _common import args, write
-from edge_gateway.bus.frame import Frame
 from edge_gateway.bus.wal import Wal, seg_name
 from edge_gateway.bus.writer import open_bus_and_wal
 from edge_gateway.config.model import BusCfg, GatewayCfg, WalCfg
+from edge_gateway.core.frame import Frame
 
 CYCLE = 100  # frames per publish: one poll cycle of a 100-tag device
 

@@ -17,10 +17,10 @@ import json
 import sys
 
 from edge_gateway.bus.cursor import Cursor
-from edge_gateway.bus.frame import Frame, Kind
 from edge_gateway.bus.wal import Wal, WalLocked
 from edge_gateway.config.model import WalCfg
 from edge_gateway.config.units import parse_size
+from edge_gateway.core.frame import Frame, Kind
 
 
 def frame_json(f: Frame) -> dict[str, object]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from edge_gateway.bus.frame import Frame
+from edge_gateway.core.frame import Frame
 
 if TYPE_CHECKING:
     from edge_gateway.bus.wal import Wal
@@ -55,7 +55,7 @@ class Cursor:
             frames = self._wal.read(self._pos, max_frames, self._hint)
         if not frames and self._pos <= self._wal.committed_seq:
             # Frames from pos on are gone (dropped by full_policy or corrupt): skip to what exists.
-            first = self._wal.segments[0] if self._wal.segments else self._wal.committed_seq + 1
+            first = self._wal.first_seq()
             if first > self._pos:
                 self._pos = first
                 frames = self._wal.read(self._pos, max_frames, self._hint)

@@ -20,8 +20,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from edge_gateway.bus import metrics
-from edge_gateway.bus.frame import Frame, Kind
 from edge_gateway.config.model import BusCfg
+from edge_gateway.core.frame import Frame, Kind
 
 FlowListener = Callable[[bool], None]  # called with True on Pause, False on Resume
 

@@ -28,7 +28,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from edge_gateway.bus.frame import GOOD, Frame, Kind, Value
+from edge_gateway.core.frame import GOOD, Frame, Kind, Value
 
 MAGIC = 0xE6A7
 VERSION = 1

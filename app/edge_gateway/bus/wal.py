@@ -59,8 +59,8 @@ from pathlib import Path
 
 from edge_gateway.bus import metrics, record
 from edge_gateway.bus.cursor import Cursor, ReadHint
-from edge_gateway.bus.frame import Frame
 from edge_gateway.config.model import WalCfg
+from edge_gateway.core.frame import Frame
 
 log = logging.getLogger(__name__)
 
@@ -690,6 +690,12 @@ class Wal:
     @property
     def total_bytes(self) -> int:
         return sum(self.sizes.values())
+
+    def first_seq(self) -> int:
+        """The oldest seq the WAL still holds (committed_seq + 1 when it holds none), read under the
+        lock GC and the writer change `segments` under."""
+        with self._cond:
+            return self.segments[0] if self.segments else self.committed_seq + 1
 
     def min_ack(self) -> int:
         with self._cond:

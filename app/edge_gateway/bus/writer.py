@@ -21,10 +21,10 @@ import time
 from collections.abc import Callable
 
 from edge_gateway.bus import metrics
-from edge_gateway.bus.frame import Frame
 from edge_gateway.bus.framebus import FrameBus
 from edge_gateway.bus.wal import Wal
 from edge_gateway.config.model import GatewayCfg, WalCfg
+from edge_gateway.core.frame import Frame
 
 log = logging.getLogger(__name__)
 

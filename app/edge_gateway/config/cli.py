@@ -1,4 +1,4 @@
-"""edge-cfg: lint a config directory, print the schemas, diff two configs."""
+"""edge-cfg: lint a config directory, print the schemas, diff two configs, list the installed plugins."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from edge_gateway.config import schema
 from edge_gateway.config.diff import diff
 from edge_gateway.config.loader import ConfigError, lint, load_snapshot
 from edge_gateway.config.source import printable
+from edge_gateway.core import registry
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     p_diff = sub.add_parser("diff", help="what a reload from OLD to NEW would touch")
     p_diff.add_argument("old")
     p_diff.add_argument("new")
+    p_plugins = sub.add_parser("plugins", help="list the installed driver and connector plugins (entry points)")
+    p_plugins.add_argument("--json", action="store_true", help="as JSON")
     # edge-cfg modbus scan: commissioning, all of it in edge_gateway.config.scan
     from edge_gateway.config import scan as modbus_scan
 
@@ -30,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "modbus":
         return modbus_scan.run(args)
 
+    if args.cmd == "plugins":
+        return _plugins(args.json)
     if args.cmd == "lint":
         problems = lint(args.dir)
         for problem in problems:
@@ -50,6 +55,22 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for line in diff(old, new).lines():
         print(line)
+    return 0
+
+
+def _plugins(as_json: bool) -> int:
+    """Every entry-point name of every plugin group, with where it comes from; exit 0."""
+    listing = registry.listing()
+    if as_json:
+        print(json.dumps(listing, indent=2))
+        return 0
+    for group, rows in listing.items():
+        print(f"{group}:")
+        if not rows:
+            print("  (none)")
+        for row in rows:
+            err = f"  FAILED TO LOAD: {row['error']}" if "error" in row else ""
+            print(f"  {row['name']:<12} {row['value']}  [{row['dist']}]{err}")
     return 0
 
 

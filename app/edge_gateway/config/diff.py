@@ -18,7 +18,7 @@ class Impact:
     variables_changed: tuple[str, ...] = ()  # driver ids whose tag map changed: swap it, no restart
     connectors_changed: tuple[str, ...] = ()
     gateway_changed: tuple[str, ...] = field(default=())  # sections of gateway.yml: bus, wal, metrics, control
-    # MQTT sources (acquisition/mqtt), apart so the fields above only ever name Modbus lines and drivers.
+    # MQTT sources (drivers/mqtt_source), apart so the fields above only ever name Modbus lines and drivers.
     # One client serves every driver of an MQTT endpoint: any change to the endpoint or to one of its
     # drivers restarts that endpoint's source; a change of tags only swaps the driver's tag map.
     mqtt_sources_added: tuple[str, ...] = ()  # endpoint ids: start a source

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from edge_gateway.core.datatypes import SIZE_WORDS, Datatype
+
 if TYPE_CHECKING:
     from edge_gateway.config.expr import Scale
 
@@ -24,34 +26,8 @@ Scheme = Literal["tcp", "tls+tcp", "rtu+tcp", "serial"]
 RegType = Literal["holding", "input", "coil", "discrete"]
 Access = Literal["R", "W", "RW"]
 Order = Literal["big", "little"]
-Datatype = Literal[
-    "bool",
-    "uint16",
-    "int16",
-    "uint32",
-    "int32",
-    "uint64",
-    "int64",
-    "float32",
-    "float64",
-    "string",
-    "binary",
-]
-
 # Registers a datatype occupies; None = `len` must be given (string/binary: registers of 2 bytes).
-DATATYPE_REGS: dict[str, int | None] = {
-    "bool": 1,
-    "uint16": 1,
-    "int16": 1,
-    "uint32": 2,
-    "int32": 2,
-    "float32": 2,
-    "uint64": 4,
-    "int64": 4,
-    "float64": 4,
-    "string": None,
-    "binary": None,
-}
+DATATYPE_REGS = SIZE_WORDS
 BIT_TYPES = ("coil", "discrete")  # one bit per address, datatype bool only
 WORD_TYPES = ("holding", "input")  # 16-bit registers
 WRITABLE_TYPES = ("holding", "coil")  # the only tables Modbus can write

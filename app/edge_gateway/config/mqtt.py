@@ -3,7 +3,7 @@ topic-mapped tags in variables.yml.
 
 Kept beside the loader rather than inside it: the loader calls in here for the entries that
 belong to an MQTT source, and the rules about topic filters, tag templates and JSON pointers
-come from the source itself (`acquisition.mqtt`), so lint and the running driver agree.
+come from the source itself (`drivers.mqtt_source`), so lint and the running driver agree.
 """
 
 from __future__ import annotations
@@ -12,9 +12,6 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from edge_gateway.acquisition.mqtt import topics
-from edge_gateway.acquisition.mqtt.mapping import PLACEHOLDER, Template, TemplateError
-from edge_gateway.acquisition.mqtt.payload import FORMAT_DATATYPES, PointerError, parse_pointer
 from edge_gateway.config.expr import Scale, compile_for_tag
 from edge_gateway.config.model import (
     Backoff,
@@ -28,6 +25,9 @@ from edge_gateway.config.model import (
 )
 from edge_gateway.config.source import Source, secret_file
 from edge_gateway.config.units import parse_duration
+from edge_gateway.drivers.mqtt_source import topics
+from edge_gateway.drivers.mqtt_source.mapping import PLACEHOLDER, Template, TemplateError
+from edge_gateway.drivers.mqtt_source.payload import FORMAT_DATATYPES, PointerError, parse_pointer
 
 SCHEMES = ("mqtt", "mqtts")
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from edge_gateway.bus.frame import Frame, Kind
+from edge_gateway.core.frame import Frame, Kind
 from edge_gateway.delivery.codec import frame_json
 
 DUP_MARK = len(',"dup":"possible"')

@@ -18,7 +18,7 @@ from typing import Any
 
 import zstandard
 
-from edge_gateway.bus.frame import Frame, Value
+from edge_gateway.core.frame import Frame, Value
 
 B64 = "b64"  # the marker key of a bytes value
 FLOAT = "float"  # the marker key of a non-finite float

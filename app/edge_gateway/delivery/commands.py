@@ -1,11 +1,13 @@
-"""Downlink: cloud commands → validated Modbus writes → one ack for every command.
+"""Downlink: cloud commands → writes validated by the owning driver plugin → one ack for every command.
 
 A command arrives on `cmd_topic` (the tag is the `{tag}` level) with a JSON payload
 `{"seq": 123, "value": 42.0, "meta": {…}, "ttl": "5s", "ts": 1700000000000}` (`meta`, `ttl`, `ts`
 optional). It is executed only when every check passes, in this order, before anything reaches a
 line: well-formed JSON with an integer `seq` → not retained (a retained command would run again on
-every reconnect) → the tag exists → access W/RW → its driver has `enable_write` → the register table
-is writable (holding/coil) → the value fits the datatype after the inverse scale → not expired.
+every reconnect) → the runtime's `Writes.resolve` asks the driver plugin that owns the tag (for Modbus:
+the tag exists → access W/RW → its device has `enable_write` → the register table is writable
+(holding/coil) → the value fits the datatype after the inverse scale) → not expired. This module
+imports nothing of the drivers: the rules live with each plugin (core/driver.py).
 
 TTL: `ttl` is a duration ("5s", "500ms") or a number of seconds. With `ts` (ms since the epoch, the
 sender's clock) the command expires at `ts + ttl`; without it, at its arrival + ttl. Commands the
@@ -29,7 +31,7 @@ thread. Replays: a seq seen before (the last `cmd_dedup` seqs, kept across resta
 another tag or value is refused `seq_reused`. Refusals are logged at WARNING for the first
 LOG_FIRST of every LOG_EVERY seconds, then summed up in one line per interval (all are counted).
 
-The Modbus write runs on the owning line's thread; its Future's callback produces the ack, so the
+The write runs on the owning worker's thread; its Future's callback produces the ack, so the
 MQTT thread never waits for a device.
 """
 
@@ -49,25 +51,15 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from edge_gateway.acquisition.mqtt.mapping import may_produce
-from edge_gateway.bus.frame import GOOD, Frame, Kind, Value, bad, now_ms
-from edge_gateway.config.model import WRITABLE_TYPES, Snapshot, Variable
 from edge_gateway.config.units import parse_duration
+from edge_gateway.core.driver import Refused, Writes, WriteTarget
+from edge_gateway.core.frame import GOOD, Frame, Kind, Value, bad, now_ms
 from edge_gateway.delivery import metrics
 from edge_gateway.delivery.codec import B64
 from edge_gateway.delivery.ledger import PENDING, Entry, SeqLedger
 
 log = logging.getLogger(__name__)
 
-INT_RANGES = {
-    "uint16": (0, 0xFFFF),
-    "int16": (-0x8000, 0x7FFF),
-    "uint32": (0, 0xFFFF_FFFF),
-    "int32": (-0x8000_0000, 0x7FFF_FFFF),
-    "uint64": (0, 0xFFFF_FFFF_FFFF_FFFF),
-    "int64": (-0x8000_0000_0000_0000, 0x7FFF_FFFF_FFFF_FFFF),
-}
-FLOAT32_MAX = 3.4028234663852886e38
 _SEQ_RE = re.compile(rb'"seq"\s*:\s*(-?[0-9]{1,19})(?![0-9])')
 SEQ_MAX = (1 << 63) - 1
 MAX_BYTES = 64 * 1024  # default bound of a command payload (connector.yml cmd_max_bytes)
@@ -77,8 +69,6 @@ LOG_EVERY = 60.0  # … of this many seconds; the rest are summed up in one line
 # Refusals that say nothing about the command itself: it never reached a line, so a retry with the
 # same seq may still run. Everything else is remembered as the seq's outcome.
 TRANSIENT = frozenset({"unavailable", "retained", "malformed", "too_large", "seq_reused", "internal"})
-
-Submit = Callable[[Variable, Value], "Future[None]"]
 
 
 @dataclass(frozen=True)
@@ -93,12 +83,6 @@ class Ack:
     def payload(self) -> bytes:
         body = {"result": self.result, "ts": self.ts or now_ms(), "error": self.error, "tag": self.tag, "seq": self.seq}
         return json.dumps(body, separators=(",", ":")).encode()
-
-
-class Refused(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass
@@ -215,55 +199,6 @@ def fingerprint(cmd: Command) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def check_value(var: Variable, value: Value) -> None:
-    """Raises Refused(invalid_value | out_of_range) when `value` cannot be written to `var`."""
-    dt = var.datatype
-    if value is None:
-        raise Refused("invalid_value", f"{var.tag}: value is null")
-    if dt == "bool":
-        if type(value) is bool or (type(value) is int and value in (0, 1)):
-            return
-        raise Refused("invalid_value", f"{var.tag}: bool tag needs true/false (or 0/1), got {value!r}")
-    if dt == "string":
-        if not isinstance(value, str):
-            raise Refused("invalid_value", f"{var.tag}: string tag needs a string")
-        if not value.isascii():
-            raise Refused("invalid_value", f"{var.tag}: only ASCII strings can be written")
-        if len(value) > 2 * var.address.len:
-            raise Refused("out_of_range", f"{var.tag}: {len(value)} characters do not fit {var.address.len} registers")
-        return
-    if dt == "binary":
-        if not isinstance(value, bytes):
-            raise Refused("invalid_value", f'{var.tag}: binary tag needs {{"b64": "…"}}')
-        if len(value) > 2 * var.address.len:
-            raise Refused("out_of_range", f"{var.tag}: {len(value)} bytes do not fit {var.address.len} registers")
-        return
-    if type(value) not in (int, float):
-        raise Refused("invalid_value", f"{var.tag}: {dt} tag needs a number, got {type(value).__name__}")
-    if type(value) is int and abs(value) > FLOAT32_MAX and dt != "float64":
-        raise Refused("out_of_range", f"{var.tag}: {value} is outside {dt}")  # and math.isfinite would overflow
-    if type(value) is int and abs(value) >= 1 << 1024:
-        raise Refused("out_of_range", f"{var.tag}: {value} is outside {dt}")
-    if not math.isfinite(value):  # type: ignore[arg-type]
-        raise Refused("invalid_value", f"{var.tag}: value must be finite")
-    raw: float | int = value  # type: ignore[assignment]
-    if var.scale is not None:
-        try:
-            raw = var.scale.inverse(float(value))  # type: ignore[arg-type]
-        except (ValueError, ArithmeticError) as e:
-            raise Refused("invalid_value", f"{var.tag}: {e}") from None
-    if dt in INT_RANGES:
-        r = round(raw)
-        if not math.isclose(raw, r, rel_tol=1e-9, abs_tol=1e-6):
-            what = f"raw value {raw!r} after scale {var.scale.source!r}" if var.scale else f"{raw!r}"
-            raise Refused("invalid_value", f"{var.tag}: {what} is not an integer ({dt})")
-        lo, hi = INT_RANGES[dt]
-        if not lo <= r <= hi:
-            raise Refused("out_of_range", f"{var.tag}: raw value {r} is outside {dt} [{lo}, {hi}]")
-    elif dt == "float32" and abs(raw) > FLOAT32_MAX:
-        raise Refused("out_of_range", f"{var.tag}: {raw!r} is outside float32")
-
-
 class LogLimit:
     """At most `first` lines per `every` seconds; what was held back is summed up in one line when
     the interval is over (`tick`, called from the MQTT thread's loop, or the next refusal)."""
@@ -310,8 +245,7 @@ class Downlink:
     def __init__(
         self,
         connector_id: str,
-        snapshot: Callable[[], Snapshot],
-        submit: Submit | None,
+        writes: Writes | None,
         record: Callable[[list[Frame]], int] | None = None,
         timeout: float = 30.0,
         *,
@@ -319,8 +253,7 @@ class Downlink:
         ledger: SeqLedger | None = None,
     ) -> None:
         self.connector_id = connector_id
-        self._snapshot = snapshot
-        self._submit = submit
+        self._writes = writes
         self._record = record
         self.timeout = timeout
         self.max_bytes = max_bytes
@@ -367,11 +300,11 @@ class Downlink:
                 raise Refused("unavailable", "gateway is shutting down")
             if self._replayed(cmd, done):
                 return
-            var = self._validate(cmd)
+            target = self._validate(cmd)
         except Refused as e:
             self._finish(done, Ack(cmd.seq, tag, "fail", e.reason, str(e)), cmd.value, "received", cmd)
             return
-        self._write(cmd, var, done)
+        self._write(cmd, target, done)
 
     def _replayed(self, cmd: Command, done: Callable[[Ack], None]) -> bool:
         """A seq seen before: answer with its first outcome (or wait for it), never run it again."""
@@ -389,38 +322,28 @@ class Downlink:
         done(Ack(cmd.seq, cmd.tag, prev.result, prev.reason, prev.error, now_ms()))
         return True
 
-    def _validate(self, cmd: Command) -> Variable:
-        snap = self._snapshot()
-        var = snap.variable(cmd.tag)
-        if var is None:
-            if any(may_produce(t.tag, cmd.tag) for t in snap.mqtt_tags):
-                raise Refused("read_only", f"{cmd.tag} comes from an MQTT source: not writable")
-            raise Refused("unknown_tag", f"unknown tag {cmd.tag!r}")
-        if not var.writable:
-            raise Refused("read_only", f"{cmd.tag} has access {var.access}: not writable")
-        driver = snap.drivers.get(var.driver_id)
-        if driver is None or not driver.modbus.enable_write:
-            raise Refused("write_disabled", f"{cmd.tag}: driver {var.driver_id} does not have enable_write")
-        if var.address.type not in WRITABLE_TYPES:
-            raise Refused("read_only", f"{cmd.tag}: {var.address.type} registers cannot be written")
-        check_value(var, cmd.value)
+    def _validate(self, cmd: Command) -> WriteTarget:
+        """The runtime asks the driver plugin that owns the tag (core/driver.py `resolve_write`)."""
+        if self._writes is None:
+            raise Refused("unavailable", "no line accepts writes in this process")
+        target = self._writes.resolve(cmd.tag, cmd.value)
         self._check_ttl(cmd)
-        return var
+        return target
 
     @staticmethod
     def _check_ttl(cmd: Command) -> None:
         if cmd.deadline_ms is not None and now_ms() >= cmd.deadline_ms:
             raise Refused("expired", f"command expired {now_ms() - cmd.deadline_ms} ms ago")
 
-    def _write(self, cmd: Command, var: Variable, done: Callable[[Ack], None]) -> None:
+    def _write(self, cmd: Command, target: WriteTarget, done: Callable[[Ack], None]) -> None:
         self._record_frame(cmd.tag, cmd.value, cmd, "received", "accepted", None, None)
         # Remembered before the line sees it: a replay from now on waits for this outcome.
         self.ledger.put(cmd.seq, Entry(fingerprint(cmd), cmd.tag, PENDING, "none"))
         try:
-            if self._submit is None:
+            if self._writes is None:
                 raise Refused("unavailable", "no line accepts writes in this process")
             self._check_ttl(cmd)
-            fut = self._submit(var, cmd.value)
+            fut = self._writes.submit(target, cmd.value)
         except Refused as e:
             self._finish(done, Ack(cmd.seq, cmd.tag, "fail", e.reason, str(e)), cmd.value, "done", cmd)
             return

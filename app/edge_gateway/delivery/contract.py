@@ -17,9 +17,10 @@ The runner's loop is, per turn:
 A transport without a socket (in-memory, a file) returns `Poll()` with `ready=True` whenever it has
 events to report, so the runner does not sleep on them.
 
-A transport is made by a factory registered in the entry-point group `edge_gateway.connectors`
-(name = the connector.yml `kind`): `factory(cfg, window=…, connect_timeout=…, state_dir=…)`, where
-`cfg` is the config.model.Connector of that entry.
+A connector registers a `ConnectorPlugin` in the entry-point group `edge_gateway.connectors` (name =
+the connector.yml `kind`; core/registry.py finds it): its `factory(cfg, window=…, connect_timeout=…,
+state_dir=…)` makes the transport, `cfg` being the config.model.Connector of that entry, and its
+`schema` is the JSON Schema of one connector.yml entry of that kind.
 """
 
 from __future__ import annotations
@@ -149,3 +150,12 @@ class Transport(Protocol):
 
 
 Factory = Callable[..., Transport]
+
+
+@dataclass(frozen=True)
+class ConnectorPlugin:
+    """What an `edge_gateway.connectors` entry point names."""
+
+    name: str  # the connector.yml kind
+    factory: Factory
+    schema: dict[str, Any] | None = None  # one connector.yml entry; `#/$defs/duration`, `size` are shared

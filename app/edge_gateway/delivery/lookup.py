@@ -1,51 +1,34 @@
-"""connector.yml `kind` → the transport factory registered in the entry-point group `edge_gateway.connectors`.
+"""connector.yml `kind` → the connector plugin registered in the entry-point group `edge_gateway.connectors`.
 
-Built-in and third-party connectors register the same way (the project's own pyproject.toml names
-`mqtt5`). `mqtt5` is also known without package metadata (a source tree on PYTHONPATH, the image).
+Built-in and third-party connectors register the same way (core/registry.py; the project's own
+pyproject.toml names `mqtt5`). This is the one place delivery and config ask for a connector.
 """
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
 from typing import Any
 
-from edge_gateway.delivery.contract import Factory
+from edge_gateway.core import registry
+from edge_gateway.delivery.contract import ConnectorPlugin, Factory
 
-GROUP = "edge_gateway.connectors"
-BUILTIN = {"mqtt5": "edge_gateway.connectors.mqtt:factory"}
-
-
-class UnknownConnector(LookupError):
-    pass
+UnknownConnector = registry.PluginError
 
 
-def installed() -> dict[str, str]:
-    """Every connector kind → its `module:attr`."""
-    found = dict(BUILTIN)
-    for ep in entry_points(group=GROUP):
-        found.setdefault(ep.name, ep.value)
-    return found
+def installed() -> list[str]:
+    """Every connector kind that loads."""
+    return sorted(registry.connectors())
+
+
+def plugin(kind: str) -> ConnectorPlugin:
+    p: ConnectorPlugin = registry.connector(kind)
+    return p
 
 
 def connector_factory(kind: str) -> Factory:
-    for ep in entry_points(group=GROUP):
-        if ep.name == kind:
-            f: Factory = ep.load()
-            return f
-    if kind in BUILTIN:
-        import importlib
-
-        mod, _, attr = BUILTIN[kind].partition(":")
-        f = getattr(importlib.import_module(mod), attr)
-        return f
-    raise UnknownConnector(f"no connector {kind!r} installed (installed: {', '.join(sorted(installed()))})")
+    return plugin(kind).factory
 
 
 def schema_of(kind: str) -> dict[str, Any] | None:
-    """The JSON Schema of one connector.yml entry of `kind` (the factory's `schema` attribute), if any."""
-    try:
-        f = connector_factory(kind)
-    except Exception:  # noqa: BLE001 - a broken plugin must not stop the config check of the others
-        return None
-    s = getattr(f, "schema", None)
+    """The JSON Schema of one connector.yml entry of `kind`, if its plugin ships one."""
+    s = getattr(registry.connectors().get(kind), "schema", None)
     return dict(s) if isinstance(s, dict) else None

@@ -46,8 +46,8 @@ from collections.abc import Callable
 from queue import Empty, SimpleQueue
 from typing import Any, Protocol
 
-from edge_gateway.bus.frame import GOOD, Frame, now_ms
 from edge_gateway.config.model import Connector
+from edge_gateway.core.frame import GOOD, Frame, now_ms
 from edge_gateway.delivery import metrics
 from edge_gateway.delivery.batcher import Batch, Batcher
 from edge_gateway.delivery.codec import CONTENT_TYPE, Compressor, frame_json, join_batch

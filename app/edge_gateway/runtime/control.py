@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_gateway.bus.frame import Frame
+from edge_gateway.core.frame import Frame
 from edge_gateway.delivery.codec import json_value
 
 log = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from edge_gateway.bus.frame import Frame
 from edge_gateway.bus.framebus import FrameBus
 from edge_gateway.config.model import DATATYPE_REGS, Address, BusCfg, Driver, Endpoint, ModbusCfg, Variable
+from edge_gateway.core.frame import Frame
 from edge_gateway.testkit import stop_pid
 
 # One value per numeric datatype, each at an edge of its range.

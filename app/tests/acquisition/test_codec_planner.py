@@ -6,9 +6,9 @@ import struct
 
 import pytest
 
-from edge_gateway.acquisition.modbus import codec
-from edge_gateway.acquisition.modbus.planner import Planner, request_cost
 from edge_gateway.config.expr import compile_scale
+from edge_gateway.drivers.modbus import codec
+from edge_gateway.drivers.modbus.planner import Planner, request_cost
 
 from .conftest import SAMPLES, serial_endpoint, tcp_endpoint, var
 

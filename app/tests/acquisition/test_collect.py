@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from edge_gateway.bus.frame import Frame
 from edge_gateway.bus.framebus import FrameBus
+from edge_gateway.core.frame import Frame
 
 from ..acquisition_mqtt.conftest import collect as collect_mqtt
 from .conftest import collect, drain_for

@@ -8,9 +8,8 @@ import time
 
 import pytest
 
-from edge_gateway.acquisition import start_line
-from edge_gateway.acquisition.modbus.line import WriteError
 from edge_gateway.config.expr import compile_scale
+from edge_gateway.drivers.modbus.line import WriteError, start_line
 from edge_gateway.metrics import value
 from edge_gateway.testkit import free_port
 

@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import pytest
 
-from edge_gateway.acquisition import start_line
-from edge_gateway.acquisition.modbus import pdu, rtu
+from edge_gateway.drivers.modbus import pdu, rtu
+from edge_gateway.drivers.modbus.line import start_line
 from edge_gateway.metrics import value
 from edge_gateway.testkit import LOOPBACK
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from edge_gateway.acquisition import start_line
 from edge_gateway.config.model import Endpoint, TlsFiles
+from edge_gateway.drivers.modbus.line import start_line
 from edge_gateway.testkit import free_port, require, stop_pid, wait_listening, wait_port
 
 from .conftest import collect, driver, var

@@ -11,8 +11,6 @@ import pytest
 from paho.mqtt.client import CallbackAPIVersion, Client, MQTTv5
 
 from edge_gateway import metrics
-from edge_gateway.acquisition.mqtt import MqttSource, start_source
-from edge_gateway.bus.frame import Frame
 from edge_gateway.bus.framebus import FrameBus
 from edge_gateway.config.model import (
     BusCfg,
@@ -22,6 +20,8 @@ from edge_gateway.config.model import (
     MqttTag,
     Subscription,
 )
+from edge_gateway.core.frame import Frame
+from edge_gateway.drivers.mqtt_source import MqttSource, start_source
 from edge_gateway.testkit import LOOPBACK, Mosquitto
 
 

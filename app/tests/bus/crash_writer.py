@@ -6,9 +6,9 @@ from __future__ import annotations
 import sys
 import time
 
-from edge_gateway.bus.frame import Frame
 from edge_gateway.bus.writer import open_bus_and_wal
 from edge_gateway.config.model import BusCfg, GatewayCfg, WalCfg
+from edge_gateway.core.frame import Frame
 
 
 def main() -> None:

@@ -23,10 +23,10 @@ import threading
 import time
 
 from edge_gateway.bus.cursor import Cursor
-from edge_gateway.bus.frame import Frame, Value
 from edge_gateway.bus.wal import Wal
 from edge_gateway.bus.writer import open_bus_and_wal
 from edge_gateway.config.model import BusCfg, GatewayCfg, WalCfg
+from edge_gateway.core.frame import Frame, Value
 
 SLOW_LAG = 3000  # the slow consumer acks this many seqs behind what it has read: GC waits for it
 BATCH = 40

@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edge_gateway.bus.frame import Frame
 from edge_gateway.bus.wal import Wal
 from edge_gateway.config.model import WalCfg
+from edge_gateway.core.frame import Frame
 
 EDGE_BUS = str(Path(sys.executable).with_name("edge-bus"))
 

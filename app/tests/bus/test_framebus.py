@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from edge_gateway.bus.frame import Frame
 from edge_gateway.bus.framebus import FrameBus
 from edge_gateway.config.model import BusCfg
+from edge_gateway.core.frame import Frame
 from edge_gateway.metrics import value
 
 

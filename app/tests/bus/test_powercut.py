@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_gateway.bus.frame import GOOD, Frame, Kind
 from edge_gateway.bus.wal import Wal
 from edge_gateway.config.model import WalCfg
+from edge_gateway.core.frame import GOOD, Frame, Kind
 from edge_gateway.testkit import PowerCutDisk, power_cut_unsupported
 
 from .powercut_writer import content

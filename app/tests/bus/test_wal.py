@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from edge_gateway.bus import record
-from edge_gateway.bus.frame import Frame, Kind
 from edge_gateway.bus.wal import Wal, WalLocked, seg_name
 from edge_gateway.bus.writer import open_bus_and_wal
 from edge_gateway.config.model import BusCfg, GatewayCfg, WalCfg
+from edge_gateway.core.frame import Frame, Kind
 from edge_gateway.metrics import value
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from edge_gateway.bus.frame import Frame
 from edge_gateway.bus.wal import Wal
 from edge_gateway.bus.writer import open_bus_and_wal
 from edge_gateway.config.model import BusCfg, GatewayCfg
+from edge_gateway.core.frame import Frame
 from edge_gateway.metrics import value
 from edge_gateway.testkit import LOOPBACK
 from edge_gateway.uplink.consumer import BatchSubscriber

@@ -33,7 +33,7 @@ name = "edge-memlink"
 version = "0.1.0"
 
 [project.entry-points."edge_gateway.connectors"]
-memlink = "edge_memlink:factory"
+memlink = "edge_memlink:PLUGIN"
 """
 
 MODULE = '''\
@@ -43,7 +43,7 @@ import base64
 import json
 from collections import deque
 
-from edge_gateway.delivery.contract import Poll, Session
+from edge_gateway.delivery.contract import ConnectorPlugin, Poll, Session
 
 
 class MemLink:
@@ -117,7 +117,7 @@ def factory(cfg, **kw):
     return MemLink(cfg, **kw)
 
 
-factory.schema = {
+SCHEMA = {
     "type": "object",
     "required": ["kind", "path"],
     "additionalProperties": False,
@@ -133,6 +133,8 @@ factory.schema = {
         "backoff": {"type": "object"},
     },
 }
+
+PLUGIN = ConnectorPlugin("memlink", factory, schema=SCHEMA)
 '''
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_gateway.bus.frame import Frame, Kind
 from edge_gateway.config.loader import load_snapshot
 from edge_gateway.config.model import GatewayCfg
+from edge_gateway.core.frame import Frame, Kind
 from edge_gateway.metrics import CollectorRegistry, MetricsServer
 from edge_gateway.runtime.control import ControlError, ControlServer, TailHub, request
 from edge_gateway.testkit import LOOPBACK

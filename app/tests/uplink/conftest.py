@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 
 from edge_gateway.bus import open_bus_and_wal
-from edge_gateway.bus.frame import Frame
 from edge_gateway.config.model import Backoff, Connector, GatewayCfg, Snapshot, WalCfg
+from edge_gateway.core.frame import Frame
 from edge_gateway.delivery.commands import Downlink
 from edge_gateway.delivery.runner import Runner
+from edge_gateway.runtime.commands import WriteRouter
 from edge_gateway.testkit import LOOPBACK, Mosquitto, require
 from edge_gateway.uplink.consumer import BatchSubscriber
 
@@ -58,7 +59,7 @@ class Pipeline:
         if not self.writer.is_alive():
             self.writer.start()
         snap = self.commands
-        downlink = Downlink(self.conn.id, lambda: snap, None, self.bus.publish) if snap is not None else None
+        downlink = Downlink(self.conn.id, WriteRouter(lambda: snap), self.bus.publish) if snap is not None else None
         self.uplink = Runner(self.conn, self.wal.cursor(self.conn.id), record=self.bus.publish, downlink=downlink)
         self.writer.add_listener(self.uplink.wake)
         self.uplink.start()

@@ -7,7 +7,7 @@ import math
 
 import zstandard
 
-from edge_gateway.bus.frame import Frame, Kind
+from edge_gateway.core.frame import Frame, Kind
 from edge_gateway.delivery.batcher import Batcher
 from edge_gateway.delivery.codec import Compressor, decode_payload, decode_value, frame_json, join_batch
 from edge_gateway.delivery.inflight import Flight, Window

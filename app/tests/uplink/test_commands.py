@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from edge_gateway.bus.frame import Frame, Kind, Value, now_ms
 from edge_gateway.config.loader import load_snapshot
 from edge_gateway.config.model import Snapshot, Variable
+from edge_gateway.core.frame import Frame, Kind, Value, now_ms
 from edge_gateway.delivery.commands import Ack, Downlink
 from edge_gateway.delivery.ledger import SeqLedger
 from edge_gateway.metrics import value as metric
+from edge_gateway.runtime.commands import WriteRouter
 
 CONFIG = Path(__file__).resolve().parents[3] / "config"
 
@@ -34,7 +35,9 @@ class Desk:
         self.frames: list[Frame] = []
         self.done = threading.Event()
         self.fail = fail
-        self.downlink = Downlink("t", lambda: snapshot, self.submit, self.record, ledger=ledger)
+        self.downlink = Downlink(
+            "t", WriteRouter(lambda: snapshot, submit_item=self.submit), self.record, ledger=ledger
+        )
 
     def submit(self, var: Variable, value: Value) -> Future[None]:
         self.writes.append((var.tag, value))
@@ -248,7 +251,7 @@ def test_a_replay_while_the_write_runs_waits_for_its_outcome(snapshot: Snapshot)
         threading.Thread(target=lambda: (release.wait(5), fut.set_result(None))).start()
         return fut
 
-    dl = Downlink("t", lambda: snapshot, submit)
+    dl = Downlink("t", WriteRouter(lambda: snapshot, submit_item=submit))
     raw = json.dumps({"seq": 5, "value": 21.0}).encode()
     dl.handle("plant.setpoint_c", raw, False, acks.append)
     dl.handle("plant.setpoint_c", raw, False, acks.append)
@@ -288,7 +291,8 @@ def test_seen_seqs_survive_a_restart(snapshot: Snapshot, tmp_path: Path) -> None
 def test_interrupted_write_is_not_run_again_after_a_restart(snapshot: Snapshot, tmp_path: Path) -> None:
     path = tmp_path / "t.seqs"
     first = Desk(snapshot, ledger=SeqLedger(path))
-    first.downlink._submit = lambda var, value: Future()  # the line never answers: the process dies
+    # the line never answers: the process dies
+    first.downlink._writes = WriteRouter(lambda: snapshot, submit_item=lambda var, value: Future())
     first.downlink.handle("plant.setpoint_c", json.dumps({"seq": 9, "value": 20}).encode(), False, lambda a: None)
     again = Desk(snapshot, ledger=SeqLedger(path))
     ack = again.send("plant.setpoint_c", {"seq": 9, "value": 20})
@@ -325,6 +329,6 @@ def test_an_exception_inside_validation_is_a_refusal(snapshot: Snapshot) -> None
         raise KeyError("boom")
 
     acks: list[Ack] = []
-    dl = Downlink("t", broken, None)
+    dl = Downlink("t", WriteRouter(broken))
     dl.handle("plant.setpoint_c", json.dumps({"seq": 4, "value": 1}).encode(), False, acks.append)
     assert [(a.seq, a.result, a.reason) for a in acks] == [(4, "fail", "internal")]

@@ -1,5 +1,5 @@
 """The MQTT 5 connector (connector.yml `kind: mqtt5`): see README.md."""
 
-from edge_gateway.connectors.mqtt.transport import MqttTransport, factory
+from edge_gateway.connectors.mqtt.transport import PLUGIN, MqttTransport, factory
 
-__all__ = ["MqttTransport", "factory"]
+__all__ = ["PLUGIN", "MqttTransport", "factory"]

@@ -42,7 +42,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_gateway.config.model import Connector
 from edge_gateway.connectors.mqtt.topics import Topics
-from edge_gateway.delivery.contract import Events, Message, Poll, Session
+from edge_gateway.delivery.contract import ConnectorPlugin, Events, Message, Poll, Session
 from edge_gateway.net.mqtt import new_client, read_secret
 from edge_gateway.net.session import Options, SessionState
 
@@ -325,4 +325,6 @@ def factory(cfg: Connector, **kw: Any) -> MqttTransport:
     return MqttTransport(cfg, **kw)
 
 
-factory.schema = json.loads(resources.files(__package__).joinpath("schema.json").read_text())  # type: ignore[attr-defined]
+PLUGIN = ConnectorPlugin(
+    "mqtt5", factory, schema=json.loads(resources.files(__package__).joinpath("schema.json").read_text())
+)

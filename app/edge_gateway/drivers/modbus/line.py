@@ -17,16 +17,16 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from edge_gateway.acquisition.modbus import codec, metrics, pdu
-from edge_gateway.acquisition.modbus.pdu import DeviceException, Disconnected, Mismatch, ModbusError
-from edge_gateway.acquisition.modbus.planner import Planner, Read
-from edge_gateway.acquisition.modbus.transport import make_transport
-from edge_gateway.bus.frame import GOOD, Frame, Value, bad, now_ms
 from edge_gateway.bus.framebus import FrameBus
 from edge_gateway.config.expr import ExprError
 from edge_gateway.config.model import Driver, Endpoint, Variable
+from edge_gateway.core.frame import GOOD, Frame, Value, bad, now_ms
+from edge_gateway.drivers.modbus import codec, metrics, pdu, writes
+from edge_gateway.drivers.modbus.pdu import DeviceException, Disconnected, Mismatch, ModbusError
+from edge_gateway.drivers.modbus.planner import Planner, Read
+from edge_gateway.drivers.modbus.transport import make_transport
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +129,8 @@ class ModbusLine(threading.Thread):
         reason = None
         if unit is None:
             reason = f"driver {variable.driver_id} is not on line {self.endpoint.id}"
-        elif not unit.driver.modbus.enable_write:
-            reason = f"driver {variable.driver_id} does not have enable_write"
-        elif not variable.writable or variable.address.type not in ("holding", "coil"):
-            reason = f"{variable.tag} is not writable"
+        else:
+            reason = writes.line_refusal(variable, unit.driver)
         if reason is None:
             try:
                 codec.encode(variable, value)
@@ -148,10 +146,10 @@ class ModbusLine(threading.Thread):
     def update_variables(self, driver_id: str, variables: Sequence[Variable]) -> None:
         """Swap a unit's tag map and re-plan, keeping the port open, the unit's cadence, its learned
         splits and its health (it is the same device)."""
-        with self._lock:
+        with self._lock:  # in place: the poll thread's accounting of a cycle in flight lands on this unit
             u = self.units[driver_id]
-            vs = tuple(variables)
-            self.units[driver_id] = replace(u, variables=vs, reads=self._plan(u.driver, vs, u.planner))
+            u.variables = tuple(variables)
+            u.reads = self._plan(u.driver, u.variables, u.planner)
 
     def restart_driver(self, driver: Driver, variables: Sequence[Variable]) -> None:
         """Replace one unit's settings (a changed driver) without touching the others."""
@@ -159,6 +157,12 @@ class ModbusLine(threading.Thread):
             old = self.units.get(driver.id)
             due = old.next_due if old else time.monotonic()
             self.units[driver.id] = self._unit(driver, tuple(variables), due)
+
+    def device(self, driver_id: str) -> Driver | None:
+        """The settings a unit runs with now (None: not on this line)."""
+        with self._lock:
+            u = self.units.get(driver_id)
+            return u.driver if u is not None else None
 
     def remove_driver(self, driver_id: str) -> None:
         with self._lock:
@@ -219,13 +223,15 @@ class ModbusLine(threading.Thread):
 
     def _schedule(self, unit: Unit, period: float) -> None:
         now = time.monotonic()
-        unit.next_due += period
-        if unit.next_due < now:  # overran: skip the missed slots instead of bursting to catch up
-            unit.next_due = now + period - (now - unit.next_due) % period
+        with self._lock:
+            unit.next_due += period
+            if unit.next_due < now:  # overran: skip the missed slots instead of bursting to catch up
+                unit.next_due = now + period - (now - unit.next_due) % period
 
     def _poll(self, unit: Unit) -> None:
         if self.bus.paused:
-            unit.skipped += 1
+            with self._lock:
+                unit.skipped += 1
             metrics.SKIPPED.labels(driver_id=unit.id).inc()
             self._schedule(unit, unit.driver.modbus.polling)
             return
@@ -234,19 +240,26 @@ class ModbusLine(threading.Thread):
         failed = 0
         error = ""
         i = 0
-        while i < len(unit.reads) and not self._stop_evt.is_set():
-            read = unit.reads[i]
+        # Every Unit field is read and written under the line's lock: a reload (update_variables,
+        # restart_driver) and status() run on other threads. The cycle works on its own copy of the plan.
+        with self._lock:
+            reads = unit.reads
+        while i < len(reads) and not self._stop_evt.is_set():
+            read = reads[i]
             try:
                 values = self._transact(unit, pdu.read_request(read.fc, read.start, read.count), attempts)
             except DeviceException as e:
-                if e.code == 2 and unit.planner.forbid(read):
+                with self._lock:  # the planner is shared with update_variables
+                    split = e.code == 2 and unit.planner.forbid(read)
+                if split:
                     log.warning(
                         "%s: unit %d refused merged read %s (exception 2): splitting it",
                         unit.id,
                         unit.driver.modbus.unit_id,
                         read.describe(),
                     )
-                    unit.reads = unit.planner.plan(unit.variables)
+                    with self._lock:
+                        unit.reads = reads = unit.planner.plan(unit.variables)
                     continue  # i now indexes the first of the split reads
                 frames += self._bad(read, e.reason)
                 error = str(e)
@@ -270,11 +283,12 @@ class ModbusLine(threading.Thread):
                         Frame(0, ts, v.tag, None, bad("scale" if isinstance(exc, ArithmeticError) else "decode"))
                     )
             i += 1
-        unit.polls += 1
+        with self._lock:
+            unit.polls += 1
         if frames:
             self.bus.publish(frames)
             metrics.POINTS.labels(driver_id=unit.id).inc(sum(1 for f in frames if f.q == GOOD))
-        self._account(unit, failed == len(unit.reads) and failed > 0, error)
+        self._account(unit, failed == len(reads) and failed > 0, error)
 
     def _account(self, unit: Unit, cycle_failed: bool, error: str) -> None:
         period = unit.driver.modbus.polling
@@ -399,3 +413,13 @@ class ModbusLine(threading.Thread):
 
 
 from struct import error as struct_error  # noqa: E402  (kept beside its single use above)
+
+
+def start_line(
+    endpoint: Endpoint, drivers: Sequence[Driver], variables: Sequence[Variable], bus: FrameBus
+) -> ModbusLine:
+    """A started line thread for one endpoint and its devices (tests and benchmarks; the runtime goes
+    through the plugin)."""
+    line = ModbusLine(endpoint, drivers, variables, bus)
+    line.start()
+    return line

@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import struct
 
-from edge_gateway.bus.frame import Value
 from edge_gateway.config.model import Variable
+from edge_gateway.core.datatypes import INT_RANGES
+from edge_gateway.core.frame import Value
 
 FMT = {
     "uint16": ">H",
@@ -23,14 +24,6 @@ FMT = {
     "int64": ">q",
     "float32": ">f",
     "float64": ">d",
-}
-_INT_RANGE = {
-    "uint16": (0, 0xFFFF),
-    "int16": (-(1 << 15), (1 << 15) - 1),
-    "uint32": (0, (1 << 32) - 1),
-    "int32": (-(1 << 31), (1 << 31) - 1),
-    "uint64": (0, (1 << 64) - 1),
-    "int64": (-(1 << 63), (1 << 63) - 1),
 }
 
 
@@ -92,11 +85,11 @@ def encode(var: Variable, value: Value) -> list[int] | bool:
         raw: float = value
         if var.scale is not None:
             raw = var.scale.inverse(float(value))  # ExprError (a ValueError) for non-affine scales
-        if dt in _INT_RANGE:
+        if dt in INT_RANGES:
             n = round(raw)
             if abs(raw - n) > 1e-6 * max(1.0, abs(raw)):
                 raise EncodeError(f"{var.tag}: {value!r} is not representable as {dt} (raw {raw!r})")
-            lo, hi = _INT_RANGE[dt]
+            lo, hi = INT_RANGES[dt]
             if not lo <= n <= hi:
                 raise EncodeError(f"{var.tag}: {value!r} is out of range for {dt} ({lo}..{hi})")
             packed = struct.pack(FMT[dt], n)

@@ -16,19 +16,10 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from edge_gateway.bus.frame import Value
 from edge_gateway.config.model import Payload
+from edge_gateway.core.datatypes import FLOAT32_MAX, INT_RANGES, NUMERIC
+from edge_gateway.core.frame import Value
 
-INT_RANGES: dict[str, tuple[int, int]] = {
-    "uint16": (0, 0xFFFF),
-    "int16": (-0x8000, 0x7FFF),
-    "uint32": (0, 0xFFFF_FFFF),
-    "int32": (-0x8000_0000, 0x7FFF_FFFF),
-    "uint64": (0, 0xFFFF_FFFF_FFFF_FFFF),
-    "int64": (-0x8000_0000_0000_0000, 0x7FFF_FFFF_FFFF_FFFF),
-}
-FLOAT32_MAX = 3.4028234663852886e38
-NUMERIC = frozenset(INT_RANGES) | {"float32", "float64"}
 # struct codes of a numeric `bytes` payload (width = the datatype's register size × 2)
 STRUCT_CODES = {
     "bool": "?",

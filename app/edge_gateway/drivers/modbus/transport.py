@@ -24,9 +24,9 @@ from typing import Protocol
 
 import serial
 
-from edge_gateway.acquisition.modbus import rtu
-from edge_gateway.acquisition.modbus.pdu import CrcError, Disconnected, Mismatch, ModbusError, Timeout
 from edge_gateway.config.model import Endpoint
+from edge_gateway.drivers.modbus import rtu
+from edge_gateway.drivers.modbus.pdu import CrcError, Disconnected, Mismatch, ModbusError, Timeout
 
 
 class Transport(Protocol):

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edge_gateway.acquisition.modbus import rtu
-from edge_gateway.acquisition.modbus.pdu import MAX_BITS, TABLE_FC
 from edge_gateway.config.model import Endpoint, Variable
+from edge_gateway.drivers.modbus import rtu
+from edge_gateway.drivers.modbus.pdu import MAX_BITS, TABLE_FC
 
 TCP_REQUEST_COST = 250.0  # bytes: a LAN round trip costs far more than reading a few spare registers
 RTU_REQUEST_BYTES = 8  # unit, fc, addr, count, crc
