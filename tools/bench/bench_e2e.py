@@ -62,8 +62,9 @@ def connector(port: int, batch: int, compression: str = "zstd") -> Connector:
 
 def start_consumer(port: int, count: int, topic: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [PY, "-m", "edge_gateway.uplink.consumer", "--port", str(port), "--count", str(count), "--quiet",
+        [PY, "-m", "tests.consumer", "--port", str(port), "--count", str(count), "--quiet",
          "--topic", topic],
+        cwd=ROOT / "app",  # the reference consumer is test code (app/tests/consumer.py), not in the package
         stdout=subprocess.PIPE,
         text=True,
     )  # fmt: skip

@@ -19,7 +19,7 @@ from edge_gateway.delivery.commands import Downlink
 from edge_gateway.delivery.runner import Runner
 from edge_gateway.runtime.commands import WriteRouter
 from edge_gateway.testkit import LOOPBACK, Mosquitto, require
-from edge_gateway.uplink.consumer import BatchSubscriber
+from tests.consumer import BatchSubscriber
 
 
 def connector(port: int, **kw: Any) -> Connector:

@@ -140,7 +140,7 @@ class BatchSubscriber:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m edge_gateway.uplink.consumer`: print frames as `seq tag value q` lines (make demo), or
+    """`cd app && python -m tests.consumer`: print frames as `seq tag value q` lines (make demo), or
     count them until `--count` distinct seqs arrived and print a JSON summary (benchmarks)."""
     import argparse
     import sys
