@@ -17,7 +17,7 @@ help:
 	@echo "make demo    simulator + local Mosquitto + gateway on config/, values flowing"
 	@echo "make test    everything CI runs (.ci/run calls it): app tests, then make hil"
 	@echo "make venv    .venv/ with the app and dev tools, pinned by requirements.lock"
-	@echo "make lint    ruff + mypy"
+	@echo "make lint    ruff + mypy + import contracts (app/.importlinter)"
 	@echo "make bench   benchmarks, report in build/bench/"
 	@echo "make fuzz    seeded fuzzers (tools/fuzz/fuzz_*.py), JSON summaries in build/fuzz/"
 	@echo "make hil     hardware-in-the-loop suite against the PLC simulator (short)"
@@ -46,6 +46,7 @@ lint: venv
 	$(VENV)/bin/ruff check app tools hil-tests
 	$(VENV)/bin/ruff format --check app tools hil-tests
 	cd app && ../$(VENV)/bin/mypy edge_gateway
+	cd app && ../$(VENV)/bin/lint-imports --config .importlinter --no-cache
 
 DEMO_SECONDS ?= 0
 demo: venv

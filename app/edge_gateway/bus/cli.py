@@ -15,12 +15,22 @@ import argparse
 import base64
 import json
 import sys
+from pathlib import Path
 
 from edge_gateway.bus.cursor import Cursor
 from edge_gateway.bus.wal import Wal, WalLocked
+from edge_gateway.config import stdout
 from edge_gateway.config.model import WalCfg
 from edge_gateway.config.units import parse_size
 from edge_gateway.core.frame import Frame, Kind
+
+EXIT_CODES = """\
+exit codes:
+  0    done (stats, replay, flush; gc reached --keep-bytes)
+  1    refused: a gateway holds the WAL (flush, gc), or gc stopped at unacked frames
+  2    the command line is wrong, or --wal-dir is not a WAL directory
+  141  stdout was closed before all was written (`edge-bus replay | head`); no traceback
+"""
 
 
 def frame_json(f: Frame) -> dict[str, object]:
@@ -35,21 +45,37 @@ def frame_json(f: Frame) -> dict[str, object]:
     return out
 
 
+@stdout.guard
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="edge-bus", description="Inspect and maintain an edge-gateway WAL directory.")
-    ap.add_argument("--wal-dir", required=True)
+    ap = argparse.ArgumentParser(
+        prog="edge-bus",
+        description="Inspect and maintain an edge-gateway WAL directory.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--wal-dir",
+        required=True,
+        metavar="DIR",
+        help="the WAL directory (gateway.yml wal.dir), e.g. /var/lib/edge-gateway/wal",
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     st = sub.add_parser("stats", help="segments, bytes, seqs, cursors, lag")
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--json", action="store_true", help="print the raw figures as JSON")
     rp = sub.add_parser("replay", help="print committed frames as JSON lines")
-    rp.add_argument("--from", dest="start", type=int, default=1)
-    rp.add_argument("--to", dest="end", type=int, default=0)
+    rp.add_argument("--from", dest="start", type=int, default=1, metavar="N", help="first seq (default 1)")
+    rp.add_argument("--to", dest="end", type=int, default=0, metavar="M", help="last seq (default: the last committed)")
     rp.add_argument("--tag", default=None, help="only this tag")
     sub.add_parser("flush", help="recover and fsync the WAL (refused while a gateway runs)")
     gc = sub.add_parser("gc", help="delete oldest segments down to a size")
     gc.add_argument("--keep-bytes", required=True, help="e.g. 512M, 2GiB")
     gc.add_argument("--force", action="store_true", help="also delete unacked segments (the frames are lost)")
     a = ap.parse_args(argv)
+    if not Path(a.wal_dir).is_dir():
+        print(
+            f"edge-bus: {a.wal_dir} is not a directory (gateway.yml wal.dir names the WAL directory)", file=sys.stderr
+        )
+        return 2
     cfg = WalCfg(dir=a.wal_dir)
     readonly = a.cmd in ("stats", "replay")
     try:

@@ -6,26 +6,88 @@ import argparse
 import json
 import sys
 
-from edge_gateway.config import schema
+from edge_gateway.config import schema, stdout
 from edge_gateway.config.diff import diff
 from edge_gateway.config.loader import ConfigError, lint, load_snapshot
 from edge_gateway.config.source import printable
 from edge_gateway.core import registry
 
+EXIT_CODES = """\
+exit codes:
+  0    lint: no error (warnings allowed); schema: printed; diff: printed,
+       whether or not anything changed; plugins: listed
+  1    lint: at least one error; diff: OLD or NEW is not a valid configuration
+       (its problems on stderr as FILE:LINE: MESSAGE)
+  2    the command line is wrong (unknown command or schema name, missing DIR)
+  141  stdout was closed before all was written (`edge-cfg schema | head`), as
+       for a process killed by SIGPIPE; no traceback
+"""
 
+LINT_HELP = """\
+Validate the five YAML files of DIR against their schemas and the rules a schema
+cannot say (references, overlapping addresses, len against datatype, topics...).
+Every problem is one line on stdout, FILE:LINE: MESSAGE or FILE:LINE: warning:
+MESSAGE, naming the entry (tag or id) and the key, with the nearest valid word
+for a typo; a summary `DIR: N error(s), M warning(s)` goes to stderr.
+"""
+
+DIFF_HELP = """\
+What a hot reload from OLD to NEW would touch: lines reopened, drivers
+restarted, tag maps swapped, connector and gateway.yml sections; `no change`
+when nothing would.
+NEW is compared as if installed in OLD's directory: a path NEW writes relative
+(wal.dir, control.socket, password_file, TLS files, a serial device) is resolved
+against OLD, so two copies of one configuration are `no change` wherever they
+sit; an absolute path compares as written.
+"""
+
+
+@stdout.guard
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="edge-cfg", description="Check and compare edge-gateway configurations.")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    p_lint = sub.add_parser("lint", help="validate a config directory; exit 1 on any error")
-    p_lint.add_argument("dir")
-    p_schema = sub.add_parser("schema", help="print the JSON Schema of one file (or all)")
-    p_schema.add_argument("name", nargs="?", choices=schema.NAMES)
-    p_diff = sub.add_parser("diff", help="what a reload from OLD to NEW would touch")
-    p_diff.add_argument("old")
-    p_diff.add_argument("new")
-    p_plugins = sub.add_parser("plugins", help="list the installed driver and connector plugins (entry points)")
-    p_plugins.add_argument("--json", action="store_true", help="as JSON")
-    # edge-cfg modbus scan: commissioning, all of it in edge_gateway.config.scan
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="edge-cfg",
+        description="Check and compare edge-gateway configurations.",
+        epilog=EXIT_CODES + "  modbus scan: see `edge-cfg modbus scan --help`\n",
+        formatter_class=fmt,
+    )
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    p_lint = sub.add_parser(
+        "lint",
+        help="validate a config directory; exit 1 on any error",
+        description=LINT_HELP,
+        epilog=EXIT_CODES,
+        formatter_class=fmt,
+    )
+    p_lint.add_argument("dir", metavar="DIR", help="the directory with the five YAML files")
+    p_schema = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of one file (or all)",
+        description="Print the JSON Schema of one file, or of all five as one JSON object keyed by\nname.",
+        epilog=EXIT_CODES,
+        formatter_class=fmt,
+    )
+    p_schema.add_argument(
+        "name", nargs="?", choices=schema.NAMES, metavar="NAME", help=f"one of {', '.join(schema.NAMES)}"
+    )
+    p_diff = sub.add_parser(
+        "diff",
+        help="what a reload from OLD to NEW would touch",
+        description=DIFF_HELP,
+        epilog=EXIT_CODES,
+        formatter_class=fmt,
+    )
+    p_diff.add_argument("old", metavar="OLD", help="the running (or current) config directory")
+    p_diff.add_argument("new", metavar="NEW", help="the edited copy")
+    sub.add_parser(
+        "plugins",
+        help="list the installed driver and connector plugins (entry points)",
+        description="Every entry-point name of the groups edge_gateway.drivers and edge_gateway.connectors,\n"
+        "with the object it names and the distribution it comes from.",
+        epilog=EXIT_CODES,
+        formatter_class=fmt,
+    ).add_argument("--json", action="store_true", help="as JSON")
+    # edge-cfg modbus scan: commissioning, all of it in edge_gateway.config.scan (its own exit codes)
     from edge_gateway.config import scan as modbus_scan
 
     modbus_scan.add_subparser(sub)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from edge_gateway.config.model import Snapshot
 
@@ -25,6 +28,9 @@ class Impact:
     mqtt_sources_removed: tuple[str, ...] = ()  # endpoint ids: stop it
     mqtt_sources_changed: tuple[str, ...] = ()  # endpoint ids: restart it (new session, new subscriptions)
     mqtt_tags_changed: tuple[str, ...] = ()  # driver ids: MqttSource.update_tags, no restart
+    # Plugins on the generic tables (core/driver.py BaseDriver): endpoint ids whose endpoint, devices or
+    # tags changed (added and removed ones included); the plugin's plan_reload decides what that restarts.
+    plugin_endpoints_changed: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -47,6 +53,12 @@ def _keys(old: dict, new: dict) -> tuple[tuple[str, ...], tuple[str, ...], tuple
 
 
 def diff(old: Snapshot, new: Snapshot) -> Impact:
+    """What a reload from `old` to `new` touches. When they were read from two directories, `new` is
+    compared as if its files were installed in `old`'s directory (what a deployment does): a path it
+    wrote relative (`wal.dir: wal`) is resolved against `old.directory`, so two copies of one config
+    compare equal wherever they sit, and an absolute path compares as written."""
+    if new.relative_paths and old.directory and new.directory != old.directory:
+        new = installed_in(new, old.directory)
     ep_add, ep_rm, ep_chg = _keys(old.endpoints, new.endpoints)
     dr_add, dr_rm, dr_chg = _keys(old.drivers, new.drivers)
     reopened = set(ep_chg)
@@ -70,6 +82,7 @@ def diff(old: Snapshot, new: Snapshot) -> Impact:
         gw += ("control",)
     co_add, co_rm, co_chg = _keys(old.connectors, new.connectors)
     m = _mqtt(old, new)
+    m["plugin_endpoints_changed"] = _plugins(old, new)
     return Impact(
         endpoints_added=ep_add,
         endpoints_removed=ep_rm,
@@ -108,3 +121,48 @@ def _mqtt(old: Snapshot, new: Snapshot) -> dict[str, tuple[str, ...]]:
         "mqtt_sources_changed": tuple(sorted(restart)),
         "mqtt_tags_changed": tags,
     }
+
+
+def _plugins(old: Snapshot, new: Snapshot) -> tuple[str, ...]:
+    def parts(s: Snapshot, e: str) -> tuple[Any, ...]:
+        devices = tuple(sorted((d for d in s.plugin_devices.values() if d.endpoint_id == e), key=lambda d: d.id))
+        ids = {d.id for d in devices}
+        return (s.plugin_endpoints.get(e), devices, tuple(t for t in s.plugin_tags if t.driver_id in ids))
+
+    eps = set(old.plugin_endpoints) | set(new.plugin_endpoints)
+    return tuple(sorted(e for e in eps if parts(old, e) != parts(new, e)))
+
+
+def installed_in(snapshot: Snapshot, directory: str) -> Snapshot:
+    """`snapshot` with each path its files wrote relative resolved against `directory` instead, the
+    way the loader resolves it (`(directory / written).resolve()`)."""
+    base = Path(directory)
+    moved = {resolved: str((base / written).resolve()) for resolved, written in snapshot.relative_paths.items()}
+    out = _rebased(snapshot, moved)
+    assert isinstance(out, Snapshot)
+    return dataclasses.replace(
+        out, directory=directory, relative_paths={moved[k]: v for k, v in out.relative_paths.items()}
+    )
+
+
+def _rebased(obj: Any, moved: dict[str, str]) -> Any:
+    """A copy of `obj` (dataclasses, dicts, tuples) with every string that is a key of `moved`
+    replaced. Only paths the loader resolved are keys: absolute paths no other setting holds."""
+    if isinstance(obj, str):
+        return moved.get(obj, obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        changes = {}
+        for f in dataclasses.fields(obj):
+            if f.init and f.name != "relative_paths":
+                value = getattr(obj, f.name)
+                new = _rebased(value, moved)
+                if new is not value:
+                    changes[f.name] = new
+        return dataclasses.replace(obj, **changes) if changes else obj
+    if isinstance(obj, dict):
+        items = {k: _rebased(v, moved) for k, v in obj.items()}
+        return items if any(items[k] is not v for k, v in obj.items()) else obj
+    if type(obj) is tuple:
+        seq = tuple(_rebased(v, moved) for v in obj)
+        return seq if any(a is not b for a, b in zip(seq, obj, strict=True)) else obj
+    return obj

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from edge_gateway.config import mqtt, schema
+from edge_gateway.config import schema
 from edge_gateway.config.expr import Scale, compile_for_tag
 from edge_gateway.config.model import (
     BIT_TYPES,
@@ -37,12 +37,14 @@ from edge_gateway.config.model import (
     Variable,
     WalCfg,
 )
-from edge_gateway.config.source import Problem, Source, read, secret_file
+from edge_gateway.config.source import Problem, Source, read, secret_file, where
 from edge_gateway.config.units import parse_duration, parse_rate, parse_size
+from edge_gateway.core import registry
+from edge_gateway.core.driver import DeviceItem, DriverPlugin, EndpointItem, TagItem
 
 FILES = {name: f"{name}.yml" for name in schema.NAMES}
 OPTIONAL = {"gateway"}
-RESERVED_KINDS = ("dyn", "wasm")  # driver kinds named by the design, not built in this release
+RESERVED_KINDS = ("wasm",)  # a driver kind named by the design, not built in this release
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
@@ -97,10 +99,18 @@ class _Build:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
         self.src: dict[str, Source] = {}
-        # MQTT-source parts (config/mqtt.py): drivers by id as written, and what was built of them
+        # MQTT-source parts (drivers/mqtt_source/config.py, via the registry): drivers by id, what was built
         self._mqtt_driver_ids: set[str] = set()
         self._mqtt_drivers: dict[str, MqttDriver] = {}
         self._mqtt_tags: list[MqttTag] = []
+        # The MQTT source's builders and rules, reached through the registry like every plugin's.
+        self.mqtt: Any = registry.driver("mqtt").config  # type: ignore[attr-defined]
+        # Plugins on the generic tables (core/driver.py BaseDriver): what was built of their entries.
+        self._generic = {n: p for n, p in registry.drivers().items() if p.generic}
+        self._plugin_device_ids: dict[str, DriverPlugin | None] = {}
+        self._plugin_devices: dict[str, DeviceItem] = {}
+        self._plugin_tags: list[TagItem] = []
+        self._relative: dict[str, str] = {}  # resolved → as written, for Snapshot.relative_paths
 
     def run(self) -> tuple[Snapshot | None, list[Problem]]:
         data: dict[str, Any] = {}
@@ -141,13 +151,24 @@ class _Build:
     # -- building ----------------------------------------------------------------------------------
     def _build(self, data: dict[str, Any], bad: dict[str, set[tuple]]) -> Snapshot:
         s = self.src
-        ep_data, mqtt_ep_data = _split(data["endpoints"], lambda e: mqtt.is_mqtt_scheme(e.get("scheme")))
+        gen_ep_data, ep_table = self._split_generic(data["endpoints"])
+        ep_data, mqtt_ep_data = _split(ep_table, lambda e: self.mqtt.is_mqtt_scheme(e.get("scheme")))
+        plugin_endpoints = self._each(gen_ep_data, bad["endpoints"], s["endpoints"], self._plugin_endpoint)
         endpoints = self._each(ep_data, bad["endpoints"], s["endpoints"], self._endpoint)
         mqtt_endpoints: dict[str, MqttEndpoint] = self._each(
-            mqtt_ep_data, bad["endpoints"], s["endpoints"], lambda i, e, src: mqtt.endpoint(i, e, src, self._path)
+            mqtt_ep_data, bad["endpoints"], s["endpoints"], lambda i, e, src: self.mqtt.endpoint(i, e, src, self._path)
         )
         known_endpoints = set(data["endpoints"])
-        drv_data, mqtt_drv_data = _split(data["drivers"], lambda d: d.get("proto") == "mqtt")
+        drv_table, gen_drv_data = _split(data["drivers"], self._is_plugin_device)
+        drv_data, mqtt_drv_data = _split(drv_table, lambda d: d.get("proto") == "mqtt")
+        self._plugin_device_ids = dict.fromkeys(gen_drv_data)
+        plugin_devices = self._each(
+            gen_drv_data,
+            bad["drivers"],
+            s["drivers"],
+            lambda i, d, src: self._plugin_device(i, d, src, plugin_endpoints, data["endpoints"]),
+        )
+        self._plugin_devices_built = set(plugin_devices)
         self._mqtt_driver_ids = set(mqtt_drv_data)
         for ident, d in drv_data.items():
             if (ident,) not in bad["drivers"] and d.get("endpoint_id") in mqtt_ep_data:
@@ -168,7 +189,7 @@ class _Build:
             s["drivers"],
             lambda i, d, src: self._mqtt_driver(i, d, src, mqtt_endpoints, data["endpoints"]),
         )
-        mqtt.overlapping_subscriptions(self._mqtt_drivers.values(), s["drivers"])
+        self.mqtt.overlapping_subscriptions(self._mqtt_drivers.values(), s["drivers"])
         self._unique_units(drivers, endpoints)
         variables = self._variables(data["variables"], bad["variables"], drivers, set(data["drivers"]))
         connectors = self._each(data["connector"], bad["connector"], s["connector"], self._connector)
@@ -191,6 +212,10 @@ class _Build:
             mqtt_endpoints=mqtt_endpoints,
             mqtt_drivers=self._mqtt_drivers,
             mqtt_tags=tuple(self._mqtt_tags),
+            relative_paths=dict(self._relative),
+            plugin_endpoints=plugin_endpoints,
+            plugin_devices=plugin_devices,
+            plugin_tags=tuple(self._plugin_tags),
         )
 
     def _each(self, table: Any, bad: set[tuple], src: Source, build: Callable[[str, dict, Source], Any]) -> dict:
@@ -206,8 +231,13 @@ class _Build:
         return out
 
     def _path(self, value: str) -> str:
+        """A path from a file: relative paths are relative to the config directory."""
         p = Path(value)
-        return str(p if p.is_absolute() else (self.dir / p).resolve())
+        if p.is_absolute():
+            return str(p)
+        resolved = str((self.dir / p).resolve())
+        self._relative[resolved] = value
+        return resolved
 
     def _endpoint(self, ident: str, e: dict, src: Source) -> Endpoint | None:
         scheme, opts = e["scheme"], e.get("opts") or {}
@@ -273,16 +303,12 @@ class _Build:
     def _driver(
         self, ident: str, d: dict, src: Source, endpoints: dict[str, Endpoint], known: set[str]
     ) -> Driver | None:
-        kind = d.get("kind", "static")
-        if kind in RESERVED_KINDS:
-            src.error(
-                (ident, "kind"),
-                f"{ident}: kind {kind!r} is reserved, not supported in this release; use kind: static",
-            )
+        if not self._kind_ok(ident, d, src):
             return None
         ok = True
         if d["endpoint_id"] not in known:
-            src.error((ident, "endpoint_id"), f"{ident}: unknown endpoint_id {d['endpoint_id']!r}")
+            hint = schema.did_you_mean(d["endpoint_id"], known)
+            src.error((ident, "endpoint_id"), f"{ident}: unknown endpoint_id {d['endpoint_id']!r}{hint}")
             ok = False
         build = self._PROTOCOLS.get(d["proto"])
         if build is None:
@@ -326,20 +352,15 @@ class _Build:
     def _mqtt_driver(
         self, ident: str, d: dict, src: Source, endpoints: dict[str, MqttEndpoint], known: dict[str, Any]
     ) -> MqttDriver | None:
-        """A `proto: mqtt` driver: an MQTT source on an mqtt/mqtts endpoint (config/mqtt.py)."""
-        kind = d.get("kind", "static")
-        if kind in RESERVED_KINDS:
-            src.error(
-                (ident, "kind"),
-                f"{ident}: kind {kind!r} is reserved, not supported in this release; use kind: static",
-            )
+        """A `proto: mqtt` driver: an MQTT source on an mqtt/mqtts endpoint (drivers/mqtt_source/config.py)."""
+        if not self._kind_ok(ident, d, src):
             return None
         ok = True
         ep = d["endpoint_id"]
         if ep not in known:
-            src.error((ident, "endpoint_id"), f"{ident}: unknown endpoint_id {ep!r}")
+            src.error((ident, "endpoint_id"), f"{ident}: unknown endpoint_id {ep!r}{schema.did_you_mean(ep, known)}")
             ok = False
-        elif isinstance(known[ep], dict) and not mqtt.is_mqtt_scheme(known[ep].get("scheme")):
+        elif isinstance(known[ep], dict) and not self.mqtt.is_mqtt_scheme(known[ep].get("scheme")):
             src.error(
                 (ident, "endpoint_id"),
                 f"{ident}: proto mqtt needs an mqtt or mqtts endpoint; {ep} has scheme {known[ep].get('scheme')}",
@@ -347,10 +368,123 @@ class _Build:
             ok = False
         if schema.check(src, "drivers", d["cfg"], schema_ref="mqtt", base=(ident, "cfg")):
             return None
-        cfg = mqtt.driver_cfg(ident, d["cfg"], src)
+        cfg = self.mqtt.driver_cfg(ident, d["cfg"], src)
         if not ok or cfg is None or ep not in endpoints:
             return None  # a broken endpoint is reported at the endpoint
-        return mqtt.driver(ident, d, cfg, src)
+        return self.mqtt.driver(ident, d, cfg, src)
+
+    # -- kinds, and plugins on the generic tables ----------------------------------------------------------
+    def _kind_ok(self, ident: str, d: dict, src: Source) -> bool:
+        """`kind: static` is built in; `kind: dyn` names an installed plugin (by its `proto`)."""
+        kind, proto = d.get("kind", "static"), d.get("proto")
+        if kind in RESERVED_KINDS:
+            src.error(
+                (ident, "kind"),
+                f"{ident}: kind {kind!r} is reserved, not supported in this release; use kind: static or dyn",
+            )
+            return False
+        builtin = isinstance(proto, str) and registry.is_builtin(proto)
+        if kind == "dyn" and builtin:
+            src.error(
+                (ident, "kind"), f"{ident}: proto {proto} is built in: use kind: static (dyn names an installed plugin)"
+            )
+            return False
+        if kind == "static" and isinstance(proto, str) and proto in registry.drivers() and not builtin:
+            src.error((ident, "kind"), f"{ident}: proto {proto} is an installed plugin, not built in: use kind: dyn")
+            return False
+        return True
+
+    def _split_generic(self, table: Any) -> tuple[dict[str, Any], Any]:
+        """(endpoints whose scheme a generic plugin owns, the rest)."""
+        if not isinstance(table, dict) or not self._generic:
+            return {}, table
+        schemes = {sc for p in self._generic.values() for sc in p.schemes}
+        yes = {k: v for k, v in table.items() if isinstance(v, dict) and v.get("scheme") in schemes}
+        return yes, {k: v for k, v in table.items() if k not in yes}
+
+    def _is_plugin_device(self, d: dict) -> bool:
+        """A device of a generic plugin, or `kind: dyn` naming one that is not installed (reported there)."""
+        proto = d.get("proto")
+        if d.get("kind") == "dyn" and isinstance(proto, str) and not registry.is_builtin(proto):
+            return True
+        return proto in self._generic
+
+    def _plugin_endpoint(self, ident: str, e: dict, src: Source) -> EndpointItem | None:
+        plugin = registry.driver_for_scheme(e["scheme"])
+        assert plugin is not None  # _split_generic chose it by scheme
+        opts = e.get("opts") or {}
+        if schema.check_fragment(src, "endpoints", dict(plugin.schema().endpoint_opts), opts, (ident, "opts")):
+            return None
+        try:
+            built = plugin.build_endpoint(ident, e["scheme"], opts)
+        except ValueError as err:
+            src.error((ident,), f"{ident}: {err}")
+            return None
+        where = f"{src.name}:{src.line((ident,))}"
+        return EndpointItem(ident, e["scheme"], e["host"], e.get("port"), built, src=where)
+
+    def _plugin_device(
+        self, ident: str, d: dict, src: Source, endpoints: dict[str, EndpointItem], known: dict[str, Any]
+    ) -> DeviceItem | None:
+        proto = d["proto"]
+        self._plugin_device_ids[ident] = None
+        if not self._kind_ok(ident, d, src):
+            return None
+        try:
+            plugin = registry.driver(proto)
+        except registry.PluginError as err:
+            src.error((ident, "proto"), f"{ident}: {err}")
+            return None
+        self._plugin_device_ids[ident] = plugin
+        ep = d["endpoint_id"]
+        ok = True
+        if ep not in known:
+            src.error((ident, "endpoint_id"), f"{ident}: unknown endpoint_id {ep!r}")
+            ok = False
+        elif isinstance(known[ep], dict) and known[ep].get("scheme") not in plugin.schemes:
+            src.error(
+                (ident, "endpoint_id"),
+                f"{ident}: proto {proto} needs an endpoint of scheme {' or '.join(plugin.schemes)}; "
+                f"{ep} has scheme {known[ep].get('scheme')}",
+            )
+            ok = False
+        if schema.check_fragment(src, "drivers", dict(plugin.schema().cfg), d["cfg"], (ident, "cfg")):
+            return None
+        try:
+            cfg = plugin.build_cfg(ident, d["cfg"])
+        except ValueError as err:
+            src.error((ident, "cfg"), f"{ident}: {err}")
+            return None
+        if not ok or ep not in endpoints:
+            return None  # a broken endpoint is reported at the endpoint
+        kind = d.get("kind", "static")
+        return DeviceItem(ident, kind, proto, ep, cfg, src=f"{src.name}:{src.line((ident,))}")
+
+    def _plugin_tag(self, i: int, v: dict, src: Source) -> TagItem | None:
+        tag, did = v["tag"], v["driver_id"]
+        plugin = self._plugin_device_ids[did]
+        if "address" not in v:
+            src.error((i,), f"{tag}: missing required key 'address'")
+            return None
+        if plugin is None:
+            return None  # its device is reported already
+        if schema.check_fragment(src, "variables", dict(plugin.schema().address), v["address"], (i, "address")):
+            return None
+        try:
+            address = plugin.build_address(tag, v["datatype"], v["address"])
+        except ValueError as err:
+            src.error((i, "address"), f"{tag}: {err}")
+            return None
+        scale = None
+        if "scale" in v:
+            scale, scale_ok = compile_for_tag(src, (i, "scale"), tag, v["datatype"], v["scale"])
+            if not scale_ok:
+                return None
+        if did not in self._plugin_devices_built:
+            return None
+        return TagItem(
+            tag, did, v.get("access", "R"), v["datatype"], address, scale, v.get("unit"), f"{src.name}:{src.line((i,))}"
+        )
 
     def _unique_units(self, drivers: dict[str, Driver], endpoints: dict[str, Endpoint]) -> None:
         seen: dict[tuple[str, int], str] = {}
@@ -386,8 +520,14 @@ class _Build:
                 src.error((i, "tag"), f"duplicate tag {tag!r} (first at line {tags[tag]})")
                 continue
             tags[tag] = src.line((i, "tag"))
+            if v["driver_id"] in self._plugin_device_ids:
+                pt = self._plugin_tag(i, v, src)
+                if pt is not None:
+                    self._plugin_tags.append(pt)
+                    index[tag] = i
+                continue
             if v["driver_id"] in self._mqtt_driver_ids:
-                t = mqtt.tag(i, v, src, self._mqtt_drivers.get(v["driver_id"]))
+                t = self.mqtt.tag(i, v, src, self._mqtt_drivers.get(v["driver_id"]))
                 if t is not None:
                     self._mqtt_tags.append(t)
                     index[tag] = i
@@ -397,19 +537,23 @@ class _Build:
                 out.append(var)
                 index[tag] = i
         self._overlaps(out, src, index)
-        mqtt.template_shadows(self._mqtt_tags, tags, src, index)
+        self.mqtt.template_shadows(self._mqtt_tags, tags, src, index)
         return out
 
     def _variable(self, i: int, v: dict, src: Source, drivers: dict[str, Driver], known: set[str]) -> Variable | None:
         tag, did = v["tag"], v["driver_id"]
         if did not in known:
-            src.error((i, "driver_id"), f"{tag}: unknown driver_id {did!r}")
+            src.error((i, "driver_id"), f"{tag}: unknown driver_id {did!r}{schema.did_you_mean(did, known)}")
             return None
-        if not mqtt.misplaced_mqtt_keys(i, v, src):
+        if not self.mqtt.misplaced_mqtt_keys(i, v, src):
             return None
         if "address" not in v:
             src.error((i,), f"{tag}: missing required key 'address' (driver {did} is a Modbus driver)")
             return None
+        if self._generic and schema.check_fragment(
+            src, "variables", schema.modbus_address(), v["address"], (i, "address")
+        ):
+            return None  # with a generic plugin installed, variables.json leaves `address` to each driver
         driver = drivers.get(did)
         address = self._address(i, v, src)
         dt, access = v["datatype"], v.get("access", "R")
@@ -692,7 +836,7 @@ def _positive(src: Source, path: tuple[str, ...], value: Any, parse: Callable[[A
     or divide by zero in the line or uplink thread, so it is an error here."""
     if value is None or parse(value) > 0:
         return True
-    src.error(path, f"{'/'.join(path)}: {value!r} is zero; it must be positive")
+    src.error(path, f"{where(src, path)} {value!r} is zero; it must be positive")
     return False
 
 

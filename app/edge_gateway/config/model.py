@@ -281,6 +281,13 @@ class Snapshot:
     mqtt_endpoints: dict[str, MqttEndpoint] = field(default_factory=dict)
     mqtt_drivers: dict[str, MqttDriver] = field(default_factory=dict)
     mqtt_tags: tuple[MqttTag, ...] = ()
+    # Plugins on the generic tables (core/driver.py BaseDriver): EndpointItem, DeviceItem, TagItem.
+    plugin_endpoints: dict[str, Any] = field(default_factory=dict)
+    plugin_devices: dict[str, Any] = field(default_factory=dict)
+    plugin_tags: tuple[Any, ...] = ()
+    # Every path the files wrote relative (resolved path → as written): `edge-cfg diff` re-resolves
+    # them against the other directory, so two copies of one config in two places compare equal.
+    relative_paths: dict[str, str] = field(default_factory=dict, compare=False)
 
     def mqtt_tags_of(self, driver_id: str) -> tuple[MqttTag, ...]:
         return tuple(t for t in self.mqtt_tags if t.driver_id == driver_id)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+from collections.abc import Iterable
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -10,34 +12,48 @@ from typing import Any
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
 
-from edge_gateway.config.source import Source
+from edge_gateway.config.source import Source, item, key_path, printable, where
+from edge_gateway.core import registry
 
 NAMES = ("endpoints", "drivers", "variables", "connector", "gateway")
 
 
 @cache
 def schema(name: str) -> dict[str, Any]:
+    """The schema of one file: the shipped JSON, plus the fragments of the installed plugins that use the
+    generic tables (core/driver.py): their endpoint schemes, and free-form `address` mappings, which the
+    loader then checks with the owning plugin's fragment. Without such a plugin it is the JSON as shipped."""
     text = resources.files("edge_gateway.config").joinpath("schemas", f"{name}.json").read_text()
-    s = dict(json.loads(text))
+    out = dict(json.loads(text))
+    generic = [p for p in registry.drivers().values() if p.generic]
+    if generic and name == "endpoints":
+        ep = out["$defs"]["endpoint"]
+        schemes = [sc for p in generic for sc in p.schemes]
+        ep["properties"]["scheme"]["enum"] = [*ep["properties"]["scheme"]["enum"], *schemes]
+        ep["else"] = {  # opts of a plugin scheme: checked by the loader against the plugin's fragment
+            "if": {"properties": {"scheme": {"enum": schemes}}, "required": ["scheme"]},
+            "else": ep["else"],
+        }
+    if generic and name == "variables":
+        out["$defs"]["variable"]["properties"]["address"] = {"type": "object"}
     if name == "connector":
-        _add_connectors(s)
-    return s
+        _add_connectors(out)
+    return out
 
 
 def _add_connectors(s: dict[str, Any]) -> None:
     """connector.yml's entry schema: one branch per installed connector kind, with the schema its
     plugin ships (`#/$defs/…` references resolve against this file's shared defs). An entry without
     `kind` is checked as mqtt5, the only kind there was."""
-    from edge_gateway.delivery.lookup import installed, schema_of
-
     defs = s.setdefault("$defs", {})
     branches: list[dict[str, Any]] = []
-    kinds = sorted(installed())
+    plugins = registry.connectors()
+    kinds = sorted(plugins)
     for kind in kinds:
-        frag = schema_of(kind)
-        if frag is None:
+        frag = getattr(plugins[kind], "schema", None)
+        if not isinstance(frag, dict):
             continue
-        defs[f"kind_{kind}"] = frag
+        defs[f"kind_{kind}"] = dict(frag)
         cond: dict[str, Any] = {"properties": {"kind": {"const": kind}}}
         if kind != "mqtt5":
             cond["required"] = ["kind"]
@@ -46,6 +62,12 @@ def _add_connectors(s: dict[str, Any]) -> None:
         "properties": {"kind": {"enum": kinds}},
         "allOf": branches,
     }
+
+
+def modbus_address() -> dict[str, Any]:
+    """The Modbus `address` of variables.json as shipped (free-form once a generic plugin is installed)."""
+    text = resources.files("edge_gateway.config").joinpath("schemas", "variables.json").read_text()
+    return dict(json.loads(text)["$defs"]["variable"]["properties"]["address"])
 
 
 def _is_integer(_checker: object, instance: object) -> bool:
@@ -72,6 +94,18 @@ def check(src: Source, name: str, data: Any, schema_ref: str | None = None, base
     v = validator(name)
     if schema_ref is not None:
         v = v.evolve(schema=v.schema["$defs"][schema_ref] | {"$defs": v.schema["$defs"]})
+    return _errors(v, src, data, base)
+
+
+def check_fragment(src: Source, name: str, fragment: dict[str, Any], data: Any, base: tuple) -> set[tuple]:
+    """Validate `data` at `base` against a plugin's schema fragment (it may use the `$defs` of `name`,
+    such as #/$defs/duration)."""
+    v = validator(name)
+    v = v.evolve(schema=fragment | {"$defs": {**v.schema["$defs"], **fragment.get("$defs", {})}})
+    return _errors(v, src, data, base)
+
+
+def _errors(v: Draft202012Validator, src: Source, data: Any, base: tuple) -> set[tuple]:
     bad: set[tuple] = set()
     for err in sorted(v.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
         path = base + tuple(err.absolute_path)
@@ -80,23 +114,64 @@ def check(src: Source, name: str, data: Any, schema_ref: str | None = None, base
     return bad
 
 
+def did_you_mean(word: object, choices: Iterable[object]) -> str:
+    """`; did you mean uint16?` when one of `choices` is close to `word` (a typo, or the wrong case)."""
+    if not isinstance(word, str):
+        return ""
+    names = {str(c).lower(): str(c) for c in choices if isinstance(c, str) and c != word}
+    close = difflib.get_close_matches(word.lower(), list(names), n=1, cutoff=0.6)
+    return f"; did you mean {printable(names[close[0]])}?" if close else ""
+
+
+def _prefixed(head: str, message: str) -> str:
+    return f"{head}: {message}" if head else message
+
+
 def _report(src: Source, err: ValidationError, path: tuple) -> None:
-    where = "/".join(map(str, path)) or "(top level)"
     if err.validator == "additionalProperties":
-        extra = [k for k in err.instance if k not in err.schema.get("properties", {})]
+        known = err.schema.get("properties", {})
+        extra = [k for k in err.instance if k not in known]
         for k in extra:
-            src.error((*path, k), f"{where}: unknown key {k!r}", key=True)
+            hint = did_you_mean(k, known)
+            src.error((*path, k), _prefixed(where(src, path), f"unknown key {k!r}{hint}"), key=True)
         return
     if err.validator == "required":
         missing = [k for k in err.validator_value if k not in err.instance]
-        src.error(path, f"{where}: missing required key {', '.join(map(repr, missing))}")
+        src.error(path, _prefixed(where(src, path), f"missing required key {', '.join(map(repr, missing))}"))
         return
     if err.validator == "propertyNames":
         src.error((*path, err.instance), f"invalid id {err.instance!r}: use letters, digits and _", key=True)
         return
-    hint = err.schema.get("description") if isinstance(err.schema, dict) else None
-    if err.validator in ("pattern", "type") and hint and hint.startswith(("a ", "an ", "one ", "host")):
-        # "'1 sec' is not a duration like 500ms, 1s" reads better than the raw regex.
-        src.error(path, f"{where}: {err.instance!r} is not {hint}{src.yaml_trap(path)}")
+    name, key = item(src, path), key_path(src, path)
+    trap = src.yaml_trap(path)
+    if err.validator == "enum" and key:
+        # `datatype 'unit16' is not one of bool, uint16, ...; did you mean uint16?`
+        words = ", ".join(map(str, err.validator_value))
+        guess = did_you_mean(err.instance, err.validator_value)
+        src.error(path, _prefixed(name, f"{key} {err.instance!r} is not one of {words}{guess}{trap}"))
         return
-    src.error(path, f"{where}: {err.message}{src.yaml_trap(path)}")
+    desc = err.schema.get("description") if isinstance(err.schema, dict) else None
+    if err.validator in ("pattern", "type") and desc and desc.startswith(("a ", "an ", "one ", "host")):
+        # "'1 sec' is not a duration like 500ms, 1s" reads better than the raw regex.
+        message = f"{err.instance!r} is not {desc}{trap}"
+        src.error(path, _prefixed(name, f"{key} {message}" if key else message))
+        return
+    if err.validator == "type":
+        # `qos must be an integer, not 1.0`: YAML words (mapping, list), not JSON's (object, array).
+        wanted = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
+        words = " or ".join(_TYPE_WORDS.get(str(t), str(t)) for t in wanted)
+        subject = key or name or "the top level"
+        src.error(path, _prefixed(name if key else "", f"{subject} must be {words}, not {err.instance!r}{trap}"))
+        return
+    src.error(path, f"{where(src, path) or '(top level)'}: {err.message.rstrip('.')}{trap}")
+
+
+_TYPE_WORDS: dict[str, str] = {
+    "object": "a mapping",
+    "array": "a list",
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "null": "empty",
+}

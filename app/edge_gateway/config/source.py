@@ -142,6 +142,46 @@ class Source:
         return ""
 
 
+# The files whose top level is a table of named entries, and what an entry is called in a message.
+_ENTRY = {"endpoints": "endpoint", "drivers": "driver", "connector": "connector"}
+
+
+def item(src: Source, path: Sequence[PathElem]) -> str:
+    """The entry `path` lies in, named for a reader: `tag plant.flow_m3h` (variables.yml, by its
+    tag), `endpoint plc_tcp`, `driver meter1`, `connector mqtt_cloud`; "" for gateway.yml or the top
+    level. A variable whose own tag is the problem (or has none) is `variable N`, N counting from 1."""
+    if not path:
+        return ""
+    kind = Path(src.name).stem
+    head = path[0]
+    if kind == "variables" and isinstance(head, int):
+        data = src.data
+        entry = data[head] if isinstance(data, list) and 0 <= head < len(data) else None
+        tag = entry.get("tag") if isinstance(entry, dict) else None
+        if isinstance(tag, str) and tag and tuple(path[1:2]) != ("tag",):
+            return f"tag {tag}"
+        return f"variable {head + 1}"
+    if kind in _ENTRY:
+        return f"{_ENTRY[kind]} {head}"
+    return ""
+
+
+def key_path(src: Source, path: Sequence[PathElem]) -> str:
+    """The key inside the entry, as written in YAML: `opts.parity`, `cfg.subscriptions[0].topic`
+    (gateway.yml has no entries: `wal.flush_ms`)."""
+    rest = path[1:] if item(src, path) else path
+    out = ""
+    for elem in rest:
+        out += f"[{elem}]" if isinstance(elem, int) else (f".{elem}" if out else str(elem))
+    return out
+
+
+def where(src: Source, path: Sequence[PathElem]) -> str:
+    """`tag plant.flow_m3h: datatype`, `endpoint plc_tcp: opts.timeout`, `wal.flush_ms`; the
+    prefix of a message about the value at `path`."""
+    return ": ".join(x for x in (item(src, path), key_path(src, path)) if x)
+
+
 # Shape limits: a config is a few levels deep and at most some 100k nodes. Anchors and aliases
 # are allowed (`<<: *defaults`), but may not recurse or expand into a "billion laughs" that
 # would hang the reload thread in the schema validator.
@@ -355,5 +395,5 @@ def secret_file(src: Source, path: tuple[str, ...], resolved: str) -> bool:
     if p.is_file():
         return True
     why = "is not a file" if p.exists() else "does not exist"
-    src.error(path, f"{'/'.join(path)}: {resolved} {why}")
+    src.error(path, f"{where(src, path)}: {resolved} {why}")
     return False

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 DRIVERS = "edge_gateway.drivers"
 CONNECTORS = "edge_gateway.connectors"
 GROUPS = (DRIVERS, CONNECTORS)
+BUILTIN_DIST = "edge-gateway"  # the distribution whose plugins are `kind: static`
 
 T = TypeVar("T")
 
@@ -126,6 +127,14 @@ def driver(name: str) -> DriverPlugin:
 
 def connector(name: str) -> Any:
     return _one(CONNECTORS, "connector", name)
+
+
+def is_builtin(name: str) -> bool:
+    """Whether a driver plugin of that name comes with edge-gateway itself (drivers.yml `kind: static`)."""
+    return any(
+        ep.name == name and ep.dist is not None and ep.dist.name == BUILTIN_DIST
+        for ep in _GROUPS[DRIVERS].entry_points()
+    )
 
 
 def driver_for_scheme(scheme: str) -> DriverPlugin | None:

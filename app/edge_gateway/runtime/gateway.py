@@ -36,6 +36,7 @@ from typing import Any
 
 from edge_gateway import __version__
 from edge_gateway.bus import open_bus_and_wal
+from edge_gateway.bus.wal import WalLocked
 from edge_gateway.config.model import GatewayCfg, Snapshot
 from edge_gateway.core import registry
 from edge_gateway.core.driver import RuntimeContext
@@ -109,11 +110,17 @@ class Gateway:
             if self.reloader is not None:
                 self.reloader.start()
             commands.register(self)
+            self._serve_metrics(snap.gateway)  # before the control socket answers: ready means scrapeable
             self.control.start()
-            self._serve_metrics(snap.gateway)
             self._watched = self._build_watched()
             self.supervisor = Supervisor(self.watched, self.summary, self.notifier)
             self.supervisor.start()
+        except (WalLocked, OSError) as e:
+            # Expected at start (the WAL or a socket is another process's, a port is taken): the one-line
+            # reason is the caller's "cannot start: ..."; a traceback would only bury it.
+            log.debug("gateway failed to start: %s", e)
+            self.stop()
+            raise
         except BaseException:
             log.exception("gateway failed to start; stopping what already runs")
             self.stop()
@@ -154,7 +161,9 @@ class Gateway:
         if self.writer is not None:
             self.writer.stop()
         self._close_metrics()
-        committed = self.wal.committed_seq if self.wal is not None else None
+        if self.wal is None:
+            return  # never opened (a start that failed early): nothing was committed, nothing to report
+        committed = self.wal.committed_seq
         next_seq = self.bus.next_seq if self.bus is not None else None
         log.info(
             "gateway stopped in %.2fs; WAL committed through seq %s",

@@ -41,7 +41,14 @@ log = logging.getLogger(__name__)
 
 REVISION = Gauge(
     "cfg_revision_current",
-    "Running configuration: the first 48 bits of its SHA-256 revision, as a number (changes on every applied reload)",
+    "Configurations this process has run: 1 from start, +1 whenever a reload makes one with another content "
+    "hash the running one (starts again at 1 with the process); the hash is in cfg_revision_info",
+    registry=REGISTRY,
+)
+REVISION_INFO = Gauge(
+    "cfg_revision_info",
+    "Always 1; hash: the running configuration's content revision (the first 12 hex digits of its SHA-256)",
+    ["hash"],
     registry=REGISTRY,
 )
 APPLY = Counter("cfg_apply", "Reloads, by result: ok, unchanged, invalid, rollback", ["result"], registry=REGISTRY)
@@ -55,9 +62,24 @@ INVALID = Counter("cfg_invalid", "Reloads refused because the new configuration 
 ROLLBACK = Counter("cfg_rollback", "Reloads that failed while applying and were rolled back", registry=REGISTRY)
 
 
-def revision_number(revision: str) -> int:
-    """48 bits fit a float64 exactly, so the gauge identifies the revision, not just its order."""
-    return int(revision[:12], 16) if revision else 0
+_revision_lock = threading.Lock()
+_running_revision: str | None = None
+_generation = 0
+
+
+def record_revision(revision: str) -> int:
+    """`revision` is now the running configuration: count it if it differs from the last one, and return
+    the count. A number that only grows inside a process (a dashboard can draw it), with the content hash
+    as a label instead of a 2.8e14 gauge. Nothing is persisted: it restarts at 1 with the process, and
+    the configuration store's own revision will replace it when there is one."""
+    global _running_revision, _generation
+    with _revision_lock:
+        if revision != _running_revision:
+            _running_revision, _generation = revision, _generation + 1
+            REVISION_INFO.clear()
+            REVISION_INFO.labels(hash=revision[:12] or "none").set(1)
+            REVISION.set(_generation)
+        return _generation
 
 
 class ApplyError(Exception):
@@ -101,7 +123,7 @@ class Reloader:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.restarts = 0
-        REVISION.set(revision_number(gateway.snapshot.revision))
+        record_revision(gateway.snapshot.revision)
 
     def start(self) -> None:
         self.heartbeat = time.monotonic()
@@ -189,7 +211,7 @@ class Reloader:
             log.error("configuration %s rolled back: %s", snapshot.revision[:12], error)
         else:
             APPLY.labels(result=answer["result"]).inc()
-            REVISION.set(revision_number(snapshot.revision))
+            record_revision(self.gateway.snapshot.revision)
         APPLY_SECONDS.observe(time.monotonic() - t0)
         answer["reason"] = reason
         self.last = answer

@@ -147,7 +147,7 @@ ERRORS = [
         'filter: "sensors/+/temp", qos: 0',
         "listed twice",
     ),
-    ("bad-qos", "drivers.yml", "qos: 2 }", "qos: 3 }", "qos: 3", "3 is not one of [0, 1, 2]"),
+    ("bad-qos", "drivers.yml", "qos: 2 }", "qos: 3 }", "qos: 3", "qos 3 is not one of 0, 1, 2"),
     ("bad-retained", "drivers.yml", "retained: ignore", "retained: keep", "retained: keep", "'keep' is not one of"),
     (
         "no-subscriptions",

@@ -80,11 +80,11 @@ def test_base60_integer_too_long_to_print(demo_copy: Callable[..., Path]) -> Non
 @pytest.mark.parametrize(
     ("fname", "text", "want"),
     [
-        ("endpoints.yml", "42\n", "(top level): 42 is not of type 'object'"),
-        ("drivers.yml", "42\n", "(top level): 42 is not of type 'object'"),
-        ("connector.yml", "- a\n- b\n", "(top level): ['a', 'b'] is not of type 'object'"),
-        ("gateway.yml", "just text\n", "(top level): 'just text' is not of type 'object'"),
-        ("variables.yml", "{a: 1}\n", "(top level): {'a': 1} is not of type 'array'"),
+        ("endpoints.yml", "42\n", "the top level must be a mapping, not 42"),
+        ("drivers.yml", "42\n", "the top level must be a mapping, not 42"),
+        ("connector.yml", "- a\n- b\n", "the top level must be a mapping, not ['a', 'b']"),
+        ("gateway.yml", "just text\n", "the top level must be a mapping, not 'just text'"),
+        ("variables.yml", "{a: 1}\n", "the top level must be a list, not {'a': 1}"),
     ],
 )
 def test_scalar_or_wrong_type_as_a_table(demo_copy: Callable[..., Path], fname: str, text: str, want: str) -> None:
@@ -120,7 +120,7 @@ def test_bidi_overrides_and_odd_spaces_in_keys_are_escaped(demo_copy: Callable[.
     write(d, "connector.yml", '"\\xa0mqtt\\u202e_cloud": 5\n')
     code, lines = lint(d)
     assert code == 1
-    assert any("connector.yml:1: \\xa0mqtt\\u202e_cloud: 5 is not of type 'object'" in x for x in lines), lines
+    assert any("connector.yml:1: connector \\xa0mqtt\\u202e_cloud must be a mapping, not 5" in x for x in lines), lines
 
 
 def test_control_characters_in_echoed_values_are_escaped(demo_copy: Callable[..., Path]) -> None:
@@ -129,7 +129,7 @@ def test_control_characters_in_echoed_values_are_escaped(demo_copy: Callable[...
     write(d, "endpoints.yml", '"bad\\nid\\u2028x":\n  scheme: tcp\n  host: h\n  port: 1\n')
     code, lines = lint(d)
     assert code == 1
-    assert any("endpoints.yml:1: (top level): 'bad\\nid\\u2028x' is not an id" in x for x in lines), lines
+    assert any("endpoints.yml:1: 'bad\\nid\\u2028x' is not an id" in x for x in lines), lines
 
 
 @pytest.mark.parametrize(
@@ -181,20 +181,20 @@ def test_oversized_file(demo_copy: Callable[..., Path]) -> None:
         ("variables.yml", 'scale: "value / 10"', 'scale: "value % (2 - 2)"', "scale: division by zero (2 - 2 is 0)"),
         ("variables.yml", 'scale: "value / 10"', 'scale: "1e309 * value"', "scale: 1e309 is inf, not a finite"),
         ("variables.yml", 'scale: "value / 10"', 'scale: "value * 1e300 ** 2"', "overflows a float"),
-        ("drivers.yml", "polling: 1s", "polling: 0s", "plc1/cfg/polling: '0s' is zero; it must be positive"),
-        ("drivers.yml", "polling: 1s", "polling: 0ms", "plc1/cfg/polling: '0ms' is zero"),
-        ("endpoints.yml", "timeout: 1000ms", "timeout: 0ms", "plc_tcp/opts/timeout: '0ms' is zero"),
-        ("endpoints.yml", "rate: 200pps", "rate: 0pps", "plc_tcp/opts/rate: '0pps' is zero"),
-        ("connector.yml", "keepalive: 30s", "keepalive: 0s", "mqtt_cloud/keepalive: '0s' is zero"),
-        ("connector.yml", "base: 500ms", "base: 0ms", "mqtt_cloud/backoff/base: '0ms' is zero"),
-        ("connector.yml", "qos: 2 ", "qos: -0.0 ", "mqtt_cloud/qos: -0.0 is not of type 'integer'"),
-        ("connector.yml", "qos: 2 ", "qos: 1.0 ", "mqtt_cloud/qos: 1.0 is not of type 'integer'"),
-        ("drivers.yml", "unit_id: 1\n", "unit_id: 1.0\n", "is not of type 'integer'"),
+        ("drivers.yml", "polling: 1s", "polling: 0s", "driver plc1: cfg.polling '0s' is zero; it must be positive"),
+        ("drivers.yml", "polling: 1s", "polling: 0ms", "driver plc1: cfg.polling '0ms' is zero"),
+        ("endpoints.yml", "timeout: 1000ms", "timeout: 0ms", "endpoint plc_tcp: opts.timeout '0ms' is zero"),
+        ("endpoints.yml", "rate: 200pps", "rate: 0pps", "endpoint plc_tcp: opts.rate '0pps' is zero"),
+        ("connector.yml", "keepalive: 30s", "keepalive: 0s", "connector mqtt_cloud: keepalive '0s' is zero"),
+        ("connector.yml", "base: 500ms", "base: 0ms", "connector mqtt_cloud: backoff.base '0ms' is zero"),
+        ("connector.yml", "qos: 2 ", "qos: -0.0 ", "connector mqtt_cloud: qos must be an integer, not -0.0"),
+        ("connector.yml", "qos: 2 ", "qos: 1.0 ", "connector mqtt_cloud: qos must be an integer, not 1.0"),
+        ("drivers.yml", "unit_id: 1\n", "unit_id: 1.0\n", "driver plc1: cfg.unit_id must be an integer, not 1.0"),
         (
             "connector.yml",
             "  # password_file: secrets/mqtt.pass",
             "  password_file: secrets/mqtt.pass",
-            "mqtt_cloud/password_file: ",
+            "connector mqtt_cloud: password_file: ",
         ),
     ],
 )

@@ -235,7 +235,7 @@ CASES = [
         "ref: 40007, addr",
         "either ref or type+addr",
     ),
-    ("qos-range", "connector.yml", "qos: 2 ", "qos: 3 ", "qos: 3", "is not one of [0, 1, 2]"),
+    ("qos-range", "connector.yml", "qos: 2 ", "qos: 3 ", "qos: 3", "connector mqtt_cloud: qos 3 is not one of 0, 1, 2"),
     (
         "endpoint-url",
         "connector.yml",
@@ -339,7 +339,7 @@ CASES = [
         "meter1:\n  kind: static",
         "meter1:\n  kind: dyn",
         "kind: dyn",
-        "meter1: kind 'dyn' is reserved, not supported in this release",
+        "meter1: proto modbus is built in: use kind: static (dyn names an installed plugin)",
     ),
     (
         "baud-not-standard",

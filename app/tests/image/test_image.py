@@ -198,6 +198,9 @@ def test_staged_app_runs_and_its_config_lints(image: Path) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.startswith(str(site))
     assert "0 error(s), 0 warning(s)" in run.stdout + run.stderr
+    # edge_gateway_build_info{revision}: the commit the image was built from
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    assert (site / "edge_gateway" / "REVISION").read_text().strip() == head.stdout.strip()
 
 
 TEST_ONLY = ("edge_gateway/testkit.py",)  # the reference consumer lives in app/tests/ (not in the package at all)

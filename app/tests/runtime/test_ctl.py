@@ -10,6 +10,7 @@ import os
 import pty
 import re
 import selectors
+import shutil
 import socket
 import subprocess
 import time
@@ -19,7 +20,7 @@ from typing import Any
 from edge_gateway.config.model import GatewayCfg
 from edge_gateway.runtime import ctl
 from edge_gateway.runtime.gwfile import DEFAULT_SOCKET, control_socket
-from edge_gateway.testkit import LOOPBACK, stop_pid
+from edge_gateway.testkit import LOOPBACK, free_port, stop_pid
 
 from .plant import BIN, Plant
 
@@ -279,3 +280,29 @@ def test_a_paused_bus_is_degraded_and_a_hung_wal_writer_is_failing(plant: Plant)
     out = run_ctl("--socket", plant.control, "status").stdout
     assert "health   failing" in out and "liveness FAILING: worker wal hung" in out, out
     wait_status(plant, "recovered", lambda s: s["liveness"]["ok"] and not s["bus"]["paused"], timeout=45)
+
+
+def test_a_second_gateway_on_the_same_wal_says_why_in_one_line(plant: Plant, tmp_path: Path) -> None:
+    """Its own control socket and metrics port, the running one's WAL: one clear line, no traceback, no
+    "WAL committed through seq None" (issue 20 item 4)."""
+    plant.start_gateway()
+    plant.wait_ready()
+    other = tmp_path / "other"
+    shutil.copytree(plant.cfg, other)
+    gw = other / "gateway.yml"
+    text = gw.read_text()
+    text = re.sub(r"socket: .*", f"socket: {tmp_path / 'other.sock'}", text)
+    text = text.replace(f"127.0.0.1:{plant.metrics_port}", f"127.0.0.1:{free_port()}")
+    gw.write_text(text)  # wal.dir is absolute in the plant: the copy names the same WAL
+    second = subprocess.run(
+        [str(BIN / "edge-gateway"), "run", "--config", str(other), "--log-format", "text"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 1, second
+    out = (second.stdout + second.stderr).strip().splitlines()
+    assert "Traceback" not in second.stdout + second.stderr, out
+    assert [x for x in out if "cannot start" in x] and all("seq None" not in x for x in out), out
+    assert any(f"WAL {plant.tmp / 'wal'} is in use by another process (pid {plant.gw.pid})" in x for x in out), out
+    assert len(out) <= 2, out  # the reason, and at most the line saying which config was loaded

@@ -42,4 +42,12 @@ define PYTHON_EDGE_GATEWAY_REMOVE_TEST_ONLY
 endef
 PYTHON_EDGE_GATEWAY_POST_INSTALL_TARGET_HOOKS += PYTHON_EDGE_GATEWAY_REMOVE_TEST_ONLY
 
+# The git revision of this tree, for edge_gateway_build_info{revision} (same as tools/image/build-image);
+# without git history the gateway reports "unknown".
+define PYTHON_EDGE_GATEWAY_BAKE_REVISION
+	rev=$$(git -C $(BR2_EXTERNAL_EDGE_GATEWAY_PATH)/.. rev-parse HEAD 2>/dev/null) && \
+		printf '%s\n' "$$rev" > $(@D)/edge_gateway/REVISION || true
+endef
+PYTHON_EDGE_GATEWAY_PRE_BUILD_HOOKS += PYTHON_EDGE_GATEWAY_BAKE_REVISION
+
 $(eval $(python-package))

@@ -93,8 +93,8 @@ class ModbusLine(threading.Thread):
             vs = tuple(v for v in variables if v.driver_id == d.id)
             self.units[d.id] = self._unit(d, vs, now + d.modbus.polling * i / max(1, len(drivers)))
         self._bytes = (
-            metrics.LINE_BYTES.labels(line=endpoint.id, direction="out"),
-            metrics.LINE_BYTES.labels(line=endpoint.id, direction="in"),
+            metrics.LINE_BYTES.labels(endpoint_id=endpoint.id, direction="out"),
+            metrics.LINE_BYTES.labels(endpoint_id=endpoint.id, direction="in"),
         )
 
     def _unit(self, d: Driver, vs: tuple[Variable, ...], due: float) -> Unit:
@@ -347,7 +347,7 @@ class ModbusLine(threading.Thread):
                 raise
             except DeviceException as e:
                 metrics.PDU.labels(driver_id=unit.id, func=func, result=e.reason).inc()
-                metrics.EXCEPTION.labels(code=str(e.code)).inc()
+                metrics.EXCEPTION.labels(driver_id=unit.id, code=str(e.code)).inc()
                 raise  # an answer, not a failure to retry
             except Mismatch as e:
                 log.debug("%s: %s", unit.id, e)
@@ -380,7 +380,7 @@ class ModbusLine(threading.Thread):
         self._busy += busy
         now = time.monotonic()
         if now - self._window_start >= UTIL_WINDOW:
-            metrics.UTILISATION.labels(line=self.endpoint.id).set(self._busy / (now - self._window_start))
+            metrics.UTILISATION.labels(endpoint_id=self.endpoint.id).set(self._busy / (now - self._window_start))
             self._busy, self._window_start = 0.0, now
 
     def _run_writes(self) -> None:

@@ -22,12 +22,20 @@ MISMATCH = Counter(
     ["driver_id", "field"],
     registry=REGISTRY,
 )
-EXCEPTION = Counter("modbus_exception", "Exception replies from devices", ["code"], registry=REGISTRY)
+EXCEPTION = Counter(
+    "modbus_exception", "Exception replies from devices, by exception code", ["driver_id", "code"], registry=REGISTRY
+)
 FAULT = Gauge("modbus_fault", "1 while a driver is in Fault (polled with backoff)", ["driver_id"], registry=REGISTRY)
 SKIPPED = Counter(
     "modbus_skipped_cycles", "Poll cycles skipped because the bus paused", ["driver_id"], registry=REGISTRY
 )
-LINE_BYTES = Counter("modbus_line_bytes", "Bytes on the wire", ["line", "direction"], registry=REGISTRY)
+# Per line: `endpoint_id` is the line (one endpoint, one line thread), the same label as modbus_reconnect_total.
+LINE_BYTES = Counter(
+    "modbus_line_bytes", "Bytes on the wire, direction out or in", ["endpoint_id", "direction"], registry=REGISTRY
+)
 UTILISATION = Gauge(
-    "modbus_line_utilisation", "Share of time the line was busy with transactions", ["line"], registry=REGISTRY
+    "modbus_line_utilisation_ratio",
+    "Share of time (0..1) the line was busy with transactions over the last window",
+    ["endpoint_id"],
+    registry=REGISTRY,
 )
