@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "app"))
 
 from edge_gateway.runtime.control import request
 from edge_gateway.testkit import LOOPBACK, Mosquitto, PtyPair, free_port, stop_pid
-from edge_gateway.uplink.consumer import BatchSubscriber, Message
+from tests.consumer import BatchSubscriber, Message
 
 BIN = Path(sys.executable).parent
 PLCSIM = ROOT / "tools" / "plcsim" / "plcsim.py"

@@ -24,11 +24,11 @@ from typing import Any
 import pytest
 from edge_gateway.bus.wal import Wal
 from edge_gateway.config.model import WalCfg
+from edge_gateway.delivery.codec import frame_json
 from edge_gateway.testkit import PowerCutDisk, power_cut_unsupported, stop_pid
-from edge_gateway.uplink.codec import frame_json
-from edge_gateway.uplink.consumer import BatchSubscriber, Message
 from rig import LOOPBACK, Ledger, Rig
 from test_hil import finish, flowing, tcp_plant
+from tests.consumer import BatchSubscriber, Message
 
 pytestmark = pytest.mark.skipif(
     power_cut_unsupported() is not None, reason=str(power_cut_unsupported())

@@ -31,11 +31,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_gateway.testkit import LOOPBACK, Mosquitto, require, stop_pid, wait_port
-from edge_gateway.uplink.codec import decode_value
-from edge_gateway.uplink.consumer import BatchSubscriber, Message
-
 ROOT = Path(__file__).resolve().parents[1]
+# the reference consumer is test code: app/tests/consumer.py
+sys.path.insert(0, str(ROOT / "app"))
+
+from edge_gateway.delivery.codec import decode_value
+from edge_gateway.testkit import LOOPBACK, Mosquitto, require, stop_pid, wait_port
+from tests.consumer import BatchSubscriber, Message
+
 BUILD = ROOT / "build" / "demo"
 VENV_BIN = Path(sys.executable).parent
 MQTT_PORT = 18830

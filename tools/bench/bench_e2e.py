@@ -33,10 +33,10 @@ import yaml
 from edge_gateway.bus import open_bus_and_wal
 from edge_gateway.config.model import Backoff, BusCfg, Connector, GatewayCfg, WalCfg
 from edge_gateway.core.frame import GOOD, Frame, bad
+from edge_gateway.delivery.batcher import Batcher
+from edge_gateway.delivery.codec import Compressor, join_batch
+from edge_gateway.delivery.runner import Runner
 from edge_gateway.testkit import LOOPBACK, Mosquitto, free_port, stop_pid, wait_port
-from edge_gateway.uplink.batcher import Batcher
-from edge_gateway.uplink.codec import Compressor, join_batch
-from edge_gateway.uplink.mqtt import Uplink
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -62,8 +62,9 @@ def connector(port: int, batch: int, compression: str = "zstd") -> Connector:
 
 def start_consumer(port: int, count: int, topic: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [PY, "-m", "edge_gateway.uplink.consumer", "--port", str(port), "--count", str(count), "--quiet",
+        [PY, "-m", "tests.consumer", "--port", str(port), "--count", str(count), "--quiet",
          "--topic", topic],
+        cwd=ROOT / "app",  # the reference consumer is test code (app/tests/consumer.py), not in the package
         stdout=subprocess.PIPE,
         text=True,
     )  # fmt: skip
@@ -100,7 +101,7 @@ def uplink_path(n: int, batch: int, window: int, work: Path) -> dict[str, Any]:
     )
     if not writer.is_alive():
         writer.start()
-    up = Uplink(
+    up = Runner(
         connector(broker.port, batch),
         wal.cursor("bench"),
         record=bus.publish,

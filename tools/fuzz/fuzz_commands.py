@@ -47,7 +47,6 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "app"))
 
 from edge_gateway.testkit import LOOPBACK, Mosquitto, free_port, stop_pid
-from edge_gateway.uplink.consumer import decode_payload
 from paho.mqtt.client import CallbackAPIVersion, Client, MQTTMessage, MQTTv5
 from pymodbus.datastore import (
     ModbusDeviceContext,
@@ -55,6 +54,7 @@ from pymodbus.datastore import (
     ModbusServerContext,
 )
 from pymodbus.server import ModbusTcpServer
+from tests.consumer import decode_payload
 
 BIN = Path(sys.executable).parent
 MAX_BYTES = 64 * 1024

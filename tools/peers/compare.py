@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT / "app"))
 
 import paho.mqtt.client as mqtt
 from edge_gateway.testkit import LOOPBACK, Mosquitto, free_port, stop_pid
-from edge_gateway.uplink.consumer import BatchSubscriber, Message
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from tests.consumer import BatchSubscriber, Message
 
 UNITS, REGS = 10, 360
 TB_VERSION = "3.8.5"

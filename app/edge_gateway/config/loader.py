@@ -383,6 +383,8 @@ class _Build:
         return out
 
     def _connector(self, ident: str, c: dict, src: Source) -> Connector | None:
+        if c.get("kind", "mqtt5") != "mqtt5":
+            return self._plugin_connector(ident, c, src)
         ok = True
         m = re.match(r"^(tcp|tls)://([^/:\s]+)(?::([0-9]+))?$", c["endpoint"])
         assert m is not None  # the schema pattern guarantees it
@@ -486,6 +488,34 @@ class _Build:
             cmd_max_bytes=parse_size(c.get("cmd_max_bytes", "64KiB")),
             backoff=bk,
             tls=tls,
+            src=f"{src.name}:{src.line((ident,))}",
+            **kw,
+        )
+
+    def _plugin_connector(self, ident: str, c: dict, src: Source) -> Connector | None:
+        """A connector of another installed kind (its schema, from the plugin, is already checked):
+        the delivery keys the runner reads, with mqtt5's defaults; every other key in `options`."""
+        ok = True
+        backoff = c.get("backoff") or {}
+        for key in ("max_interval",):
+            ok = _positive(src, (ident, key), c.get(key), parse_duration) and ok
+        for key in ("base", "max"):
+            ok = _positive(src, (ident, "backoff", key), backoff.get(key), parse_duration) and ok
+        if not ok:
+            return None
+        bk = Backoff(parse_duration(backoff.get("base", "500ms")), parse_duration(backoff.get("max", "2m")))
+        delivery = {"kind", "qos", "batch", "max_bytes", "max_interval", "compression", "backoff", "cmd_max_bytes",
+                    "cmd_dedup"}  # fmt: skip
+        kw: dict[str, Any] = {k: c[k] for k in ("qos", "batch", "compression", "cmd_dedup") if k in c}
+        return Connector(
+            id=ident,
+            kind=str(c["kind"]),
+            client_id=ident,
+            max_bytes=parse_size(c.get("max_bytes", "1MiB")),
+            max_interval=parse_duration(c.get("max_interval", "1s")),
+            cmd_max_bytes=parse_size(c.get("cmd_max_bytes", "64KiB")),
+            backoff=bk,
+            options={k: v for k, v in c.items() if k not in delivery},
             src=f"{src.name}:{src.line((ident,))}",
             **kw,
         )

@@ -13,6 +13,7 @@ Modbus never meets an endpoint or a driver it cannot poll.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -136,16 +137,17 @@ class Backoff:
 
 @dataclass(frozen=True)
 class Connector:
-    """The MQTT 5 uplink (connector.yml). Topic templates keep their {placeholders}."""
+    """One connector.yml entry. kind mqtt5: the MQTT 5 uplink, topic templates keep their {placeholders};
+    another kind: the delivery keys the runner reads, and the rest of the entry in `options`."""
 
     id: str
-    kind: Literal["mqtt5"]
-    scheme: Literal["tcp", "tls"]
-    host: str
-    port: int
-    client_id: str
-    tenant: str
-    device: str
+    kind: str  # mqtt5, or another installed connector (delivery.lookup)
+    scheme: Literal["tcp", "tls"] = "tcp"
+    host: str = ""
+    port: int = 0
+    client_id: str = ""
+    tenant: str = ""
+    device: str = ""
     username: str | None = None
     password: str | None = None
     password_file: str | None = None  # read at connect time, so a rotated secret needs no reload
@@ -165,6 +167,7 @@ class Connector:
     tls: TlsFiles | None = None
     cmd_max_bytes: int = 64 * 1024  # larger commands are refused (too_large) before they are parsed
     cmd_dedup: int = 4096  # command seqs remembered (across restarts) so a replay is never run twice
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)  # other kinds: their own keys
     src: str = field(default="", compare=False)
 
 

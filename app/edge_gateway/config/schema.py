@@ -36,7 +36,32 @@ def schema(name: str) -> dict[str, Any]:
         }
     if generic and name == "variables":
         out["$defs"]["variable"]["properties"]["address"] = {"type": "object"}
+    if name == "connector":
+        _add_connectors(out)
     return out
+
+
+def _add_connectors(s: dict[str, Any]) -> None:
+    """connector.yml's entry schema: one branch per installed connector kind, with the schema its
+    plugin ships (`#/$defs/…` references resolve against this file's shared defs). An entry without
+    `kind` is checked as mqtt5, the only kind there was."""
+    defs = s.setdefault("$defs", {})
+    branches: list[dict[str, Any]] = []
+    plugins = registry.connectors()
+    kinds = sorted(plugins)
+    for kind in kinds:
+        frag = getattr(plugins[kind], "schema", None)
+        if not isinstance(frag, dict):
+            continue
+        defs[f"kind_{kind}"] = dict(frag)
+        cond: dict[str, Any] = {"properties": {"kind": {"const": kind}}}
+        if kind != "mqtt5":
+            cond["required"] = ["kind"]
+        branches.append({"if": cond, "then": {"$ref": f"#/$defs/kind_{kind}"}})
+    defs["connector"] = {  # no "type": each kind's schema checks the rest (strict)
+        "properties": {"kind": {"enum": kinds}},
+        "allOf": branches,
+    }
 
 
 def modbus_address() -> dict[str, Any]:

@@ -22,8 +22,8 @@ from edge_gateway.runtime.workers import WorkerTable
 
 if TYPE_CHECKING:
     from edge_gateway.config.model import Snapshot
+    from edge_gateway.delivery.runner import Runner
     from edge_gateway.runtime.gateway import Gateway
-    from edge_gateway.uplink.mqtt import Uplink
 
 RELOAD_TIMEOUT = 120.0
 
@@ -72,7 +72,7 @@ def register(gw: Gateway) -> None:
         c.register("test.stall_wal", lambda req: _stall_wal(gw, req))
 
 
-def _connector(gw: Gateway, fn: Callable[[Uplink], Any]) -> Callable[[dict[str, Any]], Any]:
+def _connector(gw: Gateway, fn: Callable[[Runner], Any]) -> Callable[[dict[str, Any]], Any]:
     def handler(req: dict[str, Any]) -> Any:
         name = req.get("name", "mqtt")
         up = gw.uplink
@@ -85,14 +85,14 @@ def _connector(gw: Gateway, fn: Callable[[Uplink], Any]) -> Callable[[dict[str, 
     return handler
 
 
-def _reconnect(up: Uplink) -> dict[str, Any]:
+def _reconnect(up: Runner) -> dict[str, Any]:
     if not up.is_alive():
         raise ControlError(f"the uplink {up.cfg.id} is not running (state {up.state.value}): nothing to reconnect")
     up.reconnect()
     return {
         "requested": True,
         "connector": up.cfg.id,
-        "broker": f"{up.cfg.scheme}://{up.cfg.host}:{up.cfg.port}",
+        "broker": up.transport.status().get("broker"),
         "state": up.state.value,
         "inflight": up.window.open,
     }

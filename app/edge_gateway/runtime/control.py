@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_gateway.core.frame import Frame
-from edge_gateway.uplink.codec import json_value
+from edge_gateway.delivery.codec import json_value
 
 log = logging.getLogger(__name__)
 

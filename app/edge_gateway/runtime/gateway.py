@@ -41,6 +41,9 @@ from edge_gateway.config.model import GatewayCfg, Snapshot
 from edge_gateway.core import registry
 from edge_gateway.core.driver import RuntimeContext
 from edge_gateway.core.frame import GOOD, Frame, now_ms
+from edge_gateway.delivery.commands import Downlink
+from edge_gateway.delivery.ledger import SeqLedger
+from edge_gateway.delivery.runner import Runner
 from edge_gateway.metrics import REGISTRY, MetricsServer
 from edge_gateway.runtime import commands, plan, status
 from edge_gateway.runtime.control import ControlServer, TailHub
@@ -48,9 +51,6 @@ from edge_gateway.runtime.gwfile import where
 from edge_gateway.runtime.reload import ApplyError, Reloader
 from edge_gateway.runtime.supervisor import Notifier, Supervisor, Watched
 from edge_gateway.runtime.workers import WorkerTable
-from edge_gateway.uplink.commands import Downlink
-from edge_gateway.uplink.ledger import SeqLedger
-from edge_gateway.uplink.mqtt import Uplink
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class Gateway:
         self.wal: Any = None
         self.writer: Any = None
         self.table = WorkerTable()  # endpoint id → (driver plugin, worker thread): runtime/workers.py
-        self.uplink: Uplink | None = None
+        self.uplink: Runner | None = None
         self.downlink: Downlink | None = None
         self.tail = TailHub()
         self.control = ControlServer(snapshot.gateway.control_socket, self.tail)
@@ -198,7 +198,7 @@ class Gateway:
                 max_bytes=conn.cmd_max_bytes,
                 ledger=ledger,
             )
-            self.uplink = Uplink(
+            self.uplink = Runner(
                 conn, self.wal.cursor(conn.id), record=self.bus.publish, downlink=self.downlink, state_dir=state
             )
             self.writer.add_listener(self.uplink.wake)

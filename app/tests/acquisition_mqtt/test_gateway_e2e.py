@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from edge_gateway.testkit import LOOPBACK, Mosquitto, free_port, stop_pid
-from edge_gateway.uplink.consumer import BatchSubscriber
+from tests.consumer import BatchSubscriber
 
 from .conftest import Publisher, wait_for
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from edge_gateway.testkit import LOOPBACK, Mosquitto, stop_pid
-from edge_gateway.uplink.consumer import BatchSubscriber
+from tests.consumer import BatchSubscriber
 
 from .conftest import Publisher, wait_for
 from .test_gateway_e2e import BIN, _config, _status

@@ -21,7 +21,7 @@ from edge_gateway.config.model import BusCfg, GatewayCfg
 from edge_gateway.core.frame import Frame
 from edge_gateway.metrics import value
 from edge_gateway.testkit import LOOPBACK
-from edge_gateway.uplink.consumer import BatchSubscriber
+from tests.consumer import BatchSubscriber
 
 from ..runtime.plant import Plant, no_gaps
 from .test_wal import cfg

@@ -18,7 +18,7 @@ from typing import Any
 
 from edge_gateway.runtime.control import request
 from edge_gateway.testkit import LOOPBACK, Mosquitto, PtyPair, free_port, stop_pid
-from edge_gateway.uplink.consumer import BatchSubscriber
+from tests.consumer import BatchSubscriber
 
 from ..acquisition.conftest import Sim
 

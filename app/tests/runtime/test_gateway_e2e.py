@@ -11,7 +11,7 @@ import time
 import pytest
 
 from edge_gateway.testkit import LOOPBACK
-from edge_gateway.uplink.consumer import BatchSubscriber
+from tests.consumer import BatchSubscriber
 
 from .plant import EXPECTED, TAGS, Plant, latest, no_gaps
 

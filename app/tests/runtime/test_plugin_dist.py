@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from edge_gateway.testkit import LOOPBACK, Mosquitto, free_port
-from edge_gateway.uplink.consumer import BatchSubscriber
+from tests.consumer import BatchSubscriber
 
 BIN = Path(sys.executable).parent
 

@@ -22,7 +22,7 @@ from edge_gateway.runtime import reload as reload_module
 from edge_gateway.runtime.reload import ApplyError, Reloader
 from edge_gateway.runtime.supervisor import Notifier, Supervisor, Watched
 from edge_gateway.testkit import LOOPBACK
-from edge_gateway.uplink.consumer import BatchSubscriber
+from tests.consumer import BatchSubscriber
 
 from .plant import BIN, ROOT, TAGS, Plant, latest, no_gaps
 

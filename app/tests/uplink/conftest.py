@@ -15,11 +15,11 @@ import pytest
 from edge_gateway.bus import open_bus_and_wal
 from edge_gateway.config.model import Backoff, Connector, GatewayCfg, Snapshot, WalCfg
 from edge_gateway.core.frame import Frame
+from edge_gateway.delivery.commands import Downlink
+from edge_gateway.delivery.runner import Runner
 from edge_gateway.runtime.commands import WriteRouter
 from edge_gateway.testkit import LOOPBACK, Mosquitto, require
-from edge_gateway.uplink.commands import Downlink
-from edge_gateway.uplink.consumer import BatchSubscriber
-from edge_gateway.uplink.mqtt import Uplink
+from tests.consumer import BatchSubscriber
 
 
 def connector(port: int, **kw: Any) -> Connector:
@@ -49,7 +49,7 @@ class Pipeline:
     bus: Any = None
     wal: Any = None
     writer: Any = None
-    uplink: Uplink | None = None
+    uplink: Runner | None = None
     commands: Snapshot | None = None  # validate cloud commands against this snapshot (no lines: no writes)
     published: list[int] = field(default_factory=list)
 
@@ -60,7 +60,7 @@ class Pipeline:
             self.writer.start()
         snap = self.commands
         downlink = Downlink(self.conn.id, WriteRouter(lambda: snap), self.bus.publish) if snap is not None else None
-        self.uplink = Uplink(self.conn, self.wal.cursor(self.conn.id), record=self.bus.publish, downlink=downlink)
+        self.uplink = Runner(self.conn, self.wal.cursor(self.conn.id), record=self.bus.publish, downlink=downlink)
         self.writer.add_listener(self.uplink.wake)
         self.uplink.start()
         return self

@@ -8,9 +8,9 @@ import math
 import zstandard
 
 from edge_gateway.core.frame import Frame, Kind
-from edge_gateway.uplink.batcher import Batcher
-from edge_gateway.uplink.codec import Compressor, decode_payload, decode_value, frame_json, join_batch
-from edge_gateway.uplink.inflight import Flight, Window
+from edge_gateway.delivery.batcher import Batcher
+from edge_gateway.delivery.codec import Compressor, decode_payload, decode_value, frame_json, join_batch
+from edge_gateway.delivery.inflight import Flight, Window
 
 
 def test_frame_json_is_plain_json_with_markers() -> None:

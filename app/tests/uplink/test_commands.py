@@ -13,10 +13,10 @@ import pytest
 from edge_gateway.config.loader import load_snapshot
 from edge_gateway.config.model import Snapshot, Variable
 from edge_gateway.core.frame import Frame, Kind, Value, now_ms
+from edge_gateway.delivery.commands import Ack, Downlink
+from edge_gateway.delivery.ledger import SeqLedger
 from edge_gateway.metrics import value as metric
 from edge_gateway.runtime.commands import WriteRouter
-from edge_gateway.uplink.commands import Ack, Downlink
-from edge_gateway.uplink.ledger import SeqLedger
 
 CONFIG = Path(__file__).resolve().parents[3] / "config"
 
@@ -145,7 +145,7 @@ def test_device_failure_is_acked_fail(snapshot: Snapshot) -> None:
 def test_topic_templates_default_and_seed_forms(snapshot: Snapshot) -> None:
     from dataclasses import replace
 
-    from edge_gateway.uplink.topics import Topics
+    from edge_gateway.connectors.mqtt.topics import Topics
 
     conn = next(iter(snapshot.connectors.values()))
     t = Topics.of(conn)
@@ -266,7 +266,7 @@ def test_a_replay_while_the_write_runs_waits_for_its_outcome(snapshot: Snapshot)
 
 
 def test_seen_seqs_survive_a_restart(snapshot: Snapshot, tmp_path: Path) -> None:
-    from edge_gateway.uplink.ledger import Entry
+    from edge_gateway.delivery.ledger import Entry
 
     path = tmp_path / "commands" / "t.seqs"
     desk = Desk(snapshot, ledger=SeqLedger(path, capacity=50))
@@ -302,14 +302,14 @@ def test_interrupted_write_is_not_run_again_after_a_restart(snapshot: Snapshot, 
 def test_refusals_are_counted_all_but_logged_at_a_rate_limit(
     snapshot: Snapshot, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from edge_gateway.uplink.commands import LogLimit
+    from edge_gateway.delivery.commands import LogLimit
 
     now = [1000.0]
     desk = Desk(snapshot)
     desk.downlink.log_limit = LogLimit(first=10, every=60.0, clock=lambda: now[0])
     labels = {"connector": "t", "result": "fail", "reason": "unknown_tag"}
     before = metric("connector_cmd_total", labels)
-    with caplog.at_level(logging.WARNING, logger="edge_gateway.uplink.commands"):
+    with caplog.at_level(logging.WARNING, logger="edge_gateway.delivery.commands"):
         for seq in range(3245):
             desk.send("plant.nope", {"seq": seq, "value": 1})
         assert len(caplog.records) == 10
@@ -319,7 +319,7 @@ def test_refusals_are_counted_all_but_logged_at_a_rate_limit(
     assert len(caplog.records) == 11
     assert "3235 more refused commands" in caplog.records[-1].getMessage()
     assert "unknown_tag 3235" in caplog.records[-1].getMessage()
-    with caplog.at_level(logging.WARNING, logger="edge_gateway.uplink.commands"):
+    with caplog.at_level(logging.WARNING, logger="edge_gateway.delivery.commands"):
         desk.send("plant.nope", {"seq": 99999, "value": 1})
     assert len(caplog.records) == 12  # a new interval logs again
 

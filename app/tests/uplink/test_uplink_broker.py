@@ -16,7 +16,7 @@ from edge_gateway.config.loader import load_snapshot
 from edge_gateway.config.model import TlsFiles
 from edge_gateway.metrics import value as metric
 from edge_gateway.testkit import Mosquitto, require
-from edge_gateway.uplink.consumer import BatchSubscriber
+from tests.consumer import BatchSubscriber
 
 from .conftest import Pipeline, Pki, connector
 

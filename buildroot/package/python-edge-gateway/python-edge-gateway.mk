@@ -33,9 +33,9 @@ define PYTHON_EDGE_GATEWAY_INSTALL_INIT_SYSTEMD
 			$(TARGET_DIR)/usr/lib/systemd/system/edge-gateway-mark-good.timer)
 endef
 
-# The image carries only what the runtime imports: the test kit and the reference consumer are for tests,
-# benchmarks and `make demo` (same list as tools/image/build-image).
-PYTHON_EDGE_GATEWAY_TEST_ONLY = edge_gateway/testkit.py edge_gateway/uplink/consumer.py
+# The image carries only what the runtime imports: the test kit is for tests, benchmarks and `make demo`
+# (same list as tools/image/build-image; the reference consumer is app/tests/consumer.py, outside the package).
+PYTHON_EDGE_GATEWAY_TEST_ONLY = edge_gateway/testkit.py
 
 define PYTHON_EDGE_GATEWAY_REMOVE_TEST_ONLY
 	rm -f $(addprefix $(TARGET_DIR)/usr/lib/python$(PYTHON3_VERSION_MAJOR)/site-packages/,$(PYTHON_EDGE_GATEWAY_TEST_ONLY))

@@ -19,7 +19,7 @@ busy reading, enough to overflow a 1000-message queue with the bus idle (bench_m
 Session: MQTT v5, clean_start=False on every connect with the endpoint's client_id and
 session_expiry, so the broker keeps our session — and queues QoS 1/2 messages for us — across
 lost links *and* gateway restarts (a restart, a reload of the driver). The session's
-subscriptions are reconciled with the configured ones on every CONNACK (uplink.session: the set
+subscriptions are reconciled with the configured ones on every CONNACK (net.session: the set
 we subscribed is kept in the WAL directory; what was removed is unsubscribed, what is new or
 changed is subscribed, all of it when the session is new). Each subscription has its own MQTT v5
 subscription identifier, which tells us which subscription (hence which driver) every message
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import random
-import ssl
 import threading
 import time
 from collections import deque
@@ -45,13 +44,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from paho.mqtt.client import (
-    CallbackAPIVersion,
     Client,
     ConnectFlags,
     DisconnectFlags,
     MQTTErrorCode,
     MQTTMessage,
-    MQTTv5,
 )
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -64,7 +61,8 @@ from edge_gateway.core.frame import GOOD, Frame, bad, now_ms
 from edge_gateway.drivers.mqtt_source import metrics, topics
 from edge_gateway.drivers.mqtt_source.mapping import TopicMap
 from edge_gateway.drivers.mqtt_source.payload import Malformed
-from edge_gateway.uplink.session import Options, SessionState
+from edge_gateway.net.mqtt import new_client
+from edge_gateway.net.session import Options, SessionState
 
 log = logging.getLogger(__name__)
 
@@ -316,21 +314,12 @@ class MqttSource(threading.Thread):
 
     def _make_client(self) -> Client:
         ep = self.endpoint
-        c = Client(CallbackAPIVersion.VERSION2, client_id=ep.client_id, protocol=MQTTv5)
+        c = new_client(ep.client_id, tls=ep.scheme == "mqtts", files=ep.tls, connect_timeout=5.0)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_subscribe = self._on_subscribe
         c.on_unsubscribe = self._on_unsubscribe
         c.on_message = self._on_message
-        c.connect_timeout = 5.0
-        if ep.scheme == "mqtts":
-            tls = ep.tls
-            c.tls_set(
-                ca_certs=tls.ca if tls else None,
-                certfile=tls.client_cert if tls else None,
-                keyfile=tls.client_key if tls else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = int(ep.session_expiry)
         c.connect_async(
@@ -407,7 +396,7 @@ class MqttSource(threading.Thread):
         return {"qos": s.qos, "rh": rh, "id": s.ident if self._sub_ids else None}
 
     def _reconcile(self, client: Client, session_present: bool) -> None:
-        """Make the session's subscriptions the configured ones (uplink.session)."""
+        """Make the session's subscriptions the configured ones (net.session)."""
         self._pending_subs.clear()  # SUBACKs lost with the previous link never come
         self._pending_unsubs.clear()
         by_filter = {s.filter: s for s in self._subs}  # the same filter twice is one subscription

@@ -12,7 +12,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from edge_gateway.uplink.batcher import Batch
+from edge_gateway.delivery.batcher import Batch
 
 
 @dataclass

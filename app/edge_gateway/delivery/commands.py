@@ -54,9 +54,9 @@ from typing import Any
 from edge_gateway.config.units import parse_duration
 from edge_gateway.core.driver import Refused, Writes, WriteTarget
 from edge_gateway.core.frame import GOOD, Frame, Kind, Value, bad, now_ms
-from edge_gateway.uplink import metrics
-from edge_gateway.uplink.codec import B64
-from edge_gateway.uplink.ledger import PENDING, Entry, SeqLedger
+from edge_gateway.delivery import metrics
+from edge_gateway.delivery.codec import B64
+from edge_gateway.delivery.ledger import PENDING, Entry, SeqLedger
 
 log = logging.getLogger(__name__)
 

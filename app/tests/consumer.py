@@ -19,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_gateway.uplink.codec import decode_payload
+from edge_gateway.delivery.codec import decode_payload
 
 
 @dataclass
@@ -140,12 +140,12 @@ class BatchSubscriber:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m edge_gateway.uplink.consumer`: print frames as `seq tag value q` lines (make demo), or
+    """`cd app && python -m tests.consumer`: print frames as `seq tag value q` lines (make demo), or
     count them until `--count` distinct seqs arrived and print a JSON summary (benchmarks)."""
     import argparse
     import sys
 
-    from edge_gateway.uplink.codec import decode_value
+    from edge_gateway.delivery.codec import decode_value
 
     p = argparse.ArgumentParser(prog="edge-consumer", description=main.__doc__)
     p.add_argument("--host", default="127.0.0.1")

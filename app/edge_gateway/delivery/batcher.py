@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edge_gateway.core.frame import Frame, Kind
-from edge_gateway.uplink.codec import frame_json
+from edge_gateway.delivery.codec import frame_json
 
 DUP_MARK = len(',"dup":"possible"')
 _ARRAY = 2  # the brackets
