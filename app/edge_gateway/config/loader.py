@@ -498,9 +498,9 @@ class _Build:
         ok = True
         backoff = c.get("backoff") or {}
         for key in ("max_interval",):
-            ok = _positive(src, (ident, key), c.get(key), parse_duration) and ok
+            ok = positive(src, (ident, key), c.get(key), parse_duration) and ok
         for key in ("base", "max"):
-            ok = _positive(src, (ident, "backoff", key), backoff.get(key), parse_duration) and ok
+            ok = positive(src, (ident, "backoff", key), backoff.get(key), parse_duration) and ok
         if not ok:
             return None
         bk = Backoff(parse_duration(backoff.get("base", "500ms")), parse_duration(backoff.get("max", "2m")))
