@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -128,3 +129,15 @@ def collect(bus: FrameBus, n: int, timeout: float = 10.0, what: str = "") -> lis
 
 def metric(name: str, **labels: str) -> float:
     return metrics.value(name, labels)
+
+
+@pytest.fixture
+def brokers(tmp_path: Path) -> Iterator[tuple[Mosquitto, Mosquitto]]:
+    """A plant-local broker (the MQTT source's) and a cloud broker (the uplink's)."""
+    source = Mosquitto(workdir=tmp_path / "source-broker").start()
+    cloud = Mosquitto(workdir=tmp_path / "cloud-broker").start()
+    try:
+        yield source, cloud
+    finally:
+        source.stop()
+        cloud.stop()

@@ -12,10 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from edge_gateway.testkit import LOOPBACK, Mosquitto, free_port, stop_pid
 from tests.consumer import BatchSubscriber
@@ -24,17 +21,6 @@ from .conftest import Publisher, wait_for
 
 BIN = Path(sys.executable).parent
 EXAMPLE = Path(__file__).resolve().parents[3] / "config" / "examples" / "mqtt-source"
-
-
-@pytest.fixture
-def brokers(tmp_path: Path) -> Iterator[tuple[Mosquitto, Mosquitto]]:
-    source = Mosquitto(workdir=tmp_path / "source-broker").start()
-    cloud = Mosquitto(workdir=tmp_path / "cloud-broker").start()
-    try:
-        yield source, cloud
-    finally:
-        source.stop()
-        cloud.stop()
 
 
 def _config(tmp_path: Path, source: Mosquitto, cloud: Mosquitto) -> Path:

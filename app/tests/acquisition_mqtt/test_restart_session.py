@@ -8,10 +8,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import yaml
 
 from edge_gateway.testkit import LOOPBACK, Mosquitto, stop_pid
@@ -19,17 +17,6 @@ from tests.consumer import BatchSubscriber
 
 from .conftest import Publisher, wait_for
 from .test_gateway_e2e import BIN, _config, _status
-
-
-@pytest.fixture
-def brokers(tmp_path: Path) -> Iterator[tuple[Mosquitto, Mosquitto]]:
-    source = Mosquitto(workdir=tmp_path / "source-broker").start()
-    cloud = Mosquitto(workdir=tmp_path / "cloud-broker").start()
-    try:
-        yield source, cloud
-    finally:
-        source.stop()
-        cloud.stop()
 
 
 def _start(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
