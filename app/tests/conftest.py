@@ -9,6 +9,8 @@ import pytest
 
 from edge_gateway.testkit import Mosquitto, PtyPair
 
+from .runtime.plant import Plant
+
 
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
@@ -26,3 +28,13 @@ def pty_pair(tmp_path: Path) -> Iterator[PtyPair]:
         yield pair
     finally:
         pair.stop()
+
+
+@pytest.fixture
+def plant(tmp_path: Path) -> Iterator[Plant]:
+    """The demo plant (simulator, pty line, Mosquitto, config copy); the gateway is started by the test."""
+    p = Plant(tmp_path)
+    try:
+        yield p
+    finally:
+        p.stop()

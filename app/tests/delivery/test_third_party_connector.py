@@ -16,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -165,15 +164,6 @@ def plugin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert (target / "edge_memlink" / "__init__.py").exists()
     return target
-
-
-@pytest.fixture
-def plant(tmp_path: Path) -> Iterator[Plant]:
-    p = Plant(tmp_path)
-    try:
-        yield p
-    finally:
-        p.stop()
 
 
 def batches(path: Path) -> list[dict]:

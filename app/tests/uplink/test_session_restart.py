@@ -10,11 +10,8 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from paho.mqtt.client import CallbackAPIVersion, Client, MQTTMessage, MQTTv5
 
 from edge_gateway.testkit import LOOPBACK
@@ -61,15 +58,6 @@ class Cloud:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-@pytest.fixture
-def plant(tmp_path: Path) -> Iterator[Plant]:
-    p = Plant(tmp_path)
-    try:
-        yield p
-    finally:
-        p.stop()
 
 
 def _stop(plant: Plant) -> None:
