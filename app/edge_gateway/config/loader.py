@@ -258,7 +258,11 @@ class _Build:
         if not isinstance(table, dict) or not self._generic:
             return {}, table
         schemes = {sc for p in self._generic.values() for sc in p.schemes}
-        yes = {k: v for k, v in table.items() if isinstance(v, dict) and v.get("scheme") in schemes}
+        yes = {
+            k: v
+            for k, v in table.items()
+            if isinstance(v, dict) and isinstance(v.get("scheme"), str) and v["scheme"] in schemes
+        }  # a scheme of the wrong type (a mapping, say) is the schema's error, not a TypeError here
         return yes, {k: v for k, v in table.items() if k not in yes}
 
     def _is_plugin_device(self, d: dict) -> bool:
@@ -266,7 +270,7 @@ class _Build:
         proto = d.get("proto")
         if d.get("kind") == "dyn" and isinstance(proto, str) and not registry.is_builtin(proto):
             return True
-        return proto in self._generic
+        return isinstance(proto, str) and proto in self._generic  # any other type: the schema reports it
 
     def _plugin_endpoint(self, ident: str, e: dict, src: Source) -> EndpointItem | None:
         plugin = registry.driver_for_scheme(e["scheme"])

@@ -217,3 +217,21 @@ def test_missing_password_file_says_where_it_was_looked_for(demo_copy: Callable[
 
 def test_the_demo_config_still_lints_clean(demo_copy: Callable[..., Path]) -> None:
     assert lint(demo_copy()) == (0, [])
+
+
+@pytest.mark.parametrize(
+    ("fname", "old", "new"),
+    [
+        ("drivers.yml", "proto: modbus", "proto: {a: 1}"),
+        ("drivers.yml", "kind: static", "kind: [dyn]"),
+        ("endpoints.yml", "scheme: tcp", "scheme: {a: 1}"),
+    ],
+    ids=["proto-mapping", "kind-list", "scheme-mapping"],
+)
+def test_a_plugin_selector_of_the_wrong_type_is_a_schema_error(
+    demo_copy: Callable[..., Path], fname: str, old: str, new: str
+) -> None:
+    """The config fuzzer's mutant 80 after the plugin seam: `proto: {…}` reached a set lookup (TypeError)."""
+    d = demo_copy({fname: (old, new)})
+    code, lines = lint(d)
+    assert code == 1 and lines, lines
