@@ -196,16 +196,16 @@ class S7Line(threading.Thread):
                 data = self._read(req)
             except (S7ConnectionError, S7TimeoutError, OSError):
                 raise
-            except S7Error as e:
-                reason = _reason(e)
-                ts = now_ms()
-                with self._lock:
-                    d.errors += 1
-                    d.last_error = str(e)
-                frames += [Frame(0, ts, t.tag, None, bad(reason)) for r in req for t in r.tags]
-                continue
+            except S7Error as e:  # the whole PDU refused
+                data = [_reason(e)] * len(req)
             ts = now_ms()
             for r, buf in zip(req, data, strict=True):
+                if isinstance(buf, str):
+                    with self._lock:
+                        d.errors += 1
+                        d.last_error = f"{r.area}{r.db or ''}@{r.start}+{r.size}: {buf}"
+                    frames += [Frame(0, ts, t.tag, None, bad(buf)) for t in r.tags]
+                    continue
                 for t in r.tags:
                     a: codec.S7Address = t.address
                     raw = buf[a.start - r.start : a.end - r.start]
@@ -224,15 +224,21 @@ class S7Line(threading.Thread):
         if frames:
             self.bus.publish(frames)
 
-    def _read(self, req: list[planner.Range]) -> list[bytearray]:
+    def _read(self, req: list[planner.Range]) -> list[bytearray | str]:
+        """Each range's bytes, or the reason its item failed (the other items of the PDU still count)."""
         assert self.client is not None
         c = self.client
         if len(req) == 1:
             r = req[0]
-            return [c.read_area(AREA[r.area], r.db, r.start, r.size)]
+            try:
+                return [c.read_area(AREA[r.area], r.db, r.start, r.size)]
+            except (S7ConnectionError, S7TimeoutError):
+                raise
+            except S7Error as e:
+                return [_reason(e)]
         specs = [(int(AREA[r.area]), r.db, r.start, r.size) for r in req]
         response = c._send_receive(c.protocol.build_multi_read_request(specs))  # noqa: SLF001 - one planned PDU
-        return c.protocol.extract_multi_read_data(response, len(specs))
+        return _items(response.get("raw_data", b""), len(specs))
 
     def _write(self, tag: TagItem, value: Value, fut: Future[None]) -> None:
         assert self.client is not None
@@ -265,3 +271,29 @@ def _reason(e: Exception) -> str:
         if key in text:
             return reason
     return "read_error"
+
+
+# S7 item return codes (data section of a read response)
+ITEM_ERRORS = {0x01: "hardware", 0x03: "access_denied", 0x05: "address", 0x06: "type", 0x07: "type", 0x0A: "address"}
+
+
+def _items(raw: bytes, n: int) -> list[bytearray | str]:
+    """A multi-variable read response's items: bytes, or the reason for a failed item."""
+    out: list[bytearray | str] = []
+    off = 0
+    for i in range(n):
+        if off + 4 > len(raw):
+            out += ["read_error"] * (n - i)
+            break
+        code, transport = raw[off], raw[off + 1]
+        length = int.from_bytes(raw[off + 2 : off + 4], "big")
+        off += 4
+        if code != 0xFF:
+            out.append(ITEM_ERRORS.get(code, "read_error"))
+            continue  # a failed item carries no data and no fill byte
+        size = (length + 7) // 8 if transport in (0x03, 0x04, 0x05) else length  # bit lengths
+        out.append(bytearray(raw[off : off + size]))
+        off += size
+        if i < n - 1 and size % 2:
+            off += 1
+    return out
