@@ -2,6 +2,7 @@
 
     python tools/plcsim/s7_server.py [--port PORT] [--control PORT] [--host 127.0.0.1]
 
+DB100 (4 KiB, zeros plus a counter word every 64 bytes) is room for benchmarks.
 It prints `READY s7=<port> control=<port>` when it serves. The plant (byte offsets, big-endian as
 an S7 CPU stores them) is `LAYOUT` below: a sine temperature (REAL), a counter (DINT), a running
 bit that toggles, static values of every datatype and writable setpoints. A JSON-lines control
@@ -31,7 +32,14 @@ from snap7.server import Server
 from snap7.type import SrvArea
 
 AREAS = {"DB": SrvArea.DB, "M": SrvArea.MK, "I": SrvArea.PE, "Q": SrvArea.PA}
-SIZES = {("DB", 10): 256, ("DB", 20): 64, ("M", 0): 64, ("I", 0): 16, ("Q", 0): 16}
+SIZES = {
+    ("DB", 10): 256,
+    ("DB", 20): 64,
+    ("DB", 100): 4096,
+    ("M", 0): 64,
+    ("I", 0): 16,
+    ("Q", 0): 16,
+}
 
 # (area, db, start, S7 type, initial value): the plant's fixed part.
 LAYOUT: list[tuple[str, int, int, str, Any]] = [
@@ -120,6 +128,9 @@ class Plant:
                 db[0:4] = struct.pack(">f", 20.0 + 5.0 * math.sin(self.tick / 20))
                 db[6:10] = struct.pack(">i", self.tick)
                 db[46] ^= 0x01
+                big = self.mem[("DB", 100)]
+                for off in range(0, 4096, 64):
+                    big[off : off + 2] = struct.pack(">H", self.tick & 0xFFFF)
 
 
 def serve_control(plant: Plant, port: int) -> socketserver.ThreadingTCPServer:
