@@ -101,3 +101,15 @@ def test_codec_round_trips_the_s7_layout() -> None:
                                          {"area": "DB", "db": 1, "start": 0}), bad)  # fmt: skip
     with pytest.raises(ValueError, match="do not fit"):
         codec.encode("string", s, "abcdefg")
+
+
+def test_writes_go_through_the_inverse_of_the_scale() -> None:
+    from edge_gateway.config.expr import compile_scale
+    from edge_gateway.core.driver import TagItem
+    from edge_gateway.drivers.s7.plugin import raw_value
+
+    addr = codec.build("int16", {"area": "DB", "db": 1, "start": 0})
+    t = TagItem("t", "d", "RW", "int16", addr, compile_scale("value / 10"))
+    assert raw_value(t, 21.5) == 215 and raw_value(t, True) is True
+    with pytest.raises(ValueError):
+        raw_value(TagItem("t", "d", "RW", "int16", addr, compile_scale("value ** 2")), 4.0)

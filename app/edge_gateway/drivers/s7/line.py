@@ -211,12 +211,14 @@ class S7Line(threading.Thread):
                     raw = buf[a.start - r.start : a.end - r.start]
                     try:
                         v = codec.decode(t.datatype, a, raw)
-                    except Exception as e:  # noqa: BLE001 - a short answer marks the tag, not the line
-                        frames.append(Frame(0, ts, t.tag, None, bad("decode")))
+                        if t.scale is not None and isinstance(v, int | float) and not isinstance(v, bool):
+                            v = t.scale(v)
+                    except Exception as e:  # noqa: BLE001 - a short answer or a failed scale marks the tag
+                        frames.append(
+                            Frame(0, ts, t.tag, None, bad("scale" if isinstance(e, ArithmeticError) else "decode"))
+                        )
                         log.debug("%s: decode failed: %s", t.tag, e)
                         continue
-                    if t.scale is not None and isinstance(v, int | float) and not isinstance(v, bool):
-                        v = t.scale(v)
                     frames.append(Frame(0, ts, t.tag, v, GOOD))
         with self._lock:
             d.cycles += 1

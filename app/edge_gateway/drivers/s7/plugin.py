@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_gateway.config.units import parse_duration
+from edge_gateway.core.datatypes import INT_RANGES
 from edge_gateway.core.driver import (
     BaseDriver,
     DeviceItem,
@@ -96,6 +97,15 @@ def _duration(v: Any, what: str, default: str) -> float:
     return s
 
 
+def raw_value(tag: TagItem, value: Value) -> Value:
+    """A command's value in PLC units: through the inverse of the tag's `scale` (affine scales only;
+    ValueError otherwise), rounded for integer datatypes."""
+    if tag.scale is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    raw: float = tag.scale.inverse(float(value))
+    return round(raw) if tag.datatype in INT_RANGES else raw
+
+
 class S7Plugin(BaseDriver):
     name = "s7"
     schemes = ("s7",)
@@ -141,15 +151,15 @@ class S7Plugin(BaseDriver):
         item: TagItem = target.item
         device = snap.plugin_devices[item.driver_id]
         if not device.cfg.enable_write:
-            raise Refused("read_only", f"{tag}: device {device.id} has enable_write off")
+            raise Refused("write_disabled", f"{tag}: device {device.id} has enable_write off")
         try:
-            codec.encode(item.datatype, item.address, value)
+            codec.encode(item.datatype, item.address, raw_value(item, value))
         except ValueError as e:
             raise Refused("invalid_value", f"{tag}: {e}") from None
         return target
 
     def write(self, worker: Worker, tag: TagItem, value: Value) -> Future[None]:
-        return worker.submit(tag, value)  # type: ignore[attr-defined, no-any-return]
+        return worker.submit(tag, raw_value(tag, value))  # type: ignore[attr-defined, no-any-return]
 
 
 PLUGIN = S7Plugin()
