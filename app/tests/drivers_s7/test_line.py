@@ -189,3 +189,30 @@ def test_the_planner_packs_a_spread_of_tags_into_few_requests() -> None:
     assert len(planner.ranges(gappy, 240)) == 1
     # Deterministic.
     assert planner.plan(list(reversed(dense)), 480) == planner.plan(dense, 480)
+
+
+def test_fault_injection_stop_start_and_slow_answers(s7sim: S7Sim, bus: Bus) -> None:
+    ep = EndpointItem("plc", "s7", LOOPBACK, s7sim.port, PLUGIN.build_endpoint("plc", "s7", {"timeout": "300ms"}))
+    dev = DeviceItem("d1", "static", "s7", "plc", PLUGIN.build_cfg("d1", {"polling": "100ms"}))
+    w = S7Line(ep, [dev], CHANGING, bus)
+    w.start()
+    try:
+        assert bus.wait_for(lambda fs: any(f.tag == "counter" and f.q == "good" for f in fs))
+        s7sim.op(op="stop")  # the listener and its clients go away, the process stays
+        assert bus.wait_for(lambda fs: any(f.tag == "counter" and f.q == "bad:disconnected" for f in fs))
+        with bus.cond:
+            mark = len(bus.frames)
+        s7sim.op(op="start")
+        assert bus.wait_for(lambda fs: any(f.tag == "counter" and f.q == "good" for f in fs[mark:]), 60)
+        # Answers slower than the endpoint's timeout: the line gives up on the link and says so.
+        with bus.cond:
+            mark = len(bus.frames)
+        s7sim.op(op="slow", ms=1500)
+        assert bus.wait_for(lambda fs: any(f.tag == "counter" and f.q == "bad:disconnected" for f in fs[mark:]), 60)
+        s7sim.op(op="slow", ms=0)
+        with bus.cond:
+            mark = len(bus.frames)
+        assert bus.wait_for(lambda fs: any(f.tag == "counter" and f.q == "good" for f in fs[mark:]), 60)
+        assert w.status()["d1"]["connects"] >= 3
+    finally:
+        w.stop()
