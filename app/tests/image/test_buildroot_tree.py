@@ -30,6 +30,7 @@ BR_NAMES = {
     "pyyaml": "python-pyyaml",
     "jsonschema": "python-jsonschema",
     "sdnotify": "python-sdnotify",
+    "python-snap7": "python-snap7",
 }
 
 
@@ -68,7 +69,12 @@ def test_added_packages_are_pinned_like_the_lock_file() -> None:
     pins = _pins()
     assert _mk_var("python-zstandard", "PYTHON_ZSTANDARD_VERSION") == pins["zstandard"]
     assert _mk_var("python-prometheus-client", "PYTHON_PROMETHEUS_CLIENT_VERSION") == pins["prometheus-client"]
-    for package, source in (("python-zstandard", "zstandard"), ("python-prometheus-client", "prometheus_client")):
+    assert _mk_var("python-snap7", "PYTHON_SNAP7_VERSION") == pins["python-snap7"]
+    for package, source in (
+        ("python-zstandard", "zstandard"),
+        ("python-prometheus-client", "prometheus_client"),
+        ("python-snap7", "python_snap7"),
+    ):
         hashes = (BR / "package" / package / f"{package}.hash").read_text()
         assert re.search(rf"^sha256  [0-9a-f]{{64}}  {source}-[0-9.]+\.tar\.gz$", hashes, re.M)
 
