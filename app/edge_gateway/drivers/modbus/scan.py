@@ -463,8 +463,8 @@ def gateways_configured_for(device: str) -> list[Holder]:
             # An absolute --config (the systemd unit's) needs no access to another user's cwd.
             cfg_dir = Path(cfg if os.path.isabs(cfg) else os.path.join(os.readlink(f"/proc/{pid}/cwd"), cfg))
             table = yaml.safe_load((cfg_dir / "endpoints.yml").read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            continue
+        except (OSError, ValueError, RecursionError, yaml.YAMLError):
+            continue  # unreadable, not UTF-8, too deep, not YAML: another gateway's broken config owns nothing
         if not isinstance(table, dict):
             continue
         for ident, ep in table.items():
