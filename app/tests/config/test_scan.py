@@ -27,6 +27,8 @@ from ..acquisition.conftest import Sim
 
 BIN = Path(sys.executable).parent
 BAUD = 115200  # the simulator emulates wire time at this baud; a pty itself ignores it
+# Units that must be found get 1 s to answer: on a loaded CI machine a 100 ms silence before an answer
+# happens (the scan then reports the unit absent or its answer garbled); tests of silence keep 50 ms.
 
 PROFILE: dict[str, Any] = {
     "units": [
@@ -100,7 +102,7 @@ def test_rtu_scan_finds_the_units_that_answer_and_what_they_expose(
     rc, out, err = run_scan(
         capsys,
         *("--serial", pair.b, "--baud", str(BAUD), "--parity", "E", "--stopbits", "1"),
-        *("--units", "1-4", "--probe", "holding:0-9,input:0-1,coil:0-1", "--timeout", "100ms"),
+        *("--units", "1-4", "--probe", "holding:0-9,input:0-1,coil:0-1", "--timeout", "1s"),
     )
     assert rc == 0, err
     files = sections(out)
@@ -139,7 +141,7 @@ def test_rtu_scan_out_dir_is_a_configuration_that_lints_clean(
     rc, stdout, err = run_scan(
         capsys,
         *("--serial", pair.b, "--baud", str(BAUD), "--units", "1-4", "--probe", "holding:0-9,input:0-1"),
-        *("--timeout", "100ms", "--out", str(out)),
+        *("--timeout", "1s", "--out", str(out)),
     )
     assert rc == 0, err
     assert stdout == ""
@@ -166,7 +168,7 @@ def test_tcp_scan_of_plcsim(rtu_line: tuple[PtyPair, Sim], tmp_path: Path, capsy
     rc, _, err = run_scan(
         capsys,
         *("--tcp", f"127.0.0.1:{sim.port}", "--units", "1-4", "--probe", "holding:0-9,discrete:0-3"),
-        *("--timeout", "200ms", "--out", str(out)),
+        *("--timeout", "1s", "--out", str(out)),
     )
     assert rc == 0, err
     assert lint(out) == []
@@ -209,7 +211,7 @@ def test_tcp_scan_of_a_genuine_pymodbus_server(capsys: pytest.CaptureFixture[str
             "--probe",
             "holding:0-5,input:0",
             "--timeout",
-            "200ms",
+            "1s",
         )
     finally:
         asyncio.run_coroutine_threadsafe(holder[0].shutdown(), loop).result(5)
@@ -233,7 +235,7 @@ def test_a_garbled_answer_is_reported_not_configured(
     rtu_line: tuple[PtyPair, Sim], capsys: pytest.CaptureFixture[str]
 ) -> None:
     pair, _ = rtu_line
-    rc, out, err = run_scan(capsys, "--serial", pair.b, "--baud", str(BAUD), "--units", "1,5", "--timeout", "100ms")
+    rc, out, err = run_scan(capsys, "--serial", pair.b, "--baud", str(BAUD), "--units", "1,5", "--timeout", "1s")
     assert rc == 0, err
     assert {c["cfg"]["unit_id"] for c in sections(out)["drivers.yml"].values()} == {1}
     assert "garbled answer (check baud/parity, or two units with one id): unit 5:" in err
@@ -415,7 +417,7 @@ def test_progress_on_a_terminal(rtu_line: tuple[PtyPair, Sim]) -> None:
     try:
         proc = subprocess.Popen(
             [str(BIN / "edge-cfg"), "modbus", "scan", "--serial", pair.b, "--baud", str(BAUD)]
-            + ["--units", "1-3", "--probe", "holding:0", "--timeout", "50ms"],
+            + ["--units", "1-3", "--probe", "holding:0", "--timeout", "1s"],
             stdout=subprocess.PIPE,
             stderr=slave,
             text=True,
