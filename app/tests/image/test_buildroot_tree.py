@@ -30,6 +30,7 @@ BR_NAMES = {
     "pyyaml": "python-pyyaml",
     "jsonschema": "python-jsonschema",
     "sdnotify": "python-sdnotify",
+    "asyncua": "python-opcua-asyncio",
 }
 
 
