@@ -54,11 +54,27 @@ NODES: dict[str, tuple[ua.VariantType, object, bool]] = {
 }
 
 
+class _Users:
+    """asyncua's user manager: one `name:password` account; anonymous sessions are refused."""
+
+    def __init__(self, account: str) -> None:
+        self.name, _, self.password = account.partition(":")
+
+    def get_user(self, iserver, username=None, password=None, certificate=None):  # type: ignore[no-untyped-def]
+        from asyncua.server.users import User, UserRole
+
+        if username == self.name and password == self.password:
+            return User(role=UserRole.User)
+        return None
+
+
 async def build(
-    port: int, host: str = "127.0.0.1"
+    port: int, host: str = "127.0.0.1", user: str | None = None
 ) -> tuple[Server, int, dict[str, object]]:
-    server = Server()
+    server = Server(user_manager=_Users(user) if user else None)
     await server.init()
+    if user:
+        server.set_security_IDs(["Username"])
     server.set_endpoint(f"opc.tcp://{host}:{port}")
     server.set_server_name("edge-gateway plcsim")
     server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
@@ -99,11 +115,12 @@ async def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=4840)
+    ap.add_argument("--user", help="NAME:PASSWORD: require this account, no anonymous")
     ap.add_argument(
         "--period", type=float, default=0.2, help="seconds between plant ticks"
     )
     args = ap.parse_args(argv)
-    server, idx, nodes = await build(args.port, args.host)
+    server, idx, nodes = await build(args.port, args.host, args.user)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -24,14 +24,16 @@ NS_URI = "urn:edge-gateway:plcsim"
 
 
 class OpcuaSim:
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, user: str | None = None) -> None:
         self.port = port or free_port()
+        self.user = user
         self.proc: subprocess.Popen[str] | None = None
         self.ns = 0
 
     def start(self) -> OpcuaSim:
         self.proc = subprocess.Popen(
-            [sys.executable, str(SERVER), "--host", LOOPBACK, "--port", str(self.port), "--period", "0.1"],
+            [sys.executable, str(SERVER), "--host", LOOPBACK, "--port", str(self.port), "--period", "0.1",
+             *(["--user", self.user] if self.user else [])],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )  # fmt: skip
         assert self.proc.stdout is not None
@@ -83,6 +85,7 @@ class Bus:
 
 
 def endpoint(port: int, **opts: Any) -> EndpointItem:
+    """The endpoint item of the plcsim server (`opts` as endpoints.yml writes them)."""
     return EndpointItem("ua1", "opc.tcp", LOOPBACK, port, config.build_endpoint({"timeout": 2, **opts}))
 
 

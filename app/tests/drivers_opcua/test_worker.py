@@ -136,3 +136,31 @@ def test_server_restart_marks_disconnected_once_and_subscriptions_come_back(run:
         assert w.status()["connects"] == 2
     finally:
         sim.stop()
+
+
+def test_username_and_password(tmp_path, run: list[OpcuaWorker]) -> None:  # type: ignore[no-untyped-def]
+    sim = OpcuaSim(user="operator:s3cret").start()
+    try:
+        good, wrong = tmp_path / "good", tmp_path / "wrong"
+        good.write_text("s3cret\n")
+        wrong.write_text("guess\n")
+        tags = [tag("u.count", f"ns={sim.ns};s=Counter", "uint32")]
+        workers = {}
+        for name, path in (("good", good), ("wrong", wrong)):
+            bus = Bus()
+            w = OpcuaWorker(
+                endpoint(sim.port, username="operator", password_file=str(path)), [device(polling=100)], tags, bus
+            )
+            w.start()
+            run.append(w)
+            workers[name] = (w, bus)
+        w, bus = workers["good"]
+        assert bus.wait(lambda b: any(f.q == "good" for f in b.of("u.count"))), w.status()
+        w, bus = workers["wrong"]
+        assert bus.wait(lambda b: "BadUserAccessDenied" in w.status()["last_error"]), w.status()
+        st = w.status()
+        assert w.is_alive() and st["state"] == "reconnecting" and st["connects"] == 0
+        assert st["attempts"] <= 5  # backoff: no retry storm
+        assert [f.q for f in bus.of("u.count")] == ["bad:disconnected"]  # once, however many attempts
+    finally:
+        sim.stop()

@@ -81,6 +81,7 @@ class TagState:
 
 @dataclass
 class Stats:
+    attempts: int = 0
     connects: int = 0
     disconnects: int = 0
     reads: int = 0
@@ -262,6 +263,7 @@ class OpcuaWorker(threading.Thread):
 
     async def _session(self) -> None:
         self.stats.state = "connecting"
+        self.stats.attempts += 1
         client = await self._connect()
         await self._resolve(client)
         self.stats.connects += 1
@@ -370,6 +372,7 @@ class OpcuaWorker(threading.Thread):
         return {
             "url": self.url,
             "state": s.state,
+            "attempts": s.attempts,
             "connects": s.connects,
             "disconnects": s.disconnects,
             "reads": s.reads,
