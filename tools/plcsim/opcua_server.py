@@ -69,7 +69,10 @@ class _Users:
 
 
 async def build(
-    port: int, host: str = "127.0.0.1", user: str | None = None
+    port: int,
+    host: str = "127.0.0.1",
+    user: str | None = None,
+    cert_dir: str | None = None,
 ) -> tuple[Server, int, dict[str, object]]:
     server = Server(user_manager=_Users(user) if user else None)
     await server.init()
@@ -77,7 +80,25 @@ async def build(
         server.set_security_IDs(["Username"])
     server.set_endpoint(f"opc.tcp://{host}:{port}")
     server.set_server_name("edge-gateway plcsim")
-    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    if cert_dir:  # Basic256Sha256 SignAndEncrypt only, with a self-signed certificate made here once
+        from pathlib import Path
+
+        from asyncua.crypto.cert_gen import setup_self_signed_certificate
+        from cryptography.x509.oid import ExtendedKeyUsageOID
+
+        key, cert = Path(cert_dir) / "server.pem", Path(cert_dir) / "server.der"
+        await setup_self_signed_certificate(
+            key, cert, "urn:edge-gateway:plcsim:server", host,
+            [ExtendedKeyUsageOID.SERVER_AUTH], {"commonName": "plcsim"},
+        )  # fmt: skip
+        server.set_server_name("edge-gateway plcsim")
+        await server.load_certificate(str(cert))
+        await server.load_private_key(str(key))
+        server.set_security_policy(
+            [ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt]
+        )
+    else:
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
     idx = await server.register_namespace(NS_URI)
     plant = await server.nodes.objects.add_object(ua.NodeId("Plant", idx), "Plant")
     nodes: dict[str, object] = {}
@@ -115,12 +136,15 @@ async def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=4840)
+    ap.add_argument(
+        "--cert-dir", help="Basic256Sha256 SignAndEncrypt, server.der/.pem in it"
+    )
     ap.add_argument("--user", help="NAME:PASSWORD: require this account, no anonymous")
     ap.add_argument(
         "--period", type=float, default=0.2, help="seconds between plant ticks"
     )
     args = ap.parse_args(argv)
-    server, idx, nodes = await build(args.port, args.host, args.user)
+    server, idx, nodes = await build(args.port, args.host, args.user, args.cert_dir)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

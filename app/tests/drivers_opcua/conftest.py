@@ -24,16 +24,18 @@ NS_URI = "urn:edge-gateway:plcsim"
 
 
 class OpcuaSim:
-    def __init__(self, port: int | None = None, user: str | None = None) -> None:
+    def __init__(self, port: int | None = None, user: str | None = None, cert_dir: Path | None = None) -> None:
         self.port = port or free_port()
         self.user = user
+        self.cert_dir = cert_dir
         self.proc: subprocess.Popen[str] | None = None
         self.ns = 0
 
     def start(self) -> OpcuaSim:
         self.proc = subprocess.Popen(
             [sys.executable, str(SERVER), "--host", LOOPBACK, "--port", str(self.port), "--period", "0.1",
-             *(["--user", self.user] if self.user else [])],
+             *(["--user", self.user] if self.user else []),
+             *(["--cert-dir", str(self.cert_dir)] if self.cert_dir else [])],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )  # fmt: skip
         assert self.proc.stdout is not None

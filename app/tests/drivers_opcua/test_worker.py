@@ -3,9 +3,11 @@ writes, refusals, a server restart."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -162,5 +164,45 @@ def test_username_and_password(tmp_path, run: list[OpcuaWorker]) -> None:  # typ
         assert w.is_alive() and st["state"] == "reconnecting" and st["connects"] == 0
         assert st["attempts"] <= 5  # backoff: no retry storm
         assert [f.q for f in bus.of("u.count")] == ["bad:disconnected"]  # once, however many attempts
+    finally:
+        sim.stop()
+
+
+def _client_cert(d: Path, name: str = "client") -> tuple[Path, Path]:
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    key, cert = d / f"{name}.pem", d / f"{name}.der"
+    asyncio.run(
+        setup_self_signed_certificate(
+            key, cert, "urn:freeopcua:client", "localhost", [ExtendedKeyUsageOID.CLIENT_AUTH], {"commonName": name}
+        )
+    )
+    return cert, key
+
+
+def test_basic256sha256_sign_and_encrypt(tmp_path: Path, run: list[OpcuaWorker]) -> None:
+    sim = OpcuaSim(cert_dir=tmp_path).start()
+    try:
+        cert, key = _client_cert(tmp_path)
+        other, _ = _client_cert(tmp_path, "stranger")  # not the server's certificate
+        tags = [tag("e.count", f"ns={sim.ns};s=Counter", "uint32")]
+        secure = {"security_policy": "Basic256Sha256", "security_mode": "SignAndEncrypt",
+                  "certificate": str(cert), "private_key": str(key)}  # fmt: skip
+        workers = {}
+        for name, server_cert in (("trusted", tmp_path / "server.der"), ("untrusted", other)):
+            bus = Bus()
+            ep = endpoint(sim.port, server_certificate=str(server_cert), **secure)
+            w = OpcuaWorker(ep, [device(polling=100)], tags, bus)
+            w.start()
+            run.append(w)
+            workers[name] = (w, bus)
+        w, bus = workers["trusted"]
+        assert bus.wait(lambda b: any(f.q == "good" for f in b.of("e.count"))), w.status()
+        w, bus = workers["untrusted"]
+        assert bus.wait(lambda b: w.status()["last_error"] != "" and w.status()["attempts"] >= 1), w.status()
+        st = w.status()
+        assert w.is_alive() and st["connects"] == 0 and st["attempts"] <= 5, st
+        assert [f.q for f in bus.of("e.count")] == ["bad:disconnected"]
     finally:
         sim.stop()

@@ -38,6 +38,13 @@ class OpcuaPlugin(BaseDriver):
     # endpoint's `timeout`, 300 s by the schema) or a connect: beyond the longest of them it is hung.
     stale_s = 30.0
 
+    @property
+    def cli(self) -> Any:
+        """`edge-cfg opcua browse` (browse.py): `add_subparser(sub)` and `run(args)`."""
+        from edge_gateway.drivers.opcua import browse
+
+        return browse
+
     def build_endpoint(self, ident: str, scheme: str, opts: Mapping[str, Any]) -> Any:
         return config.build_endpoint(opts)
 
