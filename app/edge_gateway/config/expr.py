@@ -231,7 +231,7 @@ def _check_exponent(node: ast.AST) -> None:
         raise ExprError(f"exponent larger than {MAX_EXPONENT}", _col(node))
 
 
-NUMERIC = frozenset({"uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64"})
+NUMERIC = frozenset({"uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64", "float", "double"})
 
 
 def compile_for_tag(

@@ -18,6 +18,9 @@ Datatype = Literal[
     "float64",
     "string",
     "binary",
+    "float",  # = float32, as the OPC UA documents write it
+    "double",  # = float64
+    "datetime",  # OPC UA DateTime: ms since the epoch, UTC
 ]
 DATATYPES: tuple[str, ...] = (
     "bool",
@@ -31,6 +34,9 @@ DATATYPES: tuple[str, ...] = (
     "float64",
     "string",
     "binary",
+    "float",
+    "double",
+    "datetime",
 )
 
 # 16-bit words a datatype occupies; None = variable length (string/binary: the tag gives it).
@@ -46,6 +52,9 @@ SIZE_WORDS: dict[str, int | None] = {
     "float64": 4,
     "string": None,
     "binary": None,
+    "float": 2,
+    "double": 4,
+    "datetime": None,
 }
 
 INT_RANGES: dict[str, tuple[int, int]] = {

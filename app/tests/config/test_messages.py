@@ -35,7 +35,7 @@ CASES = [
         "  datatype: unit16\n  scale",
         "unit16",
         "tag plant.flow_m3h: datatype 'unit16' is not one of bool, uint16, int16, uint32, int32, uint64, int64, "
-        "float32, float64, string, binary; did you mean uint16?",
+        "float32, float64, string, binary, float, double, datetime; did you mean uint16?",
     ),
     (
         "enum-nested-key",

@@ -31,6 +31,7 @@ BR_NAMES = {
     "jsonschema": "python-jsonschema",
     "sdnotify": "python-sdnotify",
     "python-snap7": "python-snap7",
+    "asyncua": "python-opcua-asyncio",
 }
 
 

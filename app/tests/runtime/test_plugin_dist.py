@@ -169,7 +169,7 @@ def test_edge_cfg_plugins_lists_the_installed_plugin(site: Path) -> None:
     r = subprocess.run([str(BIN / "edge-cfg"), "plugins", "--json"], capture_output=True, text=True, env=_env(site))
     assert r.returncode == 0, r.stderr
     names = [row["name"] for row in json.loads(r.stdout)["edge_gateway.drivers"]]
-    assert names == ["counter", "modbus", "mqtt", "s7"]
+    assert names == ["counter", "modbus", "mqtt", "opcua", "s7"]
     bare = subprocess.run([str(BIN / "edge-cfg"), "plugins"], capture_output=True, text=True)
     assert bare.returncode == 0 and "counter" not in bare.stdout and "modbus" in bare.stdout
 
@@ -225,11 +225,11 @@ def test_a_pip_installed_driver_is_polled_end_to_end(site: Path, broker: Mosquit
 
 
 def test_kind_dyn_names_an_installed_plugin(site: Path, tmp_path: Path) -> None:
-    cfg = _config(tmp_path / "cfg", 1883, proto="opcua")
+    cfg = _config(tmp_path / "cfg", 1883, proto="bacnet")
     r = subprocess.run([str(BIN / "edge-cfg"), "lint", str(cfg)], capture_output=True, text=True, env=_env(site))
     assert r.returncode == 1
-    assert "drivers.yml:1:" in r.stdout and "no driver plugin 'opcua' is installed" in r.stdout, r.stdout
-    assert "installed: counter, modbus, mqtt, s7" in r.stdout, r.stdout
+    assert "drivers.yml:1:" in r.stdout and "no driver plugin 'bacnet' is installed" in r.stdout, r.stdout
+    assert "installed: counter, modbus, mqtt, opcua, s7" in r.stdout, r.stdout
     static = _config(tmp_path / "static", 1883, kind="static")
     r = subprocess.run([str(BIN / "edge-cfg"), "lint", str(static)], capture_output=True, text=True, env=_env(site))
     assert r.returncode == 1 and "kind: dyn" in r.stdout, r.stdout

@@ -1,0 +1,1 @@
+"""The OPC UA driver plugin (`proto: opcua`, scheme `opc.tcp`), on asyncua inside its worker thread."""

@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""A small OPC UA plant model on asyncua's Server, for tests and the demo.
+
+Namespace `urn:edge-gateway:plcsim` (its index is printed), object `Plant` with one node of every
+datatype (string NodeIds `ns=<idx>;s=<Name>`), values that change every `--period` seconds, writable
+setpoints, a read-only node, a node whose status goes Bad (`Faulty`: BadSensorFailure on odd ticks),
+and one node of each other NodeId form (i=, g=, b=). Fault injection: stop
+and restart the process. Prints `READY <port> <ns>` when it listens; stops on SIGTERM.
+
+    python tools/plcsim/opcua_server.py --port 4840
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import uuid
+from datetime import UTC, datetime
+
+from asyncua import Server, ua
+
+NS_URI = "urn:edge-gateway:plcsim"
+GUID = uuid.UUID("72962b91-fa75-4ae6-8d28-b404dc7daf63")
+BYTES = b"\x01\x02opc"
+
+# name → (variant type, initial value, writable)
+NODES: dict[str, tuple[ua.VariantType, object, bool]] = {
+    "Bool": (ua.VariantType.Boolean, True, False),
+    "Int16": (ua.VariantType.Int16, -1234, False),
+    "UInt16": (ua.VariantType.UInt16, 54321, False),
+    "Int32": (ua.VariantType.Int32, -123456789, False),
+    "UInt32": (ua.VariantType.UInt32, 3_000_000_000, False),
+    "Int64": (ua.VariantType.Int64, -(2**40), False),
+    "UInt64": (ua.VariantType.UInt64, 2**60, False),
+    "Float": (ua.VariantType.Float, 1.5, False),
+    "Double": (ua.VariantType.Double, 2.718281828, False),
+    "String": (ua.VariantType.String, "hello plant", False),
+    "Bytes": (ua.VariantType.ByteString, b"\x00\xffraw", False),
+    "DateTime": (
+        ua.VariantType.DateTime,
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        False,
+    ),
+    "Temp": (ua.VariantType.Double, 20.0, False),  # changes every tick
+    "Counter": (ua.VariantType.UInt32, 0, False),  # +1 every tick
+    "Setpoint": (ua.VariantType.Double, 50.0, True),
+    "SetpointInt": (ua.VariantType.Int32, 7, True),
+    "Mode": (ua.VariantType.String, "auto", True),
+    "Enable": (ua.VariantType.Boolean, False, True),
+    "Locked": (ua.VariantType.Double, 1.0, False),  # AccessLevel read-only
+    "Faulty": (ua.VariantType.Double, 0.0, False),  # Bad on odd ticks
+}
+
+
+class _Users:
+    """asyncua's user manager: one `name:password` account; anonymous sessions are refused."""
+
+    def __init__(self, account: str) -> None:
+        self.name, _, self.password = account.partition(":")
+
+    def get_user(self, iserver, username=None, password=None, certificate=None):  # type: ignore[no-untyped-def]
+        from asyncua.server.users import User, UserRole
+
+        if username == self.name and password == self.password:
+            return User(role=UserRole.User)
+        return None
+
+
+async def build(
+    port: int,
+    host: str = "127.0.0.1",
+    user: str | None = None,
+    cert_dir: str | None = None,
+) -> tuple[Server, int, dict[str, object]]:
+    server = Server(user_manager=_Users(user) if user else None)
+    await server.init()
+    if user:
+        server.set_security_IDs(["Username"])
+    server.set_endpoint(f"opc.tcp://{host}:{port}")
+    server.set_server_name("edge-gateway plcsim")
+    if cert_dir:  # Basic256Sha256 SignAndEncrypt only, with a self-signed certificate made here once
+        from pathlib import Path
+
+        from asyncua.crypto.cert_gen import setup_self_signed_certificate
+        from cryptography.x509.oid import ExtendedKeyUsageOID
+
+        key, cert = Path(cert_dir) / "server.pem", Path(cert_dir) / "server.der"
+        await setup_self_signed_certificate(
+            key, cert, "urn:edge-gateway:plcsim:server", host,
+            [ExtendedKeyUsageOID.SERVER_AUTH], {"commonName": "plcsim"},
+        )  # fmt: skip
+        server.set_server_name("edge-gateway plcsim")
+        await server.load_certificate(str(cert))
+        await server.load_private_key(str(key))
+        server.set_security_policy(
+            [ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt]
+        )
+    else:
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    idx = await server.register_namespace(NS_URI)
+    plant = await server.nodes.objects.add_object(ua.NodeId("Plant", idx), "Plant")
+    nodes: dict[str, object] = {}
+    for name, (vt, value, writable) in NODES.items():
+        node = await plant.add_variable(
+            ua.NodeId(name, idx), name, ua.Variant(value, vt)
+        )
+        if writable:
+            await node.set_writable()
+        nodes[name] = node
+    for name, nid in (
+        ("Numeric", ua.NodeId(1001, idx)),
+        ("Guid", ua.NodeId(GUID, idx, ua.NodeIdType.Guid)),
+        ("Opaque", ua.NodeId(BYTES, idx, ua.NodeIdType.ByteString)),
+    ):
+        nodes[name] = await plant.add_variable(
+            nid, name, ua.Variant(len(name), ua.VariantType.Int32)
+        )
+    return server, idx, nodes
+
+
+async def tick(nodes: dict[str, object], n: int) -> None:
+    await nodes["Temp"].write_value(
+        ua.Variant(20.0 + (n % 50) / 10, ua.VariantType.Double)
+    )  # type: ignore[attr-defined]
+    await nodes["Counter"].write_value(ua.Variant(n, ua.VariantType.UInt32))  # type: ignore[attr-defined]
+    code = ua.StatusCode(
+        ua.StatusCodes.BadSensorFailure if n % 2 else ua.StatusCodes.Good
+    )
+    dv = ua.DataValue(ua.Variant(float(n), ua.VariantType.Double), StatusCode_=code)
+    await nodes["Faulty"].write_value(dv)  # type: ignore[attr-defined]
+
+
+async def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=4840)
+    ap.add_argument(
+        "--cert-dir", help="Basic256Sha256 SignAndEncrypt, server.der/.pem in it"
+    )
+    ap.add_argument("--user", help="NAME:PASSWORD: require this account, no anonymous")
+    ap.add_argument(
+        "--period", type=float, default=0.2, help="seconds between plant ticks"
+    )
+    args = ap.parse_args(argv)
+    server, idx, nodes = await build(args.port, args.host, args.user, args.cert_dir)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        print(f"READY {args.port} {idx}", flush=True)
+        n = 0
+        while not stop.is_set():
+            n += 1
+            await tick(nodes, n)
+            try:
+                await asyncio.wait_for(stop.wait(), args.period)
+            except TimeoutError:
+                pass
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1:]))
+    sys.exit(0)
