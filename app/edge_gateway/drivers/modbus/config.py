@@ -1,4 +1,4 @@
-"""The Modbus parts of the five files → the frozen model (config/model.py): endpoints (serial, tcp,
+"""The Modbus parts of the five files → the frozen model (model.py): endpoints (serial, tcp,
 tls+tcp, rtu+tcp), devices (`proto: modbus` units) and their register tags, with the rules a schema
 cannot say (Modicon refs, `len` against the datatype, overlapping addresses, one unit id per line, the
 write rules of writes.py). The loader reaches these through the registry (`PLUGIN.config`), passing
@@ -12,7 +12,11 @@ from typing import Any, cast
 
 from edge_gateway.config import schema
 from edge_gateway.config.expr import Scale, compile_for_tag
-from edge_gateway.config.model import (
+from edge_gateway.config.model import TlsFiles
+from edge_gateway.config.source import Source, positive
+from edge_gateway.config.units import parse_duration, parse_rate
+from edge_gateway.drivers.modbus import writes
+from edge_gateway.drivers.modbus.model import (
     BIT_TYPES,
     DATATYPE_REGS,
     Address,
@@ -20,12 +24,8 @@ from edge_gateway.config.model import (
     Endpoint,
     ModbusCfg,
     RegType,
-    TlsFiles,
     Variable,
 )
-from edge_gateway.config.source import Source, positive
-from edge_gateway.config.units import parse_duration, parse_rate
-from edge_gateway.drivers.modbus import writes
 
 
 def modicon(ref: int | str) -> tuple[str, int] | None:
