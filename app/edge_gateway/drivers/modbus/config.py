@@ -6,8 +6,10 @@ itself as `b` (its sources, path resolution and kind rules)."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Callable
+from importlib import resources
 from typing import Any, cast
 
 from edge_gateway.config import schema
@@ -187,7 +189,7 @@ def variable(b: Any, i: int, v: dict, src: Source, drivers: dict[str, Driver], k
     if "address" not in v:
         src.error((i,), f"{tag}: missing required key 'address' (driver {did} is a Modbus driver)")
         return None
-    if b._generic and schema.check_fragment(src, "variables", schema.modbus_address(), v["address"], (i, "address")):
+    if b._generic and schema.check_fragment(src, "variables", _ADDRESS, v["address"], (i, "address")):
         return None  # with a generic plugin installed, variables.json leaves `address` to each driver
     driver = drivers.get(did)
     address = build_address(b, i, v, src)
@@ -303,5 +305,11 @@ def overlaps(b: Any, variables: list[Variable], src: Source, index: dict[str, in
             if reach is None or v.address.end > reach.address.end:
                 reach = v
 
+
+# The Modbus `address` as its schema.json ships it: checked here once a generic plugin has made the
+# variables.yml `address` free-form.
+_ADDRESS = json.loads(resources.files(__package__).joinpath("schema.json").read_text())["variables"]["properties"][
+    "address"
+]
 
 PROTOCOLS: dict[str, Callable[..., ModbusCfg | None]] = {"modbus": modbus_cfg}
