@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from edge_gateway.bus.framebus import FrameBus
-from edge_gateway.config.model import (
-    BusCfg,
+from edge_gateway.config.model import BusCfg
+from edge_gateway.drivers.mqtt_source import start_source
+from edge_gateway.drivers.mqtt_source.mapping import TopicMap
+from edge_gateway.drivers.mqtt_source.model import (
     MqttDriver,
     MqttEndpoint,
     MqttSourceCfg,
@@ -36,8 +38,6 @@ from edge_gateway.config.model import (
     Payload,
     Subscription,
 )
-from edge_gateway.drivers.mqtt_source import start_source
-from edge_gateway.drivers.mqtt_source.mapping import TopicMap
 from edge_gateway.testkit import LOOPBACK, Mosquitto
 
 DEVICE = r"""

@@ -15,16 +15,16 @@ from pathlib import Path
 import yaml
 from _common import args, write
 from edge_gateway.bus.framebus import FrameBus
-from edge_gateway.config.model import (
+from edge_gateway.config.model import BusCfg
+from edge_gateway.drivers.modbus import rtu
+from edge_gateway.drivers.modbus.line import start_line
+from edge_gateway.drivers.modbus.model import (
     Address,
-    BusCfg,
     Driver,
     Endpoint,
     ModbusCfg,
     Variable,
 )
-from edge_gateway.drivers.modbus import rtu
-from edge_gateway.drivers.modbus.line import start_line
 from edge_gateway.metrics import value
 from edge_gateway.testkit import PtyPair, stop_pid
 

@@ -36,9 +36,9 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "app"))
-from edge_gateway.config.model import DATATYPE_REGS
 from edge_gateway.drivers.modbus import rtu
 from edge_gateway.drivers.modbus.codec import FMT
+from edge_gateway.drivers.modbus.model import DATATYPE_REGS
 
 
 @dataclass

@@ -16,20 +16,7 @@ from typing import Any, Literal
 
 from edge_gateway.config import schema
 from edge_gateway.config.expr import compile_for_tag
-from edge_gateway.config.model import (
-    Backoff,
-    BusCfg,
-    Connector,
-    Driver,
-    GatewayCfg,
-    MqttDriver,
-    MqttEndpoint,
-    MqttTag,
-    Snapshot,
-    TlsFiles,
-    Variable,
-    WalCfg,
-)
+from edge_gateway.config.model import Backoff, BusCfg, Connector, GatewayCfg, Snapshot, TlsFiles, WalCfg
 from edge_gateway.config.source import Problem, Source, positive, read, secret_file
 from edge_gateway.config.units import parse_duration, parse_size
 from edge_gateway.core import registry
@@ -67,8 +54,8 @@ class _Build:
         self.src: dict[str, Source] = {}
         # MQTT-source parts (drivers/mqtt_source/config.py, via the registry): drivers by id, what was built
         self._mqtt_driver_ids: set[str] = set()
-        self._mqtt_drivers: dict[str, MqttDriver] = {}
-        self._mqtt_tags: list[MqttTag] = []
+        self._mqtt_drivers: dict[str, Any] = {}
+        self._mqtt_tags: list[Any] = []
         # The MQTT source's builders and rules, reached through the registry like every plugin's.
         self.mqtt: Any = registry.driver("mqtt").config  # type: ignore[attr-defined]
         self.modbus: Any = registry.driver("modbus").config  # type: ignore[attr-defined]
@@ -124,7 +111,7 @@ class _Build:
         endpoints = self._each(
             ep_data, bad["endpoints"], s["endpoints"], lambda i, e, src: self.modbus.endpoint(self, i, e, src)
         )
-        mqtt_endpoints: dict[str, MqttEndpoint] = self._each(
+        mqtt_endpoints: dict[str, Any] = self._each(
             mqtt_ep_data, bad["endpoints"], s["endpoints"], lambda i, e, src: self.mqtt.endpoint(i, e, src, self._path)
         )
         known_endpoints = set(data["endpoints"])
@@ -209,8 +196,8 @@ class _Build:
         return resolved
 
     def _mqtt_driver(
-        self, ident: str, d: dict, src: Source, endpoints: dict[str, MqttEndpoint], known: dict[str, Any]
-    ) -> MqttDriver | None:
+        self, ident: str, d: dict, src: Source, endpoints: dict[str, Any], known: dict[str, Any]
+    ) -> Any | None:
         """A `proto: mqtt` driver: an MQTT source on an mqtt/mqtts endpoint (drivers/mqtt_source/config.py)."""
         if not self._kind_ok(ident, d, src):
             return None
@@ -349,11 +336,9 @@ class _Build:
             tag, did, v.get("access", "R"), v["datatype"], address, scale, v.get("unit"), f"{src.name}:{src.line((i,))}"
         )
 
-    def _variables(
-        self, items: Any, bad: set[tuple], drivers: dict[str, Driver], known_drivers: set[str]
-    ) -> list[Variable]:
+    def _variables(self, items: Any, bad: set[tuple], drivers: dict[str, Any], known_drivers: set[str]) -> list[Any]:
         src = self.src["variables"]
-        out: list[Variable] = []
+        out: list[Any] = []
         tags: dict[str, int] = {}
         index: dict[str, int] = {}
         if not isinstance(items, list):

@@ -6,31 +6,18 @@ converted: durations in seconds (float), sizes in bytes, rates in requests per s
 `src` fields ("variables.yml:12") point back at the YAML for runtime messages and are
 ignored by comparisons.
 
-MQTT-source parts (endpoints of scheme mqtt/mqtts, `proto: mqtt` drivers, topic-mapped tags)
-live in their own fields (`mqtt_endpoints`, `mqtt_drivers`, `mqtt_tags`), so code that polls
-Modbus never meets an endpoint or a driver it cannot poll.
+The plugins' own dataclasses live in their folders (drivers/modbus/model.py,
+drivers/mqtt_source/model.py); config names none of them. The Snapshot holds them in generically
+typed tables: Modbus in `endpoints`, `drivers`, `variables`, the MQTT source in its own fields
+(`mqtt_endpoints`, `mqtt_drivers`, `mqtt_tags`), so code that polls Modbus never meets an endpoint or
+a driver it cannot poll.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
-
-from edge_gateway.core.datatypes import SIZE_WORDS, Datatype
-
-if TYPE_CHECKING:
-    from edge_gateway.config.expr import Scale
-
-Scheme = Literal["tcp", "tls+tcp", "rtu+tcp", "serial"]
-RegType = Literal["holding", "input", "coil", "discrete"]
-Access = Literal["R", "W", "RW"]
-Order = Literal["big", "little"]
-# Registers a datatype occupies; None = `len` must be given (string/binary: registers of 2 bytes).
-DATATYPE_REGS = SIZE_WORDS
-BIT_TYPES = ("coil", "discrete")  # one bit per address, datatype bool only
-WORD_TYPES = ("holding", "input")  # 16-bit registers
-WRITABLE_TYPES = ("holding", "coil")  # the only tables Modbus can write
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -38,95 +25,6 @@ class TlsFiles:
     ca: str | None = None
     client_cert: str | None = None
     client_key: str | None = None
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One physical connection, owned by exactly one line thread."""
-
-    id: str
-    scheme: Scheme
-    host: str  # IP/hostname, or the serial device path for `serial`
-    port: int | None = None  # None for `serial`
-    timeout: float = 1.0  # response timeout, seconds
-    rate: float | None = None  # max requests per second on this line; None = unlimited
-    # serial line settings (scheme `serial`; baud also sizes RTU timing for `rtu+tcp`)
-    baud: int = 19200
-    parity: Literal["N", "E", "O"] = "E"
-    stopbits: int = 1
-    bytesize: int = 8
-    halfduplex: bool = True
-    rs485: Literal["none", "kernel", "rts"] = "none"
-    echo: bool = False
-    turnaround: float = 0.0  # extra quiet time before the next request, seconds
-    tls: TlsFiles | None = None  # `tls+tcp` only
-    src: str = field(default="", compare=False)
-
-    @property
-    def is_serial(self) -> bool:
-        return self.scheme == "serial"
-
-    @property
-    def rtu_framing(self) -> bool:
-        """RTU frames (CRC, silent intervals) rather than the MBAP header of Modbus/TCP."""
-        return self.scheme in ("serial", "rtu+tcp")
-
-
-@dataclass(frozen=True)
-class ModbusCfg:
-    unit_id: int
-    polling: float  # seconds between polls of this unit
-    max_regs_per_req: int = 120
-    retry: int = 3
-    endian: Order = "big"  # byte order inside a register
-    word_order: Order = "big"  # register order of 32/64-bit values
-    enable_write: bool = False
-
-
-@dataclass(frozen=True)
-class Driver:
-    """One device (unit) on an endpoint. Several drivers may share one serial endpoint."""
-
-    id: str
-    kind: Literal["static"]
-    endpoint_id: str
-    proto: Literal["modbus"]
-    modbus: ModbusCfg
-    src: str = field(default="", compare=False)
-
-
-@dataclass(frozen=True)
-class Address:
-    type: RegType
-    addr: int  # 0-based PDU address
-    len: int  # registers (word types) or bits (bit types)
-
-    @property
-    def end(self) -> int:
-        """One past the last address used."""
-        return self.addr + self.len
-
-
-@dataclass(frozen=True)
-class Variable:
-    tag: str
-    driver_id: str
-    access: Access
-    address: Address
-    datatype: Datatype
-    endian: Order  # resolved: the variable's override or its driver's
-    word_order: Order
-    scale: Scale | None = None  # compiled once at load; compares by its source text
-    unit: str | None = None
-    src: str = field(default="", compare=False)
-
-    @property
-    def readable(self) -> bool:
-        return "R" in self.access
-
-    @property
-    def writable(self) -> bool:
-        return "W" in self.access
 
 
 @dataclass(frozen=True)
@@ -172,77 +70,6 @@ class Connector:
 
 
 @dataclass(frozen=True)
-class MqttEndpoint:
-    """A local MQTT broker the gateway subscribes to (endpoints.yml, scheme mqtt | mqtts).
-    One client thread and one persistent session per endpoint, shared by its drivers."""
-
-    id: str
-    scheme: Literal["mqtt", "mqtts"]
-    host: str
-    port: int
-    client_id: str
-    username: str | None = None
-    password: str | None = None
-    password_file: str | None = None  # read at connect time, so a rotated secret needs no reload
-    keepalive: float = 30.0
-    session_expiry: float = 3600.0  # the broker queues QoS 1/2 messages this long while we are away
-    backoff: Backoff = Backoff(0.5, 30.0)
-    tls: TlsFiles | None = None  # mqtts only
-    src: str = field(default="", compare=False)
-
-
-@dataclass(frozen=True)
-class Subscription:
-    filter: str  # an MQTT topic filter, + and # allowed
-    qos: Literal[0, 1, 2] = 1
-
-
-@dataclass(frozen=True)
-class MqttSourceCfg:
-    subscriptions: tuple[Subscription, ...]
-    retained: Literal["take", "ignore"] = "take"  # the broker's stored value at subscribe time
-    queue: int = 1000  # messages held between paho's thread and the bus; beyond it they are dropped
-    recover: float = 5.0  # seconds without a drop (and an empty queue) before degraded → ok
-
-
-@dataclass(frozen=True)
-class MqttDriver:
-    """A `proto: mqtt` driver: subscriptions on an MQTT endpoint whose messages become tags."""
-
-    id: str
-    kind: Literal["static"]
-    endpoint_id: str
-    proto: Literal["mqtt"]
-    cfg: MqttSourceCfg
-    src: str = field(default="", compare=False)
-
-
-PayloadFormat = Literal["number", "json", "bytes", "string"]
-
-
-@dataclass(frozen=True)
-class Payload:
-    format: PayloadFormat = "number"
-    pointer: str = ""  # RFC 6901 JSON pointer into a json payload; "" = the whole document
-    endian: Order = "big"  # byte order of a numeric `bytes` payload
-
-
-@dataclass(frozen=True)
-class MqttTag:
-    """variables.yml entry of an MQTT driver: a topic (exact, or a filter whose + / # levels are
-    captured as {1}, {2}, … in `tag`) and how its payload becomes the value."""
-
-    tag: str  # a tag name, or a template with {1}, {2}, …
-    driver_id: str
-    topic: str
-    payload: Payload
-    datatype: Datatype
-    scale: Scale | None = None
-    unit: str | None = None
-    src: str = field(default="", compare=False)
-
-
-@dataclass(frozen=True)
 class BusCfg:
     capacity: int = 65536
     pause_hi: float = 0.8
@@ -271,16 +98,19 @@ class GatewayCfg:
 class Snapshot:
     """One complete, validated configuration. `revision` is a digest of the five files."""
 
-    endpoints: dict[str, Endpoint]
-    drivers: dict[str, Driver]
-    variables: tuple[Variable, ...]
+    # The two built-in plugins' own tables, typed generically (config never names a plugin's classes):
+    # Modbus (drivers/modbus/model.py: Endpoint, Driver, Variable) …
+    endpoints: dict[str, Any]
+    drivers: dict[str, Any]
+    variables: tuple[Any, ...]
     connectors: dict[str, Connector]
     gateway: GatewayCfg
     revision: str = field(default="", compare=False)
     directory: str = field(default="", compare=False)
-    mqtt_endpoints: dict[str, MqttEndpoint] = field(default_factory=dict)
-    mqtt_drivers: dict[str, MqttDriver] = field(default_factory=dict)
-    mqtt_tags: tuple[MqttTag, ...] = ()
+    # … and the MQTT source (drivers/mqtt_source/model.py: MqttEndpoint, MqttDriver, MqttTag).
+    mqtt_endpoints: dict[str, Any] = field(default_factory=dict)
+    mqtt_drivers: dict[str, Any] = field(default_factory=dict)
+    mqtt_tags: tuple[Any, ...] = ()
     # Plugins on the generic tables (core/driver.py BaseDriver): EndpointItem, DeviceItem, TagItem.
     plugin_endpoints: dict[str, Any] = field(default_factory=dict)
     plugin_devices: dict[str, Any] = field(default_factory=dict)
@@ -289,19 +119,19 @@ class Snapshot:
     # them against the other directory, so two copies of one config in two places compare equal.
     relative_paths: dict[str, str] = field(default_factory=dict, compare=False)
 
-    def mqtt_tags_of(self, driver_id: str) -> tuple[MqttTag, ...]:
+    def mqtt_tags_of(self, driver_id: str) -> tuple[Any, ...]:
         return tuple(t for t in self.mqtt_tags if t.driver_id == driver_id)
 
-    def mqtt_drivers_on(self, endpoint_id: str) -> tuple[MqttDriver, ...]:
+    def mqtt_drivers_on(self, endpoint_id: str) -> tuple[Any, ...]:
         return tuple(d for d in self.mqtt_drivers.values() if d.endpoint_id == endpoint_id)
 
-    def variables_of(self, driver_id: str) -> tuple[Variable, ...]:
+    def variables_of(self, driver_id: str) -> tuple[Any, ...]:
         return tuple(v for v in self.variables if v.driver_id == driver_id)
 
-    def drivers_on(self, endpoint_id: str) -> tuple[Driver, ...]:
+    def drivers_on(self, endpoint_id: str) -> tuple[Any, ...]:
         return tuple(d for d in self.drivers.values() if d.endpoint_id == endpoint_id)
 
-    def variable(self, tag: str) -> Variable | None:
+    def variable(self, tag: str) -> Any | None:
         for v in self.variables:
             if v.tag == tag:
                 return v

@@ -25,6 +25,7 @@ def schema(name: str) -> dict[str, Any]:
     loader then checks with the owning plugin's fragment. Without such a plugin it is the JSON as shipped."""
     text = resources.files("edge_gateway.config").joinpath("schemas", f"{name}.json").read_text()
     out = dict(json.loads(text))
+    _add_own_tables(out, name)
     generic = [p for p in registry.drivers().values() if p.generic]
     if generic and name == "endpoints":
         ep = out["$defs"]["endpoint"]
@@ -39,6 +40,37 @@ def schema(name: str) -> dict[str, Any]:
     if name == "connector":
         _add_connectors(out)
     return out
+
+
+def _add_own_tables(s: dict[str, Any], name: str) -> None:
+    """The parts of the file schemas that the plugins on their own Snapshot tables ship (`file_schema`,
+    core/driver.py; the two built-ins, each from its folder's schema.json): their endpoint schemes and
+    `$defs/<name>_opts`, chosen by scheme (the first plugin by name is the last `else`); their drivers.yml
+    cfg as `$defs/<name>` (the loader checks `cfg` against it); their variables.yml properties."""
+    plugins = registry.drivers()
+    own = [(n, p, fs) for n, p in sorted(plugins.items()) if (fs := getattr(p, "file_schema", None))]
+    defs = s.setdefault("$defs", {})
+    if name == "endpoints":
+        ep = defs["endpoint"]
+        chain: dict[str, Any] = {}
+        for n, p, fs in own:
+            ep["properties"]["scheme"]["enum"] = [*ep["properties"]["scheme"]["enum"], *p.schemes]
+            defs[f"{n}_opts"] = dict(fs["endpoints"]["opts"])
+            branch = {"properties": {"opts": {"$ref": f"#/$defs/{n}_opts"}}}
+            if not chain:
+                chain = {"else": branch}
+            else:
+                cond = {"properties": {"scheme": {"enum": list(p.schemes)}}, "required": ["scheme"]}
+                chain = {"if": cond, "then": branch, "else": chain["else"] if len(chain) == 1 else chain}
+        if chain:
+            ep.update(chain if len(chain) > 1 else {"if": False, **chain})
+    elif name == "drivers":
+        for n, _p, fs in own:
+            defs[n] = dict(fs["drivers"]["cfg"])
+    elif name == "variables":
+        props = defs["variable"]["properties"]
+        for _n, _p, fs in own:
+            props.update(fs["variables"]["properties"])
 
 
 def _add_connectors(s: dict[str, Any]) -> None:
@@ -62,12 +94,6 @@ def _add_connectors(s: dict[str, Any]) -> None:
         "properties": {"kind": {"enum": kinds}},
         "allOf": branches,
     }
-
-
-def modbus_address() -> dict[str, Any]:
-    """The Modbus `address` of variables.json as shipped (free-form once a generic plugin is installed)."""
-    text = resources.files("edge_gateway.config").joinpath("schemas", "variables.json").read_text()
-    return dict(json.loads(text)["$defs"]["variable"]["properties"]["address"])
 
 
 def _is_integer(_checker: object, instance: object) -> bool:

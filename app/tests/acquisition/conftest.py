@@ -15,8 +15,9 @@ import pytest
 import yaml
 
 from edge_gateway.bus.framebus import FrameBus
-from edge_gateway.config.model import DATATYPE_REGS, Address, BusCfg, Driver, Endpoint, ModbusCfg, Variable
+from edge_gateway.config.model import BusCfg
 from edge_gateway.core.frame import Frame
+from edge_gateway.drivers.modbus.model import DATATYPE_REGS, Address, Driver, Endpoint, ModbusCfg, Variable
 from edge_gateway.testkit import stop_pid
 
 # One value per numeric datatype, each at an edge of its range.

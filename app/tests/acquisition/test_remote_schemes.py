@@ -6,8 +6,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from edge_gateway.config.model import Endpoint, TlsFiles
+from edge_gateway.config.model import TlsFiles
 from edge_gateway.drivers.modbus.line import start_line
+from edge_gateway.drivers.modbus.model import Endpoint
 from edge_gateway.testkit import free_port, require, stop_pid, wait_listening, wait_port
 
 from .conftest import collect, driver, var

@@ -13,16 +13,16 @@ from paho.mqtt.client import CallbackAPIVersion, Client, MQTTv5
 
 from edge_gateway import metrics
 from edge_gateway.bus.framebus import FrameBus
-from edge_gateway.config.model import (
-    BusCfg,
+from edge_gateway.config.model import BusCfg
+from edge_gateway.core.frame import Frame
+from edge_gateway.drivers.mqtt_source import MqttSource, start_source
+from edge_gateway.drivers.mqtt_source.model import (
     MqttDriver,
     MqttEndpoint,
     MqttSourceCfg,
     MqttTag,
     Subscription,
 )
-from edge_gateway.core.frame import Frame
-from edge_gateway.drivers.mqtt_source import MqttSource, start_source
 from edge_gateway.testkit import LOOPBACK, Mosquitto
 
 

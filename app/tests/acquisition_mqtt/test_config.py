@@ -12,7 +12,7 @@ import pytest
 from edge_gateway.config import cli
 from edge_gateway.config.diff import Impact, diff
 from edge_gateway.config.loader import ConfigError, lint, load_snapshot
-from edge_gateway.config.model import Payload
+from edge_gateway.drivers.mqtt_source.model import Payload
 
 ROOT = Path(__file__).resolve().parents[3] / "config"
 EXAMPLE = ROOT / "examples" / "mqtt-source"

@@ -12,7 +12,8 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
-from edge_gateway.config.model import Backoff, MqttEndpoint, MqttTag, Payload, TlsFiles
+from edge_gateway.config.model import Backoff, TlsFiles
+from edge_gateway.drivers.mqtt_source.model import MqttEndpoint, MqttTag, Payload
 from edge_gateway.testkit import LOOPBACK, Mosquitto, require
 
 from .conftest import Publisher, SourceFactory, collect, driver, endpoint, wait_for

@@ -11,9 +11,10 @@ import pytest
 
 from edge_gateway.bus.framebus import FrameBus
 from edge_gateway.config.expr import compile_scale
-from edge_gateway.config.model import Backoff, BusCfg, MqttTag, Payload
+from edge_gateway.config.model import Backoff, BusCfg
 from edge_gateway.core.frame import GOOD, Frame
 from edge_gateway.drivers.mqtt_source import ReadOnlyTag
+from edge_gateway.drivers.mqtt_source.model import MqttTag, Payload
 from edge_gateway.testkit import Mosquitto
 
 from .conftest import Publisher, SourceFactory, collect, driver, endpoint, metric, wait_for

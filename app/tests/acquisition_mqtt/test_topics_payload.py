@@ -7,9 +7,9 @@ import struct
 import pytest
 
 from edge_gateway.config.expr import compile_scale
-from edge_gateway.config.model import MqttTag, Payload
 from edge_gateway.drivers.mqtt_source import topics
 from edge_gateway.drivers.mqtt_source.mapping import Template, TemplateError, TopicMap
+from edge_gateway.drivers.mqtt_source.model import MqttTag, Payload
 from edge_gateway.drivers.mqtt_source.payload import Decoder, Malformed, PointerError, parse_pointer
 
 L = topics.levels

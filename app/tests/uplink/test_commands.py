@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from edge_gateway.config.loader import load_snapshot
-from edge_gateway.config.model import Snapshot, Variable
+from edge_gateway.config.model import Snapshot
 from edge_gateway.core.frame import Frame, Kind, Value, now_ms
 from edge_gateway.delivery.commands import Ack, Downlink
 from edge_gateway.delivery.ledger import SeqLedger
+from edge_gateway.drivers.modbus.model import Variable
 from edge_gateway.metrics import value as metric
 from edge_gateway.runtime.commands import WriteRouter
 

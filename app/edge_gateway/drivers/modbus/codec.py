@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 import struct
 
-from edge_gateway.config.model import Variable
 from edge_gateway.core.datatypes import INT_RANGES
 from edge_gateway.core.frame import Value
+from edge_gateway.drivers.modbus.model import Variable
 
 FMT = {
     "uint16": ">H",

@@ -1,4 +1,4 @@
-"""The Modbus parts of the five files → the frozen model (config/model.py): endpoints (serial, tcp,
+"""The Modbus parts of the five files → the frozen model (model.py): endpoints (serial, tcp,
 tls+tcp, rtu+tcp), devices (`proto: modbus` units) and their register tags, with the rules a schema
 cannot say (Modicon refs, `len` against the datatype, overlapping addresses, one unit id per line, the
 write rules of writes.py). The loader reaches these through the registry (`PLUGIN.config`), passing
@@ -6,13 +6,19 @@ itself as `b` (its sources, path resolution and kind rules)."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Callable
+from importlib import resources
 from typing import Any, cast
 
 from edge_gateway.config import schema
 from edge_gateway.config.expr import Scale, compile_for_tag
-from edge_gateway.config.model import (
+from edge_gateway.config.model import TlsFiles
+from edge_gateway.config.source import Source, positive
+from edge_gateway.config.units import parse_duration, parse_rate
+from edge_gateway.drivers.modbus import writes
+from edge_gateway.drivers.modbus.model import (
     BIT_TYPES,
     DATATYPE_REGS,
     Address,
@@ -20,12 +26,8 @@ from edge_gateway.config.model import (
     Endpoint,
     ModbusCfg,
     RegType,
-    TlsFiles,
     Variable,
 )
-from edge_gateway.config.source import Source, positive
-from edge_gateway.config.units import parse_duration, parse_rate
-from edge_gateway.drivers.modbus import writes
 
 
 def modicon(ref: int | str) -> tuple[str, int] | None:
@@ -187,7 +189,7 @@ def variable(b: Any, i: int, v: dict, src: Source, drivers: dict[str, Driver], k
     if "address" not in v:
         src.error((i,), f"{tag}: missing required key 'address' (driver {did} is a Modbus driver)")
         return None
-    if b._generic and schema.check_fragment(src, "variables", schema.modbus_address(), v["address"], (i, "address")):
+    if b._generic and schema.check_fragment(src, "variables", _ADDRESS, v["address"], (i, "address")):
         return None  # with a generic plugin installed, variables.json leaves `address` to each driver
     driver = drivers.get(did)
     address = build_address(b, i, v, src)
@@ -303,5 +305,11 @@ def overlaps(b: Any, variables: list[Variable], src: Source, index: dict[str, in
             if reach is None or v.address.end > reach.address.end:
                 reach = v
 
+
+# The Modbus `address` as its schema.json ships it: checked here once a generic plugin has made the
+# variables.yml `address` free-form.
+_ADDRESS = json.loads(resources.files(__package__).joinpath("schema.json").read_text())["variables"]["properties"][
+    "address"
+]
 
 PROTOCOLS: dict[str, Callable[..., ModbusCfg | None]] = {"modbus": modbus_cfg}

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 from edge_gateway.bus.framebus import FrameBus
 from edge_gateway.config.expr import ExprError
-from edge_gateway.config.model import Driver, Endpoint, Variable
 from edge_gateway.core.frame import GOOD, Frame, Value, bad, now_ms
 from edge_gateway.drivers.modbus import codec, metrics, pdu, writes
+from edge_gateway.drivers.modbus.model import Driver, Endpoint, Variable
 from edge_gateway.drivers.modbus.pdu import DeviceException, Disconnected, Mismatch, ModbusError
 from edge_gateway.drivers.modbus.planner import Planner, Read
 from edge_gateway.drivers.modbus.transport import make_transport

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edge_gateway.config.model import Endpoint, Variable
 from edge_gateway.drivers.modbus import rtu
+from edge_gateway.drivers.modbus.model import Endpoint, Variable
 from edge_gateway.drivers.modbus.pdu import MAX_BITS, TABLE_FC
 
 TCP_REQUEST_COST = 250.0  # bytes: a LAN round trip costs far more than reading a few spare registers

@@ -3,8 +3,10 @@ TLS and RTU over TCP, one ModbusLine thread per endpoint, every device (unit) of
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from concurrent.futures import Future
+from importlib import resources
 from typing import Any
 
 from edge_gateway.config.diff import diff
@@ -19,6 +21,8 @@ class ModbusPlugin:
     name = "modbus"
     schemes = ("tcp", "tls+tcp", "rtu+tcp", "serial")
     status_section = "lines"
+    # Its parts of the file schemas (schema.json beside this file), merged by config/schema.py.
+    file_schema = json.loads(resources.files(__package__).joinpath("schema.json").read_text())
     generic = False  # its tables are Snapshot.endpoints / drivers / variables
 
     def schema(self) -> SchemaFragments:

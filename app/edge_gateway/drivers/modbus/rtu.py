@@ -8,7 +8,7 @@ quiet for the silent interval plus the configured turnaround.
 
 from __future__ import annotations
 
-from edge_gateway.config.model import Endpoint
+from edge_gateway.drivers.modbus.model import Endpoint
 
 
 def _table() -> list[int]:

@@ -24,8 +24,8 @@ from typing import Protocol
 
 import serial
 
-from edge_gateway.config.model import Endpoint
 from edge_gateway.drivers.modbus import rtu
+from edge_gateway.drivers.modbus.model import Endpoint
 from edge_gateway.drivers.modbus.pdu import CrcError, Disconnected, Mismatch, ModbusError, Timeout
 
 

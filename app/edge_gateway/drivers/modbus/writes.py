@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import math
 
-from edge_gateway.config.model import Driver, Variable
 from edge_gateway.core.datatypes import FLOAT32_MAX, INT_RANGES
 from edge_gateway.core.driver import Refused
 from edge_gateway.core.frame import Value
+from edge_gateway.drivers.modbus.model import Driver, Variable
 
 WRITABLE_TABLES = ("holding", "coil")  # the only tables Modbus can write
 

@@ -13,20 +13,19 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from edge_gateway.config.expr import Scale, compile_for_tag
-from edge_gateway.config.model import (
-    Backoff,
+from edge_gateway.config.model import Backoff, TlsFiles
+from edge_gateway.config.source import Source, secret_file
+from edge_gateway.config.units import parse_duration
+from edge_gateway.drivers.mqtt_source import topics
+from edge_gateway.drivers.mqtt_source.mapping import PLACEHOLDER, Template, TemplateError
+from edge_gateway.drivers.mqtt_source.model import (
     MqttDriver,
     MqttEndpoint,
     MqttSourceCfg,
     MqttTag,
     Payload,
     Subscription,
-    TlsFiles,
 )
-from edge_gateway.config.source import Source, secret_file
-from edge_gateway.config.units import parse_duration
-from edge_gateway.drivers.mqtt_source import topics
-from edge_gateway.drivers.mqtt_source.mapping import PLACEHOLDER, Template, TemplateError
 from edge_gateway.drivers.mqtt_source.payload import FORMAT_DATATYPES, PointerError, parse_pointer
 
 SCHEMES = ("mqtt", "mqtts")

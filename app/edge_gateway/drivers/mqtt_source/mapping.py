@@ -14,8 +14,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from edge_gateway.config.model import MqttTag
 from edge_gateway.drivers.mqtt_source import topics
+from edge_gateway.drivers.mqtt_source.model import MqttTag
 from edge_gateway.drivers.mqtt_source.payload import Decoder
 
 TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")

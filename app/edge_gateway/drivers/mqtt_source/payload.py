@@ -16,9 +16,9 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from edge_gateway.config.model import Payload
 from edge_gateway.core.datatypes import FLOAT32_MAX, INT_RANGES, NUMERIC
 from edge_gateway.core.frame import Value
+from edge_gateway.drivers.mqtt_source.model import Payload
 
 # struct codes of a numeric `bytes` payload (width = the datatype's register size × 2)
 STRUCT_CODES = {

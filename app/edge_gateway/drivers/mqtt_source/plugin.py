@@ -4,8 +4,10 @@ shared by its devices. Read-only: a cloud command on one of its tags is refused.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from concurrent.futures import Future
+from importlib import resources
 from typing import Any
 
 from edge_gateway.config.diff import diff
@@ -24,6 +26,8 @@ class MqttSourcePlugin:
     name = "mqtt"
     schemes = ("mqtt", "mqtts")
     status_section = "sources"
+    # Its parts of the file schemas (schema.json beside this file), merged by config/schema.py.
+    file_schema = json.loads(resources.files(__package__).joinpath("schema.json").read_text())
     generic = False  # its tables are Snapshot.mqtt_endpoints / mqtt_drivers / mqtt_tags
 
     def schema(self) -> SchemaFragments:

@@ -56,10 +56,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_gateway.bus.framebus import FrameBus
-from edge_gateway.config.model import MqttDriver, MqttEndpoint, MqttTag
 from edge_gateway.core.frame import GOOD, Frame, bad, now_ms
 from edge_gateway.drivers.mqtt_source import metrics, topics
 from edge_gateway.drivers.mqtt_source.mapping import TopicMap
+from edge_gateway.drivers.mqtt_source.model import MqttDriver, MqttEndpoint, MqttTag
 from edge_gateway.drivers.mqtt_source.payload import Malformed
 from edge_gateway.net.mqtt import new_client
 from edge_gateway.net.session import Options, SessionState
