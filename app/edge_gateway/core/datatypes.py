@@ -4,7 +4,7 @@ and the command checks all read it from here."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 Datatype = Literal[
     "bool",
@@ -22,22 +22,7 @@ Datatype = Literal[
     "double",  # = float64
     "datetime",  # OPC UA DateTime: ms since the epoch, UTC
 ]
-DATATYPES: tuple[str, ...] = (
-    "bool",
-    "uint16",
-    "int16",
-    "uint32",
-    "int32",
-    "uint64",
-    "int64",
-    "float32",
-    "float64",
-    "string",
-    "binary",
-    "float",
-    "double",
-    "datetime",
-)
+DATATYPES: tuple[str, ...] = get_args(Datatype)  # the names, in order, for schemas and messages
 
 # 16-bit words a datatype occupies; None = variable length (string/binary: the tag gives it).
 SIZE_WORDS: dict[str, int | None] = {

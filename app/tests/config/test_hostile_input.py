@@ -235,3 +235,16 @@ def test_a_plugin_selector_of_the_wrong_type_is_a_schema_error(
     d = demo_copy({fname: (old, new)})
     code, lines = lint(d)
     assert code == 1 and lines, lines
+
+
+@pytest.mark.parametrize(("dt", "hint"), [("double", "; use float64"), ("float", "; use float32"), ("datetime", "")])
+def test_opc_ua_datatype_names_on_a_modbus_tag_are_an_error(demo_copy: Callable[..., Path], dt: str, hint: str) -> None:
+    """float/double/datetime entered the one datatype table for OPC UA; a register cannot hold a datetime,
+    and the codec decodes only its own names (a `double` would have come out as raw bytes)."""
+    d = demo_copy({"variables.yml": ("datatype: float32", f"datatype: {dt}")})
+    code, lines = lint(d)
+    line = line_of(d / "variables.yml", f"datatype: {dt}")
+    assert code == 1
+    assert any(
+        f"variables.yml:{line}: " in x and f"datatype {dt} is not one a Modbus register holds{hint}" in x for x in lines
+    ), lines

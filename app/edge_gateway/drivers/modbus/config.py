@@ -18,6 +18,7 @@ from edge_gateway.config.model import TlsFiles
 from edge_gateway.config.source import Source, positive
 from edge_gateway.config.units import parse_duration, parse_rate
 from edge_gateway.drivers.modbus import writes
+from edge_gateway.drivers.modbus.codec import FMT
 from edge_gateway.drivers.modbus.model import (
     BIT_TYPES,
     DATATYPE_REGS,
@@ -28,6 +29,9 @@ from edge_gateway.drivers.modbus.model import (
     RegType,
     Variable,
 )
+
+# What registers and bits can hold: the datatypes drivers/modbus/codec.py decodes.
+MODBUS_DATATYPES = frozenset(FMT) | {"bool", "string", "binary"}
 
 
 def modicon(ref: int | str) -> tuple[str, int] | None:
@@ -192,8 +196,13 @@ def variable(b: Any, i: int, v: dict, src: Source, drivers: dict[str, Driver], k
     if b._generic and schema.check_fragment(src, "variables", _ADDRESS, v["address"], (i, "address")):
         return None  # with a generic plugin installed, variables.json leaves `address` to each driver
     driver = drivers.get(did)
-    address = build_address(b, i, v, src)
     dt, access = v["datatype"], v.get("access", "R")
+    if dt not in MODBUS_DATATYPES:  # float/double/datetime are other drivers' names (OPC UA)
+        alias = {"float": "float32", "double": "float64"}.get(dt)
+        hint = f"; use {alias}" if alias else ""
+        src.error((i, "datatype"), f"{tag}: datatype {dt} is not one a Modbus register holds{hint}")
+        return None
+    address = build_address(b, i, v, src)
     if address is None:
         return None
     ok = driver is not None  # a broken driver is reported already; still check the tag itself
