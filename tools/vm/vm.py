@@ -121,12 +121,16 @@ class Vm:
         ]  # fmt: skip
         qlog = open(self.dir / f"qemu-{self.launches:02d}.log", "wb")  # noqa: SIM115 - QEMU owns it
         self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=qlog, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=qlog, stderr=subprocess.STDOUT
+        )
         qlog.close()
         deadline = time.monotonic() + 10
         while not self.agent_path.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"QEMU did not start: {(self.dir / f'qemu-{self.launches:02d}.log').read_text()}")
+                raise RuntimeError(
+                    f"QEMU did not start: {(self.dir / f'qemu-{self.launches:02d}.log').read_text()}"
+                )
             time.sleep(0.05)
         self._agent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._agent.connect(str(self.agent_path))
@@ -147,7 +151,10 @@ class Vm:
             s.connect(str(self.qmp_path))
             f = s.makefile("rwb")
             json.loads(f.readline())  # greeting
-            for cmd in ({"execute": "qmp_capabilities"}, {"execute": command, "arguments": arguments}):
+            for cmd in (
+                {"execute": "qmp_capabilities"},
+                {"execute": command, "arguments": arguments},
+            ):
                 f.write(json.dumps(cmd).encode() + b"\n")
                 f.flush()
                 while True:
@@ -242,10 +249,16 @@ class Vm:
                 raise GuestError(f"no answer to {req} within {timeout}s")
             if msg.get("id") == rid:
                 return msg
-            if "hello" in msg and msg.get("id") is None and msg["hello"] != self.boot_id:
+            if (
+                "hello" in msg
+                and msg.get("id") is None
+                and msg["hello"] != self.boot_id
+            ):
                 raise GuestError(f"the guest rebooted during {req}")
 
-    def run(self, argv: list[str], timeout: float = 60, check: bool = True, input: str = "") -> str:
+    def run(
+        self, argv: list[str], timeout: float = 60, check: bool = True, input: str = ""
+    ) -> str:
         res = self.request({"op": "run", "argv": argv, "input": input}, timeout)
         if check and res["rc"] != 0:
             raise GuestError(f"{argv}: rc {res['rc']}\n{res['out']}\n{res['err']}")

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vm import GuestError, Vm, kvm_usable  # noqa: E402
+from vm import GuestError, Vm, kvm_usable
 
 REPO = Path(__file__).resolve().parents[2]
 GRUBENV = "/boot/firmware/EFI/BOOT/grubenv"
@@ -89,9 +89,17 @@ class Suite:
         self.seed = seed
         self.cuts = cuts
         self.rng = random.Random(seed)
-        self.report: dict[str, Any] = {"seed": seed, "checks": [], "timings": {}, "boots": []}
+        self.report: dict[str, Any] = {
+            "seed": seed,
+            "checks": [],
+            "timings": {},
+            "boots": [],
+        }
         self.vm: Vm | None = None
-        self.committed_before_cuts: list[int] = []
+        self._ledger_off = 0  # bytes of the ledger read so far
+        self._covered: set[int] = set()
+        self._first: dict[int, list[Any]] = {}
+        self._reused: list[str] = []
 
     # -- plumbing ------------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -99,14 +107,20 @@ class Suite:
             shutil.rmtree(self.run_dir)
         self.run_dir.mkdir(parents=True)
         disk = self.run_dir / "disk.img"
-        subprocess.run(["cp", "--sparse=always", str(self.image / "sdcard.img"), str(disk)], check=True)
+        subprocess.run(
+            ["cp", "--sparse=always", str(self.image / "sdcard.img"), str(disk)],
+            check=True,
+        )
         # The bundles reach the guest on a second, read-only disk (no network): ext4 with the .raucb files.
         bdir = self.run_dir / "bundles"
         bdir.mkdir()
-        size = 16 << 20
-        for b in self.image.glob("edge-gateway-*.raucb"):
+        size = 32 << 20
+        for b in [
+            *self.image.glob("edge-gateway-*-vm2.raucb"),
+            *self.image.glob("edge-gateway-*-broken.raucb"),
+        ]:
             shutil.copyfile(b, bdir / b.name)
-            size += b.stat().st_size + (4 << 20)
+            size += b.stat().st_size * 11 // 10
         subprocess.run(
             ["mke2fs", "-q", "-F", "-t", "ext4", "-L", "bundles", "-d", str(bdir), str(self.run_dir / "bundles.img"),
              f"{size // 1024 + 8192}k"],
@@ -114,10 +128,17 @@ class Suite:
         )  # fmt: skip
         shutil.rmtree(bdir)
         if self.accel == "auto":
-            self.accel = "kvm" if kvm_usable(self.image / "vmlinuz", self.run_dir) else "tcg"
+            self.accel = (
+                "kvm" if kvm_usable(self.image / "vmlinuz", self.run_dir) else "tcg"
+            )
         self.report["accel"] = self.accel
         print(f"== accelerator: {self.accel}", flush=True)
-        self.vm = Vm(self.run_dir, disk, extra_disks=[self.run_dir / "bundles.img"], kvm=self.accel == "kvm")
+        self.vm = Vm(
+            self.run_dir,
+            disk,
+            extra_disks=[self.run_dir / "bundles.img"],
+            kvm=self.accel == "kvm",
+        )
 
     def check(self, name: str, fn: Callable[[], dict[str, Any] | None]) -> bool:
         t0 = time.monotonic()
@@ -145,7 +166,9 @@ class Suite:
         assert self.vm is not None
         return self.vm
 
-    def boot(self, label: str, new_boot_of: str | None = None, start: bool = True) -> dict[str, Any]:
+    def boot(
+        self, label: str, new_boot_of: str | None = None, start: bool = True
+    ) -> dict[str, Any]:
         """Start QEMU (unless it reboots by itself), wait for the agent and for the gateway's READY=1."""
         vm = self.g
         if start:
@@ -155,7 +178,11 @@ class Suite:
         t_agent = time.monotonic() - t0
         st = self.wait_active(180)
         t_ready = time.monotonic() - t0
-        mono = int(vm.show("edge-gateway", "ActiveEnterTimestampMonotonic")["ActiveEnterTimestampMonotonic"])
+        mono = int(
+            vm.show("edge-gateway", "ActiveEnterTimestampMonotonic")[
+                "ActiveEnterTimestampMonotonic"
+            ]
+        )
         slot = self.booted_slot()
         info = {
             "label": label,
@@ -167,19 +194,28 @@ class Suite:
             "nrestarts": st["NRestarts"],
         }
         self.report["boots"].append(info)
-        print(f"   boot {label}: slot {slot}, READY {t_ready:.1f} s after QEMU start ({mono / 1e6:.1f} s after the kernel)")
+        print(
+            f"   boot {label}: slot {slot}, READY {t_ready:.1f} s after QEMU start ({mono / 1e6:.1f} s after the kernel)"
+        )
         return info
 
     def wait_active(self, timeout: float) -> dict[str, str]:
         deadline = time.monotonic() + timeout
         st: dict[str, str] = {}
         while time.monotonic() < deadline:
-            st = self.g.show("edge-gateway", "ActiveState", "SubState", "NRestarts", "MainPID")
+            st = self.g.show(
+                "edge-gateway", "ActiveState", "SubState", "NRestarts", "MainPID"
+            )
             if st.get("ActiveState") == "active" and st.get("SubState") == "running":
                 return st
             time.sleep(0.2)
-        journal = self.g.run(["journalctl", "-b", "-u", "edge-gateway", "-n", "40", "--no-pager"], check=False)
-        raise CheckFailed(f"edge-gateway not active/running within {timeout}s: {st}\n{journal}")
+        journal = self.g.run(
+            ["journalctl", "-b", "-u", "edge-gateway", "-n", "40", "--no-pager"],
+            check=False,
+        )
+        raise CheckFailed(
+            f"edge-gateway not active/running within {timeout}s: {st}\n{journal}"
+        )
 
     def booted_slot(self) -> str:
         cmdline = self.g.run(["cat", "/proc/cmdline"])
@@ -193,7 +229,9 @@ class Suite:
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
     def rauc_status(self) -> dict[str, Any]:
-        return json.loads(self.g.run(["rauc", "status", "--output-format=json"], timeout=60))  # type: ignore[no-any-return]
+        return json.loads(
+            self.g.run(["rauc", "status", "--output-format=json"], timeout=60)
+        )  # type: ignore[no-any-return]
 
     def committed(self) -> int:
         out = self.g.run(["edge-bus", "--wal-dir", WAL, "stats", "--json"])
@@ -207,30 +245,28 @@ class Suite:
         )
         return float(self.g.run(["python3", "-c", code, name]).strip() or 0)
 
-    def ledger(self) -> list[dict[str, Any]]:
-        out = self.g.run(["cat", LEDGER], check=False)
-        rows = []
-        for line in out.splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                pass  # a line cut by a power cut
-        return rows
-
     def coverage(self) -> tuple[set[int], int, dict[int, list[Any]], list[str]]:
-        """(seqs covered, highest, one frame per seq, reused seqs) from the ledger."""
-        covered: set[int] = set()
-        first: dict[int, list[Any]] = {}
-        reused: list[str] = []
-        for m in self.ledger():
+        """(seqs covered, highest, one frame per seq, reused seqs) from the ledger, read incrementally:
+        only the complete lines after what was read before (a line a power cut tore is skipped)."""
+        out = self.g.run(
+            ["tail", "-c", f"+{self._ledger_off + 1}", LEDGER], check=False
+        )
+        data = out.encode()
+        done = data.rfind(b"\n") + 1
+        self._ledger_off += done
+        for line in data[:done].decode(errors="replace").splitlines():
+            try:
+                m = json.loads(line)
+            except ValueError:
+                continue
             lo, _, hi = m["cover"].partition("-")
-            covered.update(range(int(lo), int(hi) + 1))
+            self._covered.update(range(int(lo), int(hi) + 1))
             for fr in m["frames"]:
                 seq = fr[0]
-                if seq in first and first[seq][1:3] != fr[1:3]:
-                    reused.append(f"seq {seq}: {first[seq]} then {fr}")
-                first.setdefault(seq, fr)
-        return covered, max(covered, default=0), first, reused
+                if seq in self._first and self._first[seq][1:3] != fr[1:3]:
+                    self._reused.append(f"seq {seq}: {self._first[seq]} then {fr}")
+                self._first.setdefault(seq, fr)
+        return self._covered, max(self._covered, default=0), self._first, self._reused
 
     def delivered_through(self, seq: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -241,7 +277,9 @@ class Suite:
             if not missing:
                 return
             time.sleep(2)
-        raise CheckFailed(f"not delivered through seq {seq}: {len(missing)} missing, first {missing[:10]}")
+        raise CheckFailed(
+            f"not delivered through seq {seq}: {len(missing)} missing, first {missing[:10]}"
+        )
 
     def wait_flowing(self, timeout: float = 60) -> int:
         """Until the ledger's highest seq grows (frames flow PLC -> WAL -> Mosquitto); returns it."""
@@ -252,7 +290,9 @@ class Suite:
             if high > start:
                 return high
             time.sleep(0.5)
-        raise CheckFailed(f"no frames flowing to Mosquitto within {timeout}s (ledger high {start})")
+        raise CheckFailed(
+            f"no frames flowing to Mosquitto within {timeout}s (ledger high {start})"
+        )
 
     def reboot(self) -> str:
         """`systemctl reboot` in the guest; returns the old boot id."""
@@ -280,7 +320,10 @@ class Suite:
         _, _, frames, _ = self.coverage()
         tags = sorted({f[1] for f in frames.values()})
         good = [f for f in frames.values() if f[4] == "good"]
-        need("plant.flow" in tags and good, f"no good plant values at Mosquitto: tags {tags}")
+        need(
+            "plant.flow" in tags and good,
+            f"no good plant values at Mosquitto: tags {tags}",
+        )
         return {
             "boot_to_ready_s": first["host_start_to_ready_s"],
             "kernel_to_ready_s": first["kernel_to_ready_s"],
@@ -303,17 +346,34 @@ class Suite:
         while time.monotonic() - t0 < WATCHDOG_SEC + 60:
             if killed_after is None and vm.rc(["test", "-e", f"/proc/{pid}"]) != 0:
                 killed_after = time.monotonic() - t0
-            st = vm.show("edge-gateway", "ActiveState", "SubState", "NRestarts", "MainPID")
-            if killed_after is not None and st["MainPID"] not in (pid, "0") and st["SubState"] == "running":
+            st = vm.show(
+                "edge-gateway", "ActiveState", "SubState", "NRestarts", "MainPID"
+            )
+            if (
+                killed_after is not None
+                and st["MainPID"] not in (pid, "0")
+                and st["SubState"] == "running"
+            ):
                 break
             time.sleep(0.5)
         restarted_after = time.monotonic() - t0
-        need(killed_after is not None, f"the stopped gateway (pid {pid}) was not killed within {WATCHDOG_SEC + 60}s")
+        need(
+            killed_after is not None,
+            f"the stopped gateway (pid {pid}) was not killed within {WATCHDOG_SEC + 60}s",
+        )
         assert killed_after is not None
         # Sanity bound: the last WATCHDOG=1 came at most WatchdogSec/2 before SIGSTOP, systemd acts at WatchdogSec.
-        need(killed_after <= WATCHDOG_SEC + 10, f"killed {killed_after:.1f}s after SIGSTOP (WatchdogSec={WATCHDOG_SEC})")
-        need(int(st["NRestarts"]) == n0 + 1, f"NRestarts {st['NRestarts']}, expected {n0 + 1}")
-        journal = vm.run(["journalctl", "-b", "-u", "edge-gateway", "--no-pager", "-o", "cat"])
+        need(
+            killed_after <= WATCHDOG_SEC + 10,
+            f"killed {killed_after:.1f}s after SIGSTOP (WatchdogSec={WATCHDOG_SEC})",
+        )
+        need(
+            int(st["NRestarts"]) == n0 + 1,
+            f"NRestarts {st['NRestarts']}, expected {n0 + 1}",
+        )
+        journal = vm.run(
+            ["journalctl", "-b", "-u", "edge-gateway", "--no-pager", "-o", "cat"]
+        )
         need("Watchdog timeout" in journal, "no 'Watchdog timeout' in the journal")
         after = self.committed()
         need(after >= before, f"committed went back: {before} -> {after}")
@@ -341,8 +401,14 @@ class Suite:
                 vm.quit()
             info = self.boot(f"after power cut {i + 1} ({how})")
             after = self.committed()
-            need(after >= before, f"cut {i + 1} (seed {self.seed}): committed went back {before} -> {after}")
-            need(self.metric("framebus_drop_total{reason=\"corrupt\"") == 0, f"cut {i + 1}: corrupt WAL records")
+            need(
+                after >= before,
+                f"cut {i + 1} (seed {self.seed}): committed went back {before} -> {after}",
+            )
+            need(
+                self.metric('framebus_drop_total{reason="corrupt"') == 0,
+                f"cut {i + 1}: corrupt WAL records",
+            )
             committed = max(committed, before)
             cuts.append(
                 {"cut": i + 1, "how": how, "committed_before": before, "committed_after_recovery": after,
@@ -352,7 +418,12 @@ class Suite:
         self.delivered_through(committed, 120)
         _, high, _, reused = self.coverage()
         need(not reused, f"seqs reused: {reused[:5]}")
-        return {"cuts": cuts, "survived": len(cuts), "committed_before_last_cut": committed, "ledger_high": high}
+        return {
+            "cuts": cuts,
+            "survived": len(cuts),
+            "committed_before_last_cut": committed,
+            "ledger_high": high,
+        }
 
     def bundle(self, kind: str) -> str:
         names = [p.name for p in self.image.glob(f"edge-gateway-*-{kind}.raucb")]
@@ -375,34 +446,69 @@ class Suite:
         info_out = vm.run(["rauc", "info", path], timeout=120)
         out, took = self.install(path)
         env = self.grubenv()
-        need(env.get("ORDER", "").split()[0] == new_slot, f"after install ORDER={env.get('ORDER')}, expected {new_slot} first")
+        need(
+            env.get("ORDER", "").split()[0] == new_slot,
+            f"after install ORDER={env.get('ORDER')}, expected {new_slot} first",
+        )
         old = self.reboot()
         info = self.boot("after OTA install (v2)", new_boot_of=old, start=False)
-        need(info["slot"] == new_slot, f"booted slot {info['slot']}, expected {new_slot}")
+        need(
+            info["slot"] == new_slot, f"booted slot {info['slot']}, expected {new_slot}"
+        )
         release = vm.run(["cat", "/etc/edge-gateway-release"])
         need("-vm2" in release, f"not the v2 root: {release}")
         edited = vm.run(["cat", "/etc/edge-gateway/endpoints.yml"])
-        need(MARKER in edited and "127.0.0.1" in edited, "the /etc/edge-gateway edit did not survive the update")
+        need(
+            MARKER in edited and "127.0.0.1" in edited,
+            "the /etc/edge-gateway edit did not survive the update",
+        )
         self.wait_flowing()
         trial = self.grubenv()
-        need(trial.get(f"{new_slot}_TRY") == "1", f"the new slot is not on trial: {trial}")
+        need(
+            trial.get(f"{new_slot}_TRY") == "1",
+            f"the new slot is not on trial: {trial}",
+        )
         t_ready = time.monotonic()
         deadline = t_ready + GRACE_SEC + 90
         good_after = None
         while time.monotonic() < deadline:
-            st = vm.show("edge-gateway-mark-good.service", "Result", "ActiveState", "ExecMainStatus")
+            st = vm.show(
+                "edge-gateway-mark-good.service",
+                "Result",
+                "ActiveState",
+                "ExecMainStatus",
+            )
             env = self.grubenv()
             if env.get(f"{new_slot}_TRY") == "0" and env.get(f"{new_slot}_OK") == "1":
                 good_after = time.monotonic() - t_ready
                 break
             time.sleep(2)
-        need(good_after is not None, f"slot {new_slot} not marked good within {GRACE_SEC + 90}s: {env}, mark-good {st}")
-        journal = vm.run(["journalctl", "-b", "-u", "edge-gateway-mark-good", "--no-pager", "-o", "cat"])
+        need(
+            good_after is not None,
+            f"slot {new_slot} not marked good within {GRACE_SEC + 90}s: {env}, mark-good {st}",
+        )
+        journal = vm.run(
+            [
+                "journalctl",
+                "-b",
+                "-u",
+                "edge-gateway-mark-good",
+                "--no-pager",
+                "-o",
+                "cat",
+            ]
+        )
         status = self.rauc_status()
         slots = {s_name: s for d in status["slots"] for s_name, s in d.items()}
         booted = [s for s in slots.values() if s.get("state") == "booted"]
-        need(status.get("booted") == new_slot, f"rauc status booted={status.get('booted')}")
-        need(bool(booted) and booted[0].get("boot_status") == "good", f"rauc status: {booted}")
+        need(
+            status.get("booted") == new_slot,
+            f"rauc status booted={status.get('booted')}",
+        )
+        need(
+            bool(booted) and booted[0].get("boot_status") == "good",
+            f"rauc status: {booted}",
+        )
         text = vm.run(["rauc", "status", "--detailed"], timeout=60)
         return {
             "from_slot": old_slot,
@@ -420,7 +526,9 @@ class Suite:
 
     def c_readonly(self) -> dict[str, Any]:
         vm = self.g
-        mounts = json.loads(vm.run(["findmnt", "-J", "-o", "TARGET,SOURCE,FSTYPE,OPTIONS"]))
+        mounts = json.loads(
+            vm.run(["findmnt", "-J", "-o", "TARGET,SOURCE,FSTYPE,OPTIONS"])
+        )
 
         def flat(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out = []
@@ -431,7 +539,10 @@ class Suite:
 
         rows = flat(mounts["filesystems"])
         root = next(r for r in rows if r["target"] == "/")
-        need(root["fstype"] == "squashfs" and "ro" in root["options"].split(","), f"/ is {root}")
+        need(
+            root["fstype"] == "squashfs" and "ro" in root["options"].split(","),
+            f"/ is {root}",
+        )
         volatile = {"tmpfs", "devtmpfs", "proc", "sysfs", "cgroup2", "devpts", "mqueue", "hugetlbfs", "debugfs",
                     "tracefs", "securityfs", "pstore", "efivarfs", "bpf", "configfs", "fusectl", "binfmt_misc",
                     "autofs", "ramfs"}  # fmt: skip
@@ -441,11 +552,20 @@ class Suite:
             if "ro" in opts or r["fstype"] in volatile:
                 continue
             persistent_rw.append(r)
-        allowed = ("/data", "/var/lib/edge-gateway", "/etc/edge-gateway", "/boot/firmware", "/run/vm-bundles")
+        allowed = (
+            "/data",
+            "/var/lib/edge-gateway",
+            "/etc/edge-gateway",
+            "/boot/firmware",
+            "/run/vm-bundles",
+        )
         bad = [r for r in persistent_rw if not r["target"].startswith(allowed)]
         need(not bad, f"writable persistent mounts outside /data: {bad}")
         tmpfs_var = next((r for r in rows if r["target"] == "/var"), None)
-        need(tmpfs_var is not None and tmpfs_var["fstype"] == "tmpfs", f"/var is {tmpfs_var}")
+        need(
+            tmpfs_var is not None and tmpfs_var["fstype"] == "tmpfs",
+            f"/var is {tmpfs_var}",
+        )
         # Everything that persists: the data partition (only these trees) and the boot partition (grubenv).
         files = vm.run(["find", "/data", "-xdev", "-mindepth", "1"]).split()
         ok = ("/data/lost+found", "/data/edge-gateway", "/data/rauc", "/data/vm-test")
@@ -454,25 +574,49 @@ class Suite:
         upper = vm.run(["find", "/data/edge-gateway/etc", "-mindepth", "1"]).split()
         boot = vm.run(["find", "/boot/firmware", "-type", "f"]).split()
         boot_hash = dict(
-            reversed(line.split(None, 1)) for line in vm.run(["sha256sum", *boot]).splitlines()  # type: ignore[misc]
+            reversed(line.split(None, 1))
+            for line in vm.run(["sha256sum", *boot]).splitlines()  # type: ignore[misc]
         )
         efi = self.image / "EFI" / "BOOT"
         for name in ("BOOTX64.EFI", "grub.cfg"):
-            want = subprocess.run(["sha256sum", str(efi / name)], capture_output=True, text=True, check=True).stdout.split()[0]
-            need(boot_hash.get(f"/boot/firmware/EFI/BOOT/{name}") == want, f"boot partition {name} changed")
-        need(set(boot) == {f"/boot/firmware/EFI/BOOT/{n}" for n in ("BOOTX64.EFI", "grub.cfg", "grubenv")}, f"boot files {boot}")
+            want = subprocess.run(
+                ["sha256sum", str(efi / name)],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()[0]
+            need(
+                boot_hash.get(f"/boot/firmware/EFI/BOOT/{name}") == want,
+                f"boot partition {name} changed",
+            )
+        need(
+            set(boot)
+            == {
+                f"/boot/firmware/EFI/BOOT/{n}"
+                for n in ("BOOTX64.EFI", "grub.cfg", "grubenv")
+            },
+            f"boot files {boot}",
+        )
         # The slots: what is on them is what was installed (read-only block devices in use).
-        var_files = vm.run(["find", "/var", "-xdev", "-type", "f", "-newer", "/proc/1/cmdline"], check=False).split()
+        var_files = vm.run(
+            ["find", "/var", "-xdev", "-type", "f", "-newer", "/proc/1/cmdline"],
+            check=False,
+        ).split()
         # journald: volatile, within RuntimeMaxUse=32M.
         usage = vm.run(["journalctl", "--disk-usage"])
         du = int(vm.run(["du", "-sb", "/run/log/journal"]).split()[0])
         need(du <= 32 << 20, f"journal {du} bytes > RuntimeMaxUse=32M")
-        need(vm.rc(["test", "-d", "/var/log/journal"]) != 0, "a persistent journal directory exists")
+        need(
+            vm.rc(["test", "-d", "/var/log/journal"]) != 0,
+            "a persistent journal directory exists",
+        )
         cfg = vm.run(["systemd-analyze", "cat-config", "systemd/journald.conf"])
         need("RuntimeMaxUse=32M" in cfg, "journald drop-in not in effect")
         return {
             "root": root,
-            "persistent_writable_mounts": [f"{r['target']} ({r['source']}, {r['fstype']})" for r in persistent_rw],
+            "persistent_writable_mounts": [
+                f"{r['target']} ({r['source']}, {r['fstype']})" for r in persistent_rw
+            ],
             "data_files": len(files),
             "config_overrides": upper,
             "var_tmpfs_files_written": len(var_files),
@@ -500,20 +644,34 @@ class Suite:
                 env = self.grubenv()
             except GuestError:
                 continue  # rebooted under us
-            boots.append({"slot": slot, "grubenv": env, "t": round(time.monotonic() - t0, 1)})
+            boots.append(
+                {"slot": slot, "grubenv": env, "t": round(time.monotonic() - t0, 1)}
+            )
             print(f"   boot on slot {slot}: {env}", flush=True)
             if slot == good_slot:
                 break
-        need(bool(boots) and boots[-1]["slot"] == good_slot, f"never came back to slot {good_slot}: {boots}")
+        need(
+            bool(boots) and boots[-1]["slot"] == good_slot,
+            f"never came back to slot {good_slot}: {boots}",
+        )
         tries = [b for b in boots if b["slot"] == bad_slot]
-        need(len(tries) == 3, f"{len(tries)} boots of the broken slot, expected 3: {boots}")
+        need(
+            len(tries) == 3,
+            f"{len(tries)} boots of the broken slot, expected 3: {boots}",
+        )
         self.wait_active(120)
         env = self.grubenv()
-        need(env.get(f"{bad_slot}_OK") == "0", f"the broken slot is not marked bad: {env}")
+        need(
+            env.get(f"{bad_slot}_OK") == "0",
+            f"the broken slot is not marked bad: {env}",
+        )
         status = self.rauc_status()
         slots = {s_name: s for d in status["slots"] for s_name, s in d.items()}
         bad = [s for s in slots.values() if s.get("bootname") == bad_slot]
-        need(bool(bad) and bad[0].get("boot_status") == "bad", f"rauc status of slot {bad_slot}: {bad}")
+        need(
+            bool(bad) and bad[0].get("boot_status") == "bad",
+            f"rauc status of slot {bad_slot}: {bad}",
+        )
         need("-vm2" in vm.run(["cat", "/etc/edge-gateway-release"]), "not back on v2")
         self.wait_flowing()
         return {
@@ -532,8 +690,17 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=REPO / "build" / "vm")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--cuts", type=int, default=10)
-    ap.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto", help="auto: KVM if a probe boots")
-    ap.add_argument("--only", default=",".join(ALL), help="comma-separated subset of " + ",".join(ALL))
+    ap.add_argument(
+        "--accel",
+        choices=["auto", "kvm", "tcg"],
+        default="auto",
+        help="auto: KVM if a probe boots",
+    )
+    ap.add_argument(
+        "--only",
+        default=",".join(ALL),
+        help="comma-separated subset of " + ",".join(ALL),
+    )
     a = ap.parse_args()
     only = a.only.split(",")
     s = Suite(a.out.resolve(), a.seed, a.cuts, a.accel)
@@ -549,16 +716,22 @@ def main() -> int:
             if not passed and (name == "boot" or not s.g.alive()):
                 break  # nothing else can run on a guest that is not up
         if s.vm is not None and s.vm.alive():
-            s.g.run(["journalctl", "-b", "--no-pager", "-o", "short-monotonic"], check=False)
+            s.g.run(
+                ["journalctl", "-b", "--no-pager", "-o", "short-monotonic"], check=False
+            )
     finally:
         if s.vm is not None:
             try:
                 if s.vm.alive():
                     (s.run_dir / "journal-last-boot.txt").write_text(
-                        s.vm.run(["journalctl", "-b", "--no-pager", "-o", "short-monotonic"], check=False, timeout=60)
+                        s.vm.run(
+                            ["journalctl", "-b", "--no-pager", "-o", "short-monotonic"],
+                            check=False,
+                            timeout=60,
+                        )
                     )
-            except Exception:  # noqa: BLE001 - best effort evidence
-                pass
+            except Exception as e:  # noqa: BLE001 - best effort evidence
+                print(f"vm-test: no journal of the last boot: {e}", file=sys.stderr)
             s.vm.close()
     ran = {c["name"] for c in s.report["checks"]}
     missing = [n for n in ALL if n in only and n not in ran]
@@ -568,7 +741,9 @@ def main() -> int:
     s.report["ok"] = ok
     s.report["timings"]["vm_test_s"] = round(time.monotonic() - t0, 1)
     s.save()
-    print(f"vm-test: {'PASS' if ok else 'FAIL'} in {s.report['timings']['vm_test_s']} s, report {s.out / 'report.json'}")
+    print(
+        f"vm-test: {'PASS' if ok else 'FAIL'} in {s.report['timings']['vm_test_s']} s, report {s.out / 'report.json'}"
+    )
     return 0 if ok else 1
 
 

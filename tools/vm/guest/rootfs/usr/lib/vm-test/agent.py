@@ -24,6 +24,7 @@ def handle(req: dict) -> dict:
         try:
             p = subprocess.run(
                 req["argv"],
+                check=False,
                 input=req.get("input", ""),
                 capture_output=True,
                 text=True,
@@ -31,7 +32,11 @@ def handle(req: dict) -> dict:
                 timeout=req.get("timeout", 60),
             )
         except subprocess.TimeoutExpired as e:
-            return {"rc": -1, "out": str(e.stdout or ""), "err": f"timeout after {e.timeout}s"}
+            return {
+                "rc": -1,
+                "out": str(e.stdout or ""),
+                "err": f"timeout after {e.timeout}s",
+            }
         except OSError as e:
             return {"rc": -2, "out": "", "err": str(e)}
         return {"rc": p.returncode, "out": p.stdout, "err": p.stderr}

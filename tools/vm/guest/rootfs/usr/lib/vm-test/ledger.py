@@ -14,36 +14,45 @@ import threading
 
 import paho.mqtt.client as mqtt
 import sdnotify
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-
 from edge_gateway.uplink.codec import decode_payload
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 OUT = "/data/vm-test/ledger.jsonl"
 
 
 def main() -> int:
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
-    fd = os.open(OUT, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(OUT, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    # A power cut can leave the last line half written: end it, so the next message starts a line.
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        os.write(fd, b"\n")
+        os.fsync(fd)
     lock = threading.Lock()
     notify = sdnotify.SystemdNotifier()
 
-    def on_connect(cl, _ud, _flags, rc, _props):  # noqa: ANN001
+    def on_connect(cl, _ud, _flags, rc, _props):
         if not rc.is_failure:
             cl.subscribe([("/edge/#", 2)])
 
-    def on_subscribe(*_a):  # noqa: ANN002
+    def on_subscribe(*_a):
         notify.notify("READY=1")
 
-    def on_message(_cl, _ud, msg):  # noqa: ANN001
+    def on_message(_cl, _ud, msg):
         user = dict(getattr(msg.properties, "UserProperty", []) or [])
         if "encoding" not in user:
             return
         body = decode_payload(msg.payload, user["encoding"])
         frames = body if isinstance(body, list) else [body]
-        rows = [[int(f["seq"]), f.get("tag"), f.get("ts"), f.get("value"), f.get("q")] for f in frames]
+        rows = [
+            [int(f["seq"]), f.get("tag"), f.get("ts"), f.get("value"), f.get("q")]
+            for f in frames
+        ]
         seqs = [r[0] for r in rows]
         cover = user.get("cover", f"{min(seqs)}-{max(seqs)}")
-        line = (json.dumps({"topic": msg.topic, "cover": cover, "frames": rows}) + "\n").encode()
+        line = (
+            json.dumps({"topic": msg.topic, "cover": cover, "frames": rows}) + "\n"
+        ).encode()
         with lock:
             os.write(fd, line)
             os.fsync(fd)
