@@ -615,7 +615,7 @@ class Suite:
         cfg = vm.run(["systemd-analyze", "cat-config", "systemd/journald.conf"])
         need("RuntimeMaxUse=32M" in cfg, "journald drop-in not in effect")
         return {
-            "root": root,
+            "root": {k: v for k, v in root.items() if k != "children"},
             "persistent_writable_mounts": [
                 f"{r['target']} ({r['source']}, {r['fstype']})" for r in persistent_rw
             ],
