@@ -10,8 +10,10 @@ STAMP  := $(VENV)/.installed
 # mosquitto-clients: `make demo` suggests mosquitto_pub, and its test runs that command.
 APT_TEST_PKGS  := mosquitto mosquitto-clients socat systemd
 APT_IMAGE_PKGS := genimage rauc squashfs-tools dosfstools mtools fdisk e2fsprogs openssl
+# `make vm-image` / `make vm-test` (tools/vm/README.md): the Debian userland, GRUB EFI, OVMF, QEMU/KVM.
+APT_VM_PKGS    := mmdebstrap grub-efi-amd64-bin grub-common ovmf qemu-system-x86
 
-.PHONY: help venv test lint demo bench fuzz hil soak powercut image buildroot-check systemd-check clean
+.PHONY: help venv test lint demo bench fuzz hil soak powercut image vm-image vm-test buildroot-check systemd-check clean
 
 help:
 	@echo "make demo    simulator + local Mosquitto + gateway on config/, values flowing"
@@ -24,6 +26,8 @@ help:
 	@echo "make soak    long soak runs"
 	@echo "make powercut   100 real power cuts under the gateway (root; ext4 loop device), build/powercut/"
 	@echo "make image   SD card image + signed RAUC bundle in build/image/"
+	@echo "make vm-image  bootable x86-64 VM test image + v2 and broken OTA bundles in build/vm/image/"
+	@echo "make vm-test   boot it under QEMU/KVM: READY, watchdog, power cuts, A/B OTA; build/vm/report.json"
 	@echo "make systemd-check   systemd-analyze verify + security on systemd/"
 	@echo "make buildroot-check BUILDROOT=DIR   defconfigs + check-package against Buildroot 2026.02.3"
 
@@ -92,6 +96,15 @@ powercut: venv
 image: venv
 	@tools/ensure-debian-packages $(APT_IMAGE_PKGS)
 	tools/image/build-image build/image
+
+vm-image: venv
+	@tools/ensure-debian-packages $(APT_IMAGE_PKGS)
+	@tools/vm/ensure-packages $(APT_VM_PKGS)
+	tools/vm/build-image
+
+VM_TEST_ARGS ?=
+vm-test: vm-image
+	$(PY) tools/vm/vm_test.py --out build/vm $(VM_TEST_ARGS)
 
 BUILDROOT ?=
 buildroot-check:

@@ -26,7 +26,10 @@ install -d -m 0755 "$TARGET_DIR/data" "$TARGET_DIR/boot/firmware" "$TARGET_DIR/v
 # RAUC: the slot layout of this board and the keyring bundles are verified against.
 install -D -m 0644 "$BOARD_DIR/system.conf" "$TARGET_DIR/etc/rauc/system.conf"
 install -D -m 0644 "$RAUC_KEYRING" "$TARGET_DIR/etc/rauc/keyring.pem"
-install -D -m 0644 "$BOARD_DIR/fw_env.config" "$TARGET_DIR/etc/fw_env.config"
+# U-Boot boards: where fw_setenv finds the environment (the GRUB board keeps it in grubenv, system.conf).
+if [ -f "$BOARD_DIR/fw_env.config" ]; then
+	install -D -m 0644 "$BOARD_DIR/fw_env.config" "$TARGET_DIR/etc/fw_env.config"
+fi
 
 # Enable the units the way `systemctl enable` would (Buildroot's preset-all agrees, see the preset file).
 wants() { # wants TARGET UNIT [UNIT_DIR]
