@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import random
 import shutil
 import signal
 import socket
@@ -26,6 +27,26 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((LOOPBACK, 0))
         return int(s.getsockname()[1])
+
+
+def stable_port() -> int:
+    """A free loopback port below the kernel's ephemeral range, for a server a test stops and starts
+    again on the same port: a port from free_port() can be taken meanwhile as the local port of any
+    outgoing connection (the gateway's, a client's), and the restarted server then cannot bind."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10000, max(10001, low))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
+    return free_port()
 
 
 def wait_port(port: int, timeout: float = 10.0, host: str = LOOPBACK) -> None:
@@ -84,7 +105,7 @@ class Mosquitto:
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
-        self.port = self.port or free_port()
+        self.port = self.port or stable_port()  # stop()/start() rebind it
         self.workdir = Path(self.workdir or tempfile.mkdtemp(prefix="mosq-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
 
