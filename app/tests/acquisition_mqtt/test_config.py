@@ -12,6 +12,7 @@ import pytest
 from edge_gateway.config import cli
 from edge_gateway.config.diff import Impact, diff
 from edge_gateway.config.loader import ConfigError, lint, load_snapshot
+from edge_gateway.core import registry
 from edge_gateway.drivers.mqtt_source.model import Payload
 
 ROOT = Path(__file__).resolve().parents[3] / "config"
@@ -97,25 +98,28 @@ def test_defaults_and_mqtts(cfg: Make) -> None:
 
 
 def test_diff_of_mqtt_changes(cfg: Make) -> None:
-    """MQTT changes have their own impact fields: the Modbus ones never name an MQTT endpoint or driver."""
+    """The diff names MQTT entries like any other; the MQTT plugin's plan turns them into one action per
+    endpoint: a change of tags swaps the device's tag map, any other change restarts the source (one
+    client serves every device of an endpoint)."""
     old = load_snapshot(EXAMPLE)
-    modbus_fields = ("endpoints_changed", "drivers_changed", "drivers_added", "variables_changed")
+    mqtt = registry.driver("mqtt")
 
-    def impact(edits: dict[str, tuple[str, str]]) -> Impact:
+    def changed(edits: dict[str, tuple[str, str]]) -> tuple[Impact, list[tuple[str, str, tuple[str, ...]]]]:
         d = cfg(edits)
         try:
-            return diff(old, load_snapshot(d))
+            new = load_snapshot(d)
+            assert registry.driver("modbus").plan_reload(old, new) == []  # no Modbus line is touched
+            return diff(old, new), [(s.action, s.endpoint_id, s.devices) for s in mqtt.plan_reload(old, new)]
         finally:
             shutil.rmtree(d)
 
-    i = impact({"variables.yml": ("pointer: /sample/t }", "pointer: /sample/temp }")})
-    assert (i.mqtt_tags_changed, i.mqtt_sources_changed) == (("lab_sensors",), ())
-    assert not any(getattr(i, f) for f in modbus_fields)
-    i = impact({"drivers.yml": ('filter: "meters/#", qos: 2', 'filter: "meters/#", qos: 1')})
-    assert (i.mqtt_sources_changed, i.mqtt_tags_changed) == (("local_broker",), ())  # one client, one restart
-    i = impact({"endpoints.yml": ("keepalive: 30s", "keepalive: 10s")})
-    assert (i.mqtt_sources_changed, i.mqtt_tags_changed) == (("local_broker",), ())
-    i = impact(  # energy_meters moves to a second broker
+    i, steps = changed({"variables.yml": ("pointer: /sample/t }", "pointer: /sample/temp }")})
+    assert i.variables_changed == ("lab_sensors",) and steps == [("update", "local_broker", ("lab_sensors",))]
+    i, steps = changed({"drivers.yml": ('filter: "meters/#", qos: 2', 'filter: "meters/#", qos: 1')})
+    assert steps == [("restart", "local_broker", ())]  # one client, one restart
+    i, steps = changed({"endpoints.yml": ("keepalive: 30s", "keepalive: 10s")})
+    assert i.endpoints_changed == ("local_broker",) and steps == [("restart", "local_broker", ())]
+    i, steps = changed(  # energy_meters moves to a second broker
         {
             "endpoints.yml": (
                 "local_broker:",
@@ -124,13 +128,8 @@ def test_diff_of_mqtt_changes(cfg: Make) -> None:
             "drivers.yml": ("endpoint_id: local_broker     # a second", "endpoint_id: plant_broker     # a second"),
         }
     )
-    assert (i.mqtt_sources_added, i.mqtt_sources_changed, i.mqtt_sources_removed) == (
-        ("plant_broker",),
-        ("local_broker",),
-        (),
-    )
-    assert "mqtt sources added: plant_broker" in i.lines()
-    assert not any(getattr(i, f) for f in modbus_fields)
+    assert steps == [("restart", "local_broker", ()), ("start", "plant_broker", ())]
+    assert "endpoints added: plant_broker" in i.lines()
     assert diff(old, replace(old)).empty
 
 

@@ -70,7 +70,7 @@ class ModbusPlugin:
 
     def plan_reload(self, old: Snapshot, new: Snapshot) -> list[ReloadStep]:
         """Endpoint changes reopen the line; device and tag changes on an open line are done in place."""
-        impact = diff(old, new)
+        impact = diff(old, new, self)
         steps: dict[str, ReloadStep] = {}
         for e in impact.endpoints_removed:
             steps[e] = ReloadStep(self.name, e, "stop")

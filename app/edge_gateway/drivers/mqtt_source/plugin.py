@@ -68,13 +68,21 @@ class MqttSourcePlugin:
     def plan_reload(self, old: Snapshot, new: Snapshot) -> list[ReloadStep]:
         """Any change to an endpoint or one of its devices restarts that endpoint's source (one client
         serves them all); a change of tags only swaps the device's tag map."""
-        impact = diff(old, new)
-        steps = [ReloadStep(self.name, e, "stop") for e in impact.mqtt_sources_removed]
-        steps += [ReloadStep(self.name, e, "restart") for e in impact.mqtt_sources_changed]
-        steps += [ReloadStep(self.name, e, "start") for e in impact.mqtt_sources_added]
+        impact = diff(old, new, self)
+        started_or_stopped = {*impact.endpoints_added, *impact.endpoints_removed}
+        restart = set(impact.endpoints_changed)
+        for d in (*impact.drivers_added, *impact.drivers_changed):
+            restart.add(new.mqtt_drivers[d].endpoint_id)
+        for d in (*impact.drivers_removed, *impact.drivers_changed):
+            restart.add(old.mqtt_drivers[d].endpoint_id)
+        restart -= started_or_stopped
+        steps = [ReloadStep(self.name, e, "stop") for e in impact.endpoints_removed]
+        steps += [ReloadStep(self.name, e, "restart") for e in sorted(restart)]
+        steps += [ReloadStep(self.name, e, "start") for e in impact.endpoints_added]
         by_ep: dict[str, list[str]] = {}
-        for d in impact.mqtt_tags_changed:
-            by_ep.setdefault(new.mqtt_drivers[d].endpoint_id, []).append(d)
+        for d in impact.variables_changed:
+            if new.mqtt_drivers[d].endpoint_id not in restart:
+                by_ep.setdefault(new.mqtt_drivers[d].endpoint_id, []).append(d)
         steps += [ReloadStep(self.name, e, "update", tuple(sorted(ds))) for e, ds in sorted(by_ep.items())]
         return steps
 
