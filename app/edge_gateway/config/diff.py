@@ -102,13 +102,12 @@ def diff(old: Snapshot, new: Snapshot, plugin: Owner | None = None) -> Impact:
 
 def _tables(s: Snapshot, plugin: Owner | None) -> tuple[dict[str, Any], dict[str, Any], dict[str, tuple]]:
     """(endpoints, devices, device id → its tags in file order), of one plugin when it is given."""
-    endpoints = {**s.endpoints, **s.mqtt_endpoints, **s.plugin_endpoints}
-    devices = {**s.drivers, **s.mqtt_drivers, **s.plugin_devices}
+    endpoints, devices = s.plugin_endpoints, s.plugin_devices
     if plugin is not None:
         endpoints = {k: e for k, e in endpoints.items() if e.scheme in plugin.schemes}
         devices = {k: d for k, d in devices.items() if d.proto == plugin.name}
     tags: dict[str, list[Any]] = {}
-    for t in (*s.variables, *s.mqtt_tags, *s.plugin_tags):
+    for t in s.plugin_tags:
         if t.driver_id in devices:
             tags.setdefault(t.driver_id, []).append(t)
     return endpoints, devices, {d: tuple(ts) for d, ts in tags.items()}

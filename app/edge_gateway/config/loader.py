@@ -65,6 +65,7 @@ class _Build:
         self._plugin_devices: dict[str, DeviceItem] = {}
         self._plugin_tags: list[TagItem] = []
         self._relative: dict[str, str] = {}  # resolved → as written, for Snapshot.relative_paths
+        self._tags: list[Any] = []  # every plugin's built tags, in file order
 
     def run(self) -> tuple[Snapshot | None, list[Problem]]:
         data: dict[str, Any] = {}
@@ -147,7 +148,7 @@ class _Build:
         )
         self.mqtt.overlapping_subscriptions(self._mqtt_drivers.values(), s["drivers"])
         self.modbus.unique_units(self, drivers, endpoints)
-        variables = self._variables(data["variables"], bad["variables"], drivers, set(data["drivers"]))
+        self._variables(data["variables"], bad["variables"], drivers, set(data["drivers"]))
         connectors = self._each(data["connector"], bad["connector"], s["connector"], self._connector)
         if isinstance(data["connector"], dict) and len(data["connector"]) != 1 and not bad["connector"]:
             s["connector"].error((), f"exactly one connector is supported, found {len(data['connector'])}")
@@ -157,21 +158,17 @@ class _Build:
         digest = hashlib.sha256()
         for name in schema.NAMES:
             digest.update(name.encode() + b"\0" + s[name].raw + b"\0")
+        built_endpoints = {**endpoints, **mqtt_endpoints, **plugin_endpoints}
+        built_devices = {**drivers, **self._mqtt_drivers, **plugin_devices}
         return Snapshot(
-            endpoints=endpoints,
-            drivers=drivers,
-            variables=tuple(variables),
             connectors=connectors,
             gateway=gateway,
             revision=digest.hexdigest()[:12],
             directory=str(self.dir),
-            mqtt_endpoints=mqtt_endpoints,
-            mqtt_drivers=self._mqtt_drivers,
-            mqtt_tags=tuple(self._mqtt_tags),
             relative_paths=dict(self._relative),
-            plugin_endpoints=plugin_endpoints,
-            plugin_devices=plugin_devices,
-            plugin_tags=tuple(self._plugin_tags),
+            plugin_endpoints={k: built_endpoints[k] for k in data["endpoints"] if k in built_endpoints},
+            plugin_devices={k: built_devices[k] for k in data["drivers"] if k in built_devices},
+            plugin_tags=tuple(self._tags),
         )
 
     def _each(self, table: Any, bad: set[tuple], src: Source, build: Callable[[str, dict, Source], Any]) -> dict:
@@ -355,17 +352,20 @@ class _Build:
                 pt = self._plugin_tag(i, v, src)
                 if pt is not None:
                     self._plugin_tags.append(pt)
+                    self._tags.append(pt)
                     index[tag] = i
                 continue
             if v["driver_id"] in self._mqtt_driver_ids:
                 t = self.mqtt.tag(i, v, src, self._mqtt_drivers.get(v["driver_id"]))
                 if t is not None:
                     self._mqtt_tags.append(t)
+                    self._tags.append(t)
                     index[tag] = i
                 continue
             var = self.modbus.variable(self, i, v, src, drivers, known_drivers)
             if var is not None:
                 out.append(var)
+                self._tags.append(var)
                 index[tag] = i
         self.modbus.overlaps(self, out, src, index)
         self.mqtt.template_shadows(self._mqtt_tags, tags, src, index)

@@ -51,8 +51,8 @@ def line_of(path: Path, needle: str) -> int:
 def test_the_example_loads_with_no_problem() -> None:
     assert lint(EXAMPLE) == []
     s = load_snapshot(EXAMPLE)
-    assert s.endpoints == {} and s.drivers == {} and s.variables == ()
-    ep = s.mqtt_endpoints["local_broker"]
+    assert {d.proto for d in s.plugin_devices.values()} == {"mqtt"}  # the example is MQTT only
+    ep = s.plugin_endpoints["local_broker"]
     assert (ep.scheme, ep.host, ep.port, ep.client_id, ep.session_expiry) == (
         "mqtt",
         "127.0.0.1",
@@ -60,22 +60,24 @@ def test_the_example_loads_with_no_problem() -> None:
         "edge-01-src",
         3600,
     )
-    lab = s.mqtt_drivers["lab_sensors"]
+    lab = s.plugin_devices["lab_sensors"]
     assert [(x.filter, x.qos) for x in lab.cfg.subscriptions] == [("sensors/+/temp", 1), ("sensors/+/env", 1)]
     assert (lab.cfg.retained, lab.cfg.queue, lab.cfg.recover) == ("take", 1000, 5.0)
-    assert s.mqtt_drivers["energy_meters"].cfg.retained == "ignore"
-    tags = {t.tag: t for t in s.mqtt_tags}
+    assert s.plugin_devices["energy_meters"].cfg.retained == "ignore"
+    tags = {t.tag: t for t in s.plugin_tags}
     assert tags["lab.{1}.rh_pct"].payload == Payload("json", "/sample/rh")
     assert tags["meter.{1}.kwh"].scale is not None and tags["meter.{1}.kwh"].scale(1500) == 1.5
-    assert s.mqtt_drivers_on("local_broker") == (lab, s.mqtt_drivers["energy_meters"])
+    assert s.devices_on("local_broker") == (lab, s.plugin_devices["energy_meters"])
 
 
 def test_modbus_and_mqtt_in_one_config(cfg: Make) -> None:
     s = load_snapshot(cfg(mixed=True))
-    assert "plc_tcp" in s.endpoints and "local_broker" in s.mqtt_endpoints
-    assert "plc1" in s.drivers and "lab_sensors" in s.mqtt_drivers
-    assert "local_broker" not in s.endpoints and "lab_sensors" not in s.drivers  # Modbus code never sees them
-    assert len(s.mqtt_tags) == 5
+    assert "plc_tcp" in s.plugin_endpoints and "local_broker" in s.plugin_endpoints
+    assert s.plugin_devices["plc1"].proto == "modbus" and s.plugin_devices["lab_sensors"].proto == "mqtt"
+    modbus, mqtt = registry.driver("modbus"), registry.driver("mqtt")
+    assert "local_broker" not in modbus.endpoints(s) and "plc_tcp" not in mqtt.endpoints(s)  # each its own
+    mqtt_ids = {d for d, dev in s.plugin_devices.items() if dev.proto == "mqtt"}
+    assert len([t for t in s.plugin_tags if t.driver_id in mqtt_ids]) == 5
 
 
 def test_defaults_and_mqtts(cfg: Make) -> None:
@@ -90,10 +92,10 @@ def test_defaults_and_mqtts(cfg: Make) -> None:
     )
     (d / "endpoints.yml").write_text((d / "endpoints.yml").read_text() + "    ca: certs/ca.pem\n    username: gw\n")
     s = load_snapshot(d)
-    ep = s.mqtt_endpoints["local_broker"]
+    ep = s.plugin_endpoints["local_broker"]
     assert (ep.scheme, ep.port, ep.username) == ("mqtts", 8883, "gw")
     assert ep.tls is not None and ep.tls.ca == str((d / "certs/ca.pem").resolve())
-    em = s.mqtt_drivers["energy_meters"].cfg
+    em = s.plugin_devices["energy_meters"].cfg
     assert (em.retained, em.queue) == ("take", 50)
 
 
