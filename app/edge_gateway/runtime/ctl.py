@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "connector" and args.action == "reconnect":
         print(render_reconnect(r))
     elif args.command == "connector":
-        print(render_uplink_stats(r))
+        print(render_connector_stats(r))
     else:
         print(render_mapping(result))
     if args.command == "reload" and not r.get("applied"):
@@ -314,7 +314,7 @@ def render_reconnect(r: dict[str, Any]) -> str:
     )
 
 
-def render_uplink_stats(r: dict[str, Any]) -> str:
+def render_connector_stats(r: dict[str, Any]) -> str:
     shown = dict(r)
     for k in ("out_bytes",):
         if isinstance(shown.get(k), int | float):
@@ -484,7 +484,7 @@ def render_status(s: dict[str, Any], style: Style = PLAIN) -> str:
         out.append("wal      " + render_wal(wal, style))
     up = s.get("uplink")
     if up:
-        state = uplink_state(up)
+        state = connector_state(up)
         since = f" for {duration(up['connected_for_s'])}" if up.get("connected_for_s") is not None else ""
         out.append(
             f"uplink   {up.get('connector')} {style.state(state)}{since}  {up.get('broker')}"
@@ -499,7 +499,7 @@ def render_status(s: dict[str, Any], style: Style = PLAIN) -> str:
     return "\n".join(out)
 
 
-def uplink_state(up: dict[str, Any]) -> str:
+def connector_state(up: dict[str, Any]) -> str:
     """`idle` after a failed attempt is a broker that is down (retried with backoff)."""
     state = str(up.get("state"))
     return "down" if state == "idle" and up.get("last_error") else state
