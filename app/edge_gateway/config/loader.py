@@ -20,7 +20,7 @@ from edge_gateway.config.model import Backoff, BusCfg, Connector, GatewayCfg, Sn
 from edge_gateway.config.source import Problem, Source, positive, read
 from edge_gateway.config.units import parse_duration, parse_size
 from edge_gateway.core import registry
-from edge_gateway.core.driver import DeviceItem, DriverPlugin, EndpointItem, TagItem
+from edge_gateway.core.driver import Built, DeviceItem, DriverPlugin, EndpointItem, TagItem
 
 FILES = {name: f"{name}.yml" for name in schema.NAMES}
 OPTIONAL = {"gateway"}
@@ -126,7 +126,7 @@ class _Build:
             devices[name] = self._each(mine, bad["drivers"], s["drivers"], build)
         tags = self._variables(data["variables"], bad["variables"], devices, set(data["drivers"]))
         for name, p in self._own.items():
-            p.config.check(self, endpoints[name], devices[name], *tags[name])
+            p.config.check(self, Built(endpoints[name], devices[name], *tags[name]))
         connectors = self._each(data["connector"], bad["connector"], s["connector"], self._connector)
         if isinstance(data["connector"], dict) and len(data["connector"]) != 1 and not bad["connector"]:
             s["connector"].error((), f"exactly one connector is supported, found {len(data['connector'])}")

@@ -196,9 +196,20 @@ class OwnBuilders(Protocol):
 
     def tag(self, b: Any, i: int, entry: dict, src: Any, devices: dict) -> Any | None: ...
 
-    def check(self, b: Any, endpoints: dict, devices: dict, tags: list, names: dict, index: dict) -> None:
+    def check(self, b: Any, built: Built) -> None:
         """The rules across entries (overlaps, uniqueness), once everything is built."""
         ...
+
+
+@dataclass(frozen=True)
+class Built:
+    """What the loader built of one plugin's entries, for its `OwnBuilders.check`."""
+
+    endpoints: dict[str, Any]
+    devices: dict[str, Any]
+    tags: list[Any]
+    names: dict[str, int]  # every tag of the files (any plugin's) → its line in variables.yml
+    index: dict[str, int]  # every built tag → its entry's index in variables.yml
 
 
 def freeze(value: Any) -> Any:

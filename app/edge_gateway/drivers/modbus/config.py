@@ -18,6 +18,7 @@ from edge_gateway.config.expr import Scale, compile_for_tag
 from edge_gateway.config.model import TlsFiles
 from edge_gateway.config.source import Source, positive
 from edge_gateway.config.units import parse_duration, parse_rate
+from edge_gateway.core.driver import Built
 from edge_gateway.drivers.modbus import writes
 from edge_gateway.drivers.modbus.codec import FMT
 from edge_gateway.drivers.modbus.model import (
@@ -339,17 +340,10 @@ def _no_mqtt_keys(i: int, v: dict, src: Source) -> bool:
     return ok
 
 
-def check(
-    b: Any,
-    endpoints: dict[str, Endpoint],
-    drivers: dict[str, Driver],
-    variables: list[Variable],
-    names: dict[str, int],
-    index: dict[str, int],
-) -> None:
+def check(b: Any, built: Built) -> None:
     """The rules across entries: one unit id per line, no overlapping addresses on a device."""
-    unique_units(b, drivers, endpoints)
-    overlaps(b, variables, b.src["variables"], index)
+    unique_units(b, built.devices, built.endpoints)
+    overlaps(b, built.tags, b.src["variables"], built.index)
 
 
 # The Modbus `address` as its schema.json ships it: checked here once a generic plugin has made the

@@ -18,6 +18,7 @@ from edge_gateway.config.expr import Scale, compile_for_tag
 from edge_gateway.config.model import Backoff, TlsFiles
 from edge_gateway.config.source import Source, secret_file
 from edge_gateway.config.units import parse_duration
+from edge_gateway.core.driver import Built
 from edge_gateway.drivers.mqtt_source import topics
 from edge_gateway.drivers.mqtt_source.mapping import PLACEHOLDER, Template, TemplateError
 from edge_gateway.drivers.mqtt_source.model import (
@@ -273,18 +274,11 @@ def _delivered(i: int, name: str, filt: topics.Levels, drv: MqttDriver, src: Sou
     return False
 
 
-def check(
-    b: Any,
-    endpoints: dict[str, MqttEndpoint],
-    drivers: dict[str, MqttDriver],
-    tags: list[MqttTag],
-    names: dict[str, int],
-    index: dict[str, int],
-) -> None:
+def check(b: Any, built: Built) -> None:
     """The rules across entries: overlapping subscriptions on one broker, tag templates that can produce
-    another configured tag (`names`: every tag → its line)."""
-    overlapping_subscriptions(drivers.values(), b.src["drivers"])
-    template_shadows(tags, names, b.src["variables"], index)
+    another configured tag."""
+    overlapping_subscriptions(built.devices.values(), b.src["drivers"])
+    template_shadows(built.tags, built.names, b.src["variables"], built.index)
 
 
 def template_shadows(tags: Iterable[MqttTag], names: dict[str, int], src: Source, index: dict[str, int]) -> None:
