@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 from edge_gateway.config import schema, stdout
+from edge_gateway.config.clihelp import Help
 from edge_gateway.config.diff import diff
 from edge_gateway.config.loader import ConfigError, lint, load_snapshot
 from edge_gateway.config.source import printable
@@ -44,48 +44,31 @@ sit; an absolute path compares as written.
 
 @stdout.guard
 def main(argv: list[str] | None = None) -> int:
-    fmt = argparse.RawDescriptionHelpFormatter
-    p = argparse.ArgumentParser(
-        prog="edge-cfg",
-        description="Check and compare edge-gateway configurations.",
-        epilog=EXIT_CODES + "  modbus scan: see `edge-cfg modbus scan --help`\n",
-        formatter_class=fmt,
+    h = Help(EXIT_CODES)
+    p = h.parser(
+        "edge-cfg",
+        "Check and compare edge-gateway configurations.",
+        epilog="  modbus scan: see `edge-cfg modbus scan --help`\n",
     )
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    p_lint = sub.add_parser(
-        "lint",
-        help="validate a config directory; exit 1 on any error",
-        description=LINT_HELP,
-        epilog=EXIT_CODES,
-        formatter_class=fmt,
+    h.command(sub, "lint", "validate a config directory; exit 1 on any error", LINT_HELP).add_argument(
+        "dir", metavar="DIR", help="the directory with the five YAML files"
     )
-    p_lint.add_argument("dir", metavar="DIR", help="the directory with the five YAML files")
-    p_schema = sub.add_parser(
+    h.command(
+        sub,
         "schema",
-        help="print the JSON Schema of one file (or all)",
-        description="Print the JSON Schema of one file, or of all five as one JSON object keyed by\nname.",
-        epilog=EXIT_CODES,
-        formatter_class=fmt,
-    )
-    p_schema.add_argument(
-        "name", nargs="?", choices=schema.NAMES, metavar="NAME", help=f"one of {', '.join(schema.NAMES)}"
-    )
-    p_diff = sub.add_parser(
-        "diff",
-        help="what a reload from OLD to NEW would touch",
-        description=DIFF_HELP,
-        epilog=EXIT_CODES,
-        formatter_class=fmt,
-    )
+        "print the JSON Schema of one file (or all)",
+        "Print the JSON Schema of one file, or of all five as one JSON object keyed by\nname.",
+    ).add_argument("name", nargs="?", choices=schema.NAMES, metavar="NAME", help=f"one of {', '.join(schema.NAMES)}")
+    p_diff = h.command(sub, "diff", "what a reload from OLD to NEW would touch", DIFF_HELP)
     p_diff.add_argument("old", metavar="OLD", help="the running (or current) config directory")
     p_diff.add_argument("new", metavar="NEW", help="the edited copy")
-    sub.add_parser(
+    h.command(
+        sub,
         "plugins",
-        help="list the installed driver and connector plugins (entry points)",
-        description="Every entry-point name of the groups edge_gateway.drivers and edge_gateway.connectors,\n"
+        "list the installed driver and connector plugins (entry points)",
+        "Every entry-point name of the groups edge_gateway.drivers and edge_gateway.connectors,\n"
         "with the object it names and the distribution it comes from.",
-        epilog=EXIT_CODES,
-        formatter_class=fmt,
     ).add_argument("--json", action="store_true", help="as JSON")
     # Commands a driver plugin brings (`edge-cfg modbus scan`, its own exit codes): its `cli` hook.
     plugin_cli = {}

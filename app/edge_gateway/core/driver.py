@@ -151,7 +151,7 @@ class DriverPlugin(Protocol):
     name: str  # drivers.yml `proto`, and the entry-point name
     schemes: tuple[str, ...]  # endpoints.yml `scheme`s it owns
     status_section: str  # key of `edge-ctl status` its endpoints appear under: lines | sources
-    generic: bool  # True: the loader builds its items into Snapshot.plugin_* tables
+    generic: bool  # True: the loader builds its items (build_*); False: its `config` does (OwnBuilders)
 
     def schema(self) -> SchemaFragments: ...
 
@@ -182,6 +182,34 @@ class DriverPlugin(Protocol):
     def health(self, endpoint_id: str, entry: Mapping[str, Any]) -> list[str]: ...
 
     def summary(self, workers: Mapping[str, Worker]) -> str: ...
+
+
+class OwnBuilders(Protocol):
+    """`plugin.config` of a plugin with `generic = False` (the built-ins Modbus and the MQTT source): it
+    builds its entries into its own frozen model, with the loader (`b`: its sources, `_path`, `_kind_ok`)
+    at hand. Each call gets only entries the plugin owns (endpoints by scheme, devices by proto, tags by
+    device) and the plugin's own items built so far; a problem goes to `src` at its file:line."""
+
+    def endpoint(self, b: Any, ident: str, entry: dict, src: Any) -> Any | None: ...
+
+    def device(self, b: Any, ident: str, entry: dict, src: Any, endpoints: dict, known: dict) -> Any | None: ...
+
+    def tag(self, b: Any, i: int, entry: dict, src: Any, devices: dict) -> Any | None: ...
+
+    def check(self, b: Any, built: Built) -> None:
+        """The rules across entries (overlaps, uniqueness), once everything is built."""
+        ...
+
+
+@dataclass(frozen=True)
+class Built:
+    """What the loader built of one plugin's entries, for its `OwnBuilders.check`."""
+
+    endpoints: dict[str, Any]
+    devices: dict[str, Any]
+    tags: list[Any]
+    names: dict[str, int]  # every tag of the files (any plugin's) → its line in variables.yml
+    index: dict[str, int]  # every built tag → its entry's index in variables.yml
 
 
 def freeze(value: Any) -> Any:

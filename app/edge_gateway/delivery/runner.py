@@ -587,6 +587,3 @@ class Runner(threading.Thread):
             self.transport.close(time.monotonic() + 2.0)
         self._waker.close()
         log.info("%s %s stopped at acked seq %d", self.cfg.kind, self.cfg.id, self.cursor.acked)
-
-
-Uplink = Runner  # the name the runtime and older tests know

@@ -23,6 +23,7 @@ from types import FrameType
 
 from edge_gateway import __version__
 from edge_gateway.config import stdout
+from edge_gateway.config.clihelp import Help
 from edge_gateway.config.loader import ConfigError, load_snapshot
 from edge_gateway.runtime import logs
 
@@ -64,22 +65,13 @@ def _log_level(text: str) -> str:
 
 @stdout.guard
 def main(argv: list[str] | None = None) -> int:
-    fmt = argparse.RawDescriptionHelpFormatter
-    p = argparse.ArgumentParser(
-        prog="edge-gateway",
-        description="Modbus → WAL → MQTT 5 edge gateway.\nCheck a configuration first with `edge-cfg lint DIR`.",
-        epilog=EXIT_CODES,
-        formatter_class=fmt,
+    h = Help(EXIT_CODES)
+    p = h.parser(
+        "edge-gateway", "Modbus → WAL → MQTT 5 edge gateway.\nCheck a configuration first with `edge-cfg lint DIR`."
     )
     p.add_argument("--version", action="version", version=f"edge-gateway {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = sub.add_parser(
-        "run",
-        help="run the gateway in the foreground (systemd Type=notify)",
-        description=RUN_DESCRIPTION,
-        epilog=EXIT_CODES,
-        formatter_class=fmt,
-    )
+    run = h.command(sub, "run", "run the gateway in the foreground (systemd Type=notify)", RUN_DESCRIPTION)
     run.add_argument(
         "--config",
         required=True,

@@ -25,7 +25,7 @@ def _by_plugin(gw: Gateway) -> dict[str, dict[str, Any]]:
 
 
 def summary(gw: Gateway) -> str:
-    snap, up, wal = gw.snapshot, gw.uplink, gw.wal  # each read once
+    snap, up, wal = gw.snapshot, gw.runner, gw.wal  # each read once
     parts = [p for name, ws in _by_plugin(gw).items() if (p := registry.driver(name).summary(ws))]
     if up is not None:
         parts.append(f"uplink {up.state.value}")
@@ -44,7 +44,7 @@ def status(gw: Gateway) -> dict[str, Any]:
     serves is not: the uplink is not connected, a line is down, a device is in Fault, an MQTT source
     is down, the WAL reports a fault, the bus is paused; every reason is listed) or `failing` (a
     worker is dead or hung: the watchdog is about to have systemd restart the service)."""
-    snap, up, bus, sup, reloader = gw.snapshot, gw.uplink, gw.bus, gw.supervisor, gw.reloader  # each read once
+    snap, up, bus, sup, reloader = gw.snapshot, gw.runner, gw.bus, gw.supervisor, gw.reloader  # each read once
     now = time.monotonic()
     sections: dict[str, dict[str, Any]] = {"lines": {}, "sources": {}}
     owner: dict[str, str] = {}

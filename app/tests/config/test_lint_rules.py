@@ -482,7 +482,7 @@ def test_suspicious_config_warns_at_the_line(case, demo_copy, capsys) -> None:
 
 def test_octal_ref_is_read_as_written(demo_copy) -> None:
     d = demo_copy({"variables.yml": ("address: { type: coil, addr: 0 }", "address: { ref: 000010 }")})
-    pump = load_snapshot(d).variable("plant.pump_on")
+    pump = load_snapshot(d).tag("plant.pump_on")
     assert pump is not None and (pump.address.type, pump.address.addr) == ("coil", 9)
 
 

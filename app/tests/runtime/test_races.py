@@ -140,7 +140,7 @@ def test_status_and_summary_read_the_uplink_once(gateway: tuple[Gateway, Any]) -
     """A reload that restarts the connector sets `uplink` to None and back: a reader that checks it
     and then reads it again gets None the second time."""
     gw, _ = gateway
-    real = gw.uplink
+    real = gw.runner
     reads = [0]
 
     class Swapping(type(gw)):  # type: ignore[misc]

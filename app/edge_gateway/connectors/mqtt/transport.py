@@ -41,6 +41,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_gateway.config.model import Connector
+from edge_gateway.connectors.mqtt import config
 from edge_gateway.connectors.mqtt.topics import Topics
 from edge_gateway.delivery.contract import ConnectorPlugin, Events, Message, Poll, Session
 from edge_gateway.net.mqtt import new_client, read_secret
@@ -326,5 +327,8 @@ def factory(cfg: Connector, **kw: Any) -> MqttTransport:
 
 
 PLUGIN = ConnectorPlugin(
-    "mqtt5", factory, schema=json.loads(resources.files(__package__).joinpath("schema.json").read_text())
+    "mqtt5",
+    factory,
+    schema=json.loads(resources.files(__package__).joinpath("schema.json").read_text()),
+    build=config.build,
 )

@@ -1,6 +1,7 @@
 """The Modbus parts of the snapshot as frozen dataclasses: endpoints (serial, tcp, tls+tcp, rtu+tcp),
 `proto: modbus` drivers (units) and register-addressed variables. Built by drivers/modbus/config.py,
-held by the generic Snapshot (config/model.py) in its `endpoints`, `drivers` and `variables` tables."""
+held by the generic Snapshot (config/model.py) in its `plugin_endpoints`, `plugin_devices` and
+`plugin_tags` tables."""
 
 from __future__ import annotations
 
