@@ -24,6 +24,7 @@ from edge_gateway.drivers.modbus.codec import FMT
 from edge_gateway.drivers.modbus.model import (
     BIT_TYPES,
     DATATYPE_REGS,
+    SCHEMES,
     Address,
     Driver,
     Endpoint,
@@ -131,11 +132,12 @@ def endpoint(b: Any, ident: str, e: dict, src: Source) -> Endpoint | None:
 def device(b: Any, ident: str, d: dict, src: Source, endpoints: dict[str, Endpoint], known: dict) -> Driver | None:
     """A `proto: modbus` device; `endpoints` are the Modbus ones built, `known` every endpoints.yml entry."""
     ep = d["endpoint_id"]
-    if isinstance(known.get(ep), dict) and known[ep].get("scheme") in BROKER_SCHEMES:
+    scheme = known[ep].get("scheme") if isinstance(known.get(ep), dict) else None
+    if isinstance(scheme, str) and scheme not in SCHEMES:  # an endpoint of another plugin
+        what = "is an MQTT broker" if scheme in BROKER_SCHEMES else "is not a Modbus line"
         src.error(
             (ident, "endpoint_id"),
-            f"{ident}: proto {d['proto']} needs a Modbus endpoint; {ep} is an MQTT broker "
-            f"(scheme {known[ep]['scheme']})",
+            f"{ident}: proto {d['proto']} needs a Modbus endpoint; {ep} {what} (scheme {scheme})",
         )
     if not b._kind_ok(ident, d, src):
         return None

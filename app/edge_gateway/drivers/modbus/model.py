@@ -19,6 +19,7 @@ RegType = Literal["holding", "input", "coil", "discrete"]
 Access = Literal["R", "W", "RW"]
 Order = Literal["big", "little"]
 # Registers a datatype occupies; None = `len` must be given (string/binary: registers of 2 bytes).
+SCHEMES = ("tcp", "tls+tcp", "rtu+tcp", "serial")  # endpoints.yml schemes of a Modbus line
 DATATYPE_REGS = SIZE_WORDS
 BIT_TYPES = ("coil", "discrete")  # one bit per address, datatype bool only
 WORD_TYPES = ("holding", "input")  # 16-bit registers

@@ -15,11 +15,12 @@ from edge_gateway.core.driver import ReloadStep, RuntimeContext, SchemaFragments
 from edge_gateway.core.frame import Value
 from edge_gateway.drivers.modbus import writes
 from edge_gateway.drivers.modbus.line import ModbusLine
+from edge_gateway.drivers.modbus.model import SCHEMES
 
 
 class ModbusPlugin:
     name = "modbus"
-    schemes = ("tcp", "tls+tcp", "rtu+tcp", "serial")
+    schemes = SCHEMES
     status_section = "lines"
     # Its parts of the file schemas (schema.json beside this file), merged by config/schema.py.
     file_schema = json.loads(resources.files(__package__).joinpath("schema.json").read_text())
