@@ -57,7 +57,9 @@ def fill(d: Path, n: int) -> Wal:
     return wal
 
 
-def send(d: Path, n: int, batch: int, window: int, live: bool, work: Path) -> dict[str, Any]:
+def send(
+    d: Path, n: int, batch: int, window: int, live: bool, work: Path
+) -> dict[str, Any]:
     """`live`: a freshly filled WAL, read from memory; else the same WAL reopened, read from the files."""
     if live:
         shutil.rmtree(d, ignore_errors=True)
@@ -104,7 +106,11 @@ def send(d: Path, n: int, batch: int, window: int, live: bool, work: Path) -> di
 def main() -> None:
     a = args(__doc__.split("\n")[0])
     n = 200_000 if a.quick else 1_000_000
-    root = Path(tempfile.mkdtemp(prefix="bench-uplink-", dir="build" if Path("build").is_dir() else None))
+    root = Path(
+        tempfile.mkdtemp(
+            prefix="bench-uplink-", dir="build" if Path("build").is_dir() else None
+        )
+    )
     runs = []
     try:
         d = root / "wal"

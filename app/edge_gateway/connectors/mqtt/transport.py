@@ -43,7 +43,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from edge_gateway.config.model import Connector
 from edge_gateway.connectors.mqtt.topics import Topics
 from edge_gateway.delivery.contract import ConnectorPlugin, Events, Message, Poll, Session
-from edge_gateway.net.mqtt import new_client, read_secret
+from edge_gateway.net.mqtt import PackedProperties, new_client, pack_properties, read_secret
 from edge_gateway.net.session import Options, SessionState
 
 log = logging.getLogger(__name__)
@@ -167,9 +167,7 @@ class MqttTransport:
     def publish(self, msg: Message) -> int:
         cl = self._client
         assert cl is not None
-        props = Properties(PacketTypes.PUBLISH)
-        props.ContentType = msg.content_type
-        props.UserProperty = msg.properties
+        props = PackedProperties(pack_properties(msg.content_type, msg.properties))
         topic = self.topics.frame_topic(msg.tag) if msg.tag is not None else self.topics.batch
         try:
             info = cl.publish(topic, msg.payload, qos=msg.qos, properties=props)
