@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_gateway.bus.record import Run
 from edge_gateway.core.frame import Frame
 from edge_gateway.delivery.codec import json_value
 
@@ -56,9 +57,11 @@ class TailHub:
         self._lock = threading.Lock()
         self.depth = depth
 
-    def publish(self, frames: list[Frame]) -> None:
+    def publish(self, runs: list[Run]) -> None:
+        """A WAL writer listener: the runs just committed, decoded only while someone tails."""
         if not self._subs:
             return
+        frames = [f for r in runs for f in r.frames()]
         with self._lock:
             for q in self._subs:
                 try:
