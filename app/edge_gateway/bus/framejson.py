@@ -107,20 +107,31 @@ def frame_json(f: Frame, dup_possible: bool = False) -> str:
         return _encode(d)
 
 
+_tag_fields: dict[str, str] = {}  # tag → `,"tag":"<tag>","value":`
+_q_fields: dict[str, str] = {}  # quality → `,"q":"<q>"}`
+
+
+def _field(cache: dict[str, str], s: str, fmt: str) -> str:
+    if len(cache) >= _TAG_CACHE_MAX:
+        cache.clear()
+    j = cache[s] = fmt % _encode(s)
+    return j
+
+
 def frames_json(frames: list[Frame]) -> list[str]:
-    """`frame_json` of each frame, the common frame (an int or finite float, no meta) formatted inline:
-    this runs once per frame on the WAL writer, the only place a frame is encoded (`x - x == 0.0`
-    is false for NaN and ±inf, so those take `frame_json` with its marker)."""
-    tags, qs = _tag_json, _q_json
+    """`frame_json` of each frame, the common frame (an int or finite float, no meta) formatted inline
+    from the cached text around its value: this runs once per frame on the WAL writer, the only place
+    a frame is encoded (`x - x == 0.0` is false for NaN and ±inf, so those take `frame_json`)."""
+    tags, qs = _tag_fields, _q_fields
     out: list[str] = []
     append = out.append
     for f in frames:
         v = f.value
         tv = type(v)
         if f.meta is None and (tv is float and v - v == 0.0 or tv is int):  # type: ignore[operator]
-            t = tags.get(f.tag) or _quoted(tags, f.tag)
-            q = qs.get(f.q) or _quoted(qs, f.q)
-            append(f'{{"seq":{f.seq},"ts":{f.ts},"tag":{t},"value":{v!r},"q":{q}}}')
+            t = tags.get(f.tag) or _field(tags, f.tag, ',"tag":%s,"value":')
+            q = qs.get(f.q) or _field(qs, f.q, ',"q":%s}')
+            append(f'{{"seq":{f.seq},"ts":{f.ts}{t}{v!r}{q}')
         else:
             append(frame_json(f))
     return out

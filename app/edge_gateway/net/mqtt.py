@@ -14,6 +14,7 @@ a success) with one shared empty `Properties` and success `ReasonCode` instead o
 
 from __future__ import annotations
 
+import functools
 import ssl
 import struct
 from collections.abc import Iterable
@@ -45,11 +46,20 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
+@functools.lru_cache(maxsize=256)
+def _packed_name(ident: int, name: str) -> bytes:
+    """A property identifier and a string that recurs on every message (content type, user property
+    names, `zstd`)."""
+    return bytes([ident]) + _utf8(name)
+
+
 def pack_properties(content_type: str | None, user: Iterable[tuple[str, str]]) -> bytes:
     """PUBLISH properties as on the wire (length first): the bytes paho's `Properties.pack()` makes of
     ContentType and UserProperty (paho packs them in that order too)."""
-    body = b"" if content_type is None else bytes([_CONTENT_TYPE]) + _utf8(content_type)
-    body += b"".join(bytes([_USER_PROPERTY]) + _utf8(k) + _utf8(v) for k, v in user)
+    parts = [] if content_type is None else [_packed_name(_CONTENT_TYPE, content_type)]
+    for k, v in user:
+        parts += (_packed_name(_USER_PROPERTY, k), _utf8(v))
+    body = b"".join(parts)
     return _varint(len(body)) + body
 
 

@@ -57,11 +57,14 @@ class TailHub:
         self._lock = threading.Lock()
         self.depth = depth
 
-    def publish(self, runs: list[Run]) -> None:
-        """A WAL writer listener: the runs just committed, decoded only while someone tails."""
+    def publish_runs(self, runs: list[Run]) -> None:
+        """The WAL writer's listener: the runs just committed, decoded only while someone tails."""
+        if self._subs:
+            self.publish([f for r in runs for f in r.frames()])
+
+    def publish(self, frames: list[Frame]) -> None:
         if not self._subs:
             return
-        frames = [f for r in runs for f in r.frames()]
         with self._lock:
             for q in self._subs:
                 try:

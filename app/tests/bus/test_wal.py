@@ -396,3 +396,11 @@ def test_version_1_records_are_still_read_and_appended_to(tmp_path: Path) -> Non
     versions = [s.version for s in record.scan((d / seg_name(1)).read_bytes()) if isinstance(s, record.Span)]
     assert versions == [1, 1, 2]
     wal.close()
+
+
+def test_the_writers_fast_encoding_is_frame_json() -> None:
+    """frames_json formats the common frame inline; every frame still gets exactly frame_json's bytes."""
+    from edge_gateway.bus.framejson import frame_json, frames_json
+
+    frames = [*ODD, Frame(10, 1, 'q"uote', 2, "bad:timeout"), Frame(11, 1, "i", -5), Frame(12, 1, "z", 1e300)]
+    assert frames_json(frames) == [frame_json(f) for f in frames]
