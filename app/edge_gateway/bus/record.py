@@ -50,6 +50,7 @@ VERSION = 2  # written
 VERSIONS = (1, 2)  # read
 MARK_CMD = 1
 MARK_DUP = 2
+assert list(Kind) == [Kind.DATA, Kind.CMD] and Kind.CMD == MARK_CMD  # block_of stores a frame's kind as its mark
 _BIG_ENDIAN = sys.byteorder == "big"
 HEADER = struct.Struct("<HBBIIQI")
 HEADER_SIZE = HEADER.size  # 24

@@ -9,7 +9,10 @@ frames/s had a third of the runner thread in paho's `Properties`): a `Properties
 tables of every MQTT 5 property when it is created and looks each name up by a linear scan when it
 is set or packed. So `PackedProperties` carries PUBLISH properties packed once by `pack_properties`,
 and `Client` answers a bare PUBACK/PUBCOMP (no reason code, no properties: what a broker sends for
-a success) with one shared empty `Properties` and success `ReasonCode` instead of new ones.
+a success) with one shared empty `Properties` and success `ReasonCode` instead of new ones. paho also
+makes one send() system call per packet (two per QoS 2 batch: PUBLISH, PUBREL): `Client` writes
+everything queued in one, and a caller with its own select loop (the delivery runner) can let
+packets queue up until its loop writes them (`defer_writes`).
 """
 
 from __future__ import annotations
@@ -81,7 +84,8 @@ class PackedProperties(Properties):
 
 
 class Client(mqtt.Client):
-    """paho's client, with bare PUBACK/PUBCOMP handled without allocating (see the module docstring)."""
+    """paho's client, with bare PUBACK/PUBCOMP handled without allocating and queued packets written
+    together (see the module docstring)."""
 
     _NO_PROPS = {t: Properties(t) for t in (PacketTypes.PUBACK, PacketTypes.PUBCOMP)}
     _SUCCESS = {t: ReasonCode(t) for t in (PacketTypes.PUBACK, PacketTypes.PUBCOMP)}
@@ -95,6 +99,35 @@ class Client(mqtt.Client):
         with self._out_message_mutex:
             if mid in self._out_messages:
                 return self._do_on_publish(mid, self._SUCCESS[packet_type], self._NO_PROPS[packet_type])
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _packet_write(self) -> MQTTErrorCode:
+        """Every queued packet in one send (paho sends each on its own). A QoS 0 PUBLISH or a DISCONNECT
+        among them (paho runs callbacks when one is written) leaves it to paho."""
+        out = self._out_packet
+        if len(out) < 2 or any(p["command"] & 0xF0 == mqtt.DISCONNECT or
+                               (p["command"] & 0xF0 == mqtt.PUBLISH and p["qos"] == 0) for p in out):  # fmt: skip
+            return super()._packet_write()
+        data = b"".join([memoryview(p["packet"])[p["pos"] :] for p in out])
+        try:
+            n = self._sock_send(data)
+        except (AttributeError, ValueError):  # no socket (any more): as paho does
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        except BlockingIOError:
+            return MQTTErrorCode.MQTT_ERR_AGAIN
+        except OSError as err:
+            self._easy_log(mqtt.MQTT_LOG_ERR, "failed to send on socket: %s", err)
+            return MQTTErrorCode.MQTT_ERR_CONN_LOST
+        while n > 0:  # what was written leaves the queue; a packet cut short stays, at its new position
+            p = out[0]
+            k = min(n, p["to_process"])
+            p["pos"] += k
+            p["to_process"] -= k
+            n -= k
+            if p["to_process"] == 0:
+                out.popleft()
+        with self._msgtime_mutex:
+            self._last_msg_out = mqtt.time_func()
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
@@ -125,6 +158,12 @@ def new_client(client_id: str, *, tls: bool, files: Tls | None = None, connect_t
             cert_reqs=ssl.CERT_REQUIRED,
         )
     return cl
+
+
+def defer_writes(cl: mqtt.Client) -> None:
+    """Packets wait in paho's queue for the caller's `loop_write()` (its select sees `want_write()`)
+    instead of being sent the moment they are made, so a window of publishes goes out in one write."""
+    cl.on_socket_register_write = lambda *_: None
 
 
 def read_secret(path: str) -> str:

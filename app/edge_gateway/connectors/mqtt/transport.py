@@ -43,7 +43,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from edge_gateway.config.model import Connector
 from edge_gateway.connectors.mqtt.topics import Topics
 from edge_gateway.delivery.contract import ConnectorPlugin, Events, Message, Poll, Session
-from edge_gateway.net.mqtt import PackedProperties, new_client, pack_properties, read_secret
+from edge_gateway.net.mqtt import PackedProperties, defer_writes, new_client, pack_properties, read_secret
 from edge_gateway.net.session import Options, SessionState
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,7 @@ class MqttTransport:
         cl.on_unsubscribe = self._on_unsubscribe
         cl.max_inflight_messages_set(min(self._receive_max, self._window_cfg + ACK_RESERVE))
         cl.max_queued_messages_set(0)
+        defer_writes(cl)  # written by io() on the runner's select, the window's publishes together
         cl.will_set(self.topics.status, b"offline", qos=min(1, self.granted_qos), retain=True)
         return cl
 
