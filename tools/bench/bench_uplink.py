@@ -140,6 +140,10 @@ def paced(
             if c == int(warm * 10):
                 marks["producer_cpu0"] = time.thread_time()
                 marks["cpu0"] = _cpu()
+                marks["writer_cpu0"], marks["runner_cpu0"] = (
+                    _thread_cpu(writer),
+                    _thread_cpu(up),
+                )
                 marks["acked0"] = up.cursor.acked
             ts = 1_763_800_000_000 + c * 100
             for u in range(units):
@@ -164,6 +168,10 @@ def paced(
     while up.cursor.acked < n - skipped and time.monotonic() - t0 < warm + seconds + 60:
         time.sleep(0.005)
     cpu1 = _cpu()
+    writer_cpu, runner_cpu = (
+        _thread_cpu(writer) - marks["writer_cpu0"],
+        _thread_cpu(up) - marks["runner_cpu0"],
+    )
     elapsed = time.monotonic() - t0
     summary = finish_consumer(consumer, timeout=60)
     up.stop()
@@ -186,12 +194,19 @@ def paced(
         "seconds": round(elapsed, 3),
         "frames_per_s": round(up.cursor.acked / elapsed),
         "cpu_ms_per_1000_frames": round(1e6 * cpu / max(1, frames), 3),
+        "writer_cpu_ms_per_1000_frames": round(1e6 * writer_cpu / max(1, frames), 3),
+        "runner_cpu_ms_per_1000_frames": round(1e6 * runner_cpu / max(1, frames), 3),
         "producer_cpu_ms_per_1000_frames": round(
             1e6 * (marks["producer_cpu1"] - marks["producer_cpu0"]) / max(1, frames), 3
         ),
         "zstd_ratio_on_wire": up.stats()["compression_ratio"],
         "loadavg": [round(x, 2) for x in load],
     }
+
+
+def _thread_cpu(t: threading.Thread) -> float:
+    assert t.ident is not None
+    return time.clock_gettime(time.pthread_getcpuclockid(t.ident))
 
 
 def _cpu() -> float:
