@@ -102,7 +102,7 @@ class Gateway:
             self.bus, self.wal, self.writer = open_bus_and_wal(snap.gateway)
             if not self.writer.is_alive():
                 self.writer.start()
-            self.writer.add_listener(self.tail.publish)
+            self.writer.add_listener(self.tail.publish_runs)
             for name, plugin in registry.drivers().items():
                 for ep_id in plugin.endpoints(snap):
                     self.table.put(ep_id, name, plugin.start(ep_id, snap, self._context(snap)))

@@ -248,13 +248,13 @@ def test_cursor_skips_dropped_frames_under_the_wal_lock(tmp_path: Path) -> None:
         writer.stop()
     assert wal.segments[0] > 1  # drop_oldest took frames the slow cursor never read
     wal.segments = _LockedList(list(wal.segments), wal, threading.current_thread())
-    real_read, calls = wal.read, []
+    real_read, calls = wal.read_runs, []
 
-    def read(pos: int, max_frames: int, hint: Any = None) -> list[Frame]:
+    def read(pos: int, max_frames: int, hint: Any = None) -> list[Any]:
         calls.append(pos)  # the first read finds nothing at pos (dropped under it): the cursor skips ahead
         return [] if len(calls) == 1 else real_read(pos, max_frames, hint)
 
-    wal.read = read
+    wal.read_runs = read  # type: ignore[method-assign]
     got = slow.read(1000, 0)
     assert len(calls) == 2, "the cursor never looked for the oldest frame still held"
     assert got and got[0].seq == list.__getitem__(wal.segments, 0)
