@@ -295,7 +295,14 @@ class BaseDriver:
     def health(self, endpoint_id: str, entry: Mapping[str, Any]) -> list[str]:
         if entry.get("state") != "up":
             return [f"line {endpoint_id} ({entry.get('address')}) is {entry.get('state')}"]
-        return []
+        # A worker that lives but cannot reach its device (status() entries per device with a `state`).
+        drivers = entry.get("drivers")
+        return [
+            f"driver {d_id} on {endpoint_id} ({entry.get('address')}) is {d['state']}"
+            + (f": {d['last_error']}" if d.get("last_error") else "")
+            for d_id, d in (drivers.items() if isinstance(drivers, Mapping) else ())
+            if isinstance(d, Mapping) and d.get("state") not in (None, "up")
+        ]
 
     def summary(self, workers: Mapping[str, Worker]) -> str:
         up = sum(1 for w in workers.values() if w.is_alive())

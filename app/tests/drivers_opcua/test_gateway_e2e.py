@@ -108,7 +108,9 @@ def test_opcua_through_a_real_gateway_and_broker(sim: OpcuaSim, broker: Mosquitt
             )  # fmt: skip
             assert st.returncode == 0, st.stderr
             line = json.loads(st.stdout)["lines"]["ua"]
-            assert line["alive"] and line["drivers"]["state"] == "up" and line["drivers"]["writes"] == 1, line
+            assert (
+                line["alive"] and line["drivers"]["plc"]["state"] == "up" and line["drivers"]["plc"]["writes"] == 1
+            ), line
             assert all(f["value"] == 1.0 for f in sub.frames() if f["tag"] == "ua.locked")
         finally:
             gw.send_signal(signal.SIGTERM)
