@@ -266,7 +266,7 @@ async def main(argv: list[str] | None = None) -> None:
             ctl = await faults.serve(args.control)
             ready += f" control={ctl.sockets[0].getsockname()[1]}"
         print(ready, flush=True)
-        n = 0
+        n = b = 0  # plant ticks, bench changes
         next_tick = next_bench = time.monotonic()
         while not stop.is_set():
             now = time.monotonic()
@@ -276,7 +276,8 @@ async def main(argv: list[str] | None = None) -> None:
                 await tick(nodes, n)
             if bench and now >= next_bench:
                 next_bench = max(next_bench + args.bench_period, now)
-                await bench_tick(server, bench, n)
+                b += 1
+                await bench_tick(server, bench, b)
             due = min(next_tick, next_bench) if bench else next_tick
             try:
                 await asyncio.wait_for(stop.wait(), max(0.0, due - time.monotonic()))

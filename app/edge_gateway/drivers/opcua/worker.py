@@ -281,12 +281,16 @@ class OpcuaWorker(threading.Thread):
                 handler = _Handler(self, {st.node_id: st for st in subs if st.node_id is not None})
                 sub = await client.create_subscription(dev.publishing_interval, handler)
                 sample = {s.node.text: s.sample for s in dev.subscriptions}
+                by_interval: dict[float, list[Any]] = {}
                 for st in subs:
                     iv = sample.get(st.ref.text)
-                    await sub.subscribe_data_change(
-                        client.get_node(st.node_id),
-                        sampling_interval=float(iv if iv is not None else dev.publishing_interval),
-                    )
+                    interval = float(iv if iv is not None else dev.publishing_interval)
+                    by_interval.setdefault(interval, []).append(client.get_node(st.node_id))
+                for interval, nodes in by_interval.items():  # one CreateMonitoredItems per sampling interval
+                    # A queue for every sample of one publishing interval: a value that changes faster than
+                    # the server publishes is delivered change by change, not only its last value.
+                    queue = max(1, math.ceil(dev.publishing_interval / max(interval, 1.0)) + 1)
+                    await sub.subscribe_data_change(nodes, sampling_interval=interval, queuesize=queue)
         polled: dict[str, list[TagState]] = {}
         for st in self.tags.values():
             if not st.subscribed:
