@@ -211,6 +211,11 @@ class Plant:
         assert answer["ok"], answer
         return answer["result"]
 
+    def drivers(self) -> dict[str, dict[str, Any]]:
+        """device id → its `edge-ctl status` entry (state, polls, since_ms…), across every line."""
+        lines = self.ctl("status")["lines"]
+        return {d: entry for line in lines.values() for d, entry in line["drivers"].items()}
+
     def metric(self, name: str, labels: dict[str, str] | None = None, port: int | None = None) -> float:
         """One sample from the gateway's /metrics, as Prometheus would scrape it (0.0 when absent)."""
         url = f"http://{LOOPBACK}:{port or self.metrics_port}/metrics"
