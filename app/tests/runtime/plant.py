@@ -103,11 +103,11 @@ class Gateway:
     def log_tail(self, n: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
 
-    def stop(self) -> int | None:
-        """SIGTERM, as systemd stops it (killed if it does not end): its exit code."""
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM, as systemd stops it (killed if it does not end within `timeout`): its exit code."""
         if self.proc is None:
             return None
-        stop_pid(self.proc)
+        stop_pid(self.proc, timeout)
         return self.proc.returncode
 
 
