@@ -173,30 +173,43 @@ def test_slow_answers_and_a_stopped_listener_are_bad_quality_then_recovered(run:
         sim.stop()
 
 
-def test_username_and_password(tmp_path, run: list[OpcuaWorker]) -> None:  # type: ignore[no-untyped-def]
+def _accepted_and_refused(
+    run: list[OpcuaWorker], sim: OpcuaSim, ok: dict[str, object], refused: dict[str, object], error: str
+) -> None:
+    """Two workers on one server, endpoint opts `ok` and `refused`: the first reads good values; the
+    second gets one clear last_error (containing `error`), lives on, backs off (a handful of attempts,
+    no retry storm) and marks its tags `bad:disconnected` once, however many attempts it makes."""
+    tags = [tag("x.count", f"ns={sim.ns};s=Counter", "uint32")]
+    workers = []
+    for opts in (ok, refused):
+        bus = Bus()
+        w = OpcuaWorker(endpoint(sim.port, **opts), [device(polling=100)], tags, bus)
+        w.start()
+        run.append(w)
+        workers.append((w, bus))
+    (w, bus), (bad_w, bad_bus) = workers
+    assert bus.wait(lambda b: any(f.q == "good" for f in b.of("x.count"))), w.session_status()
+    assert bad_bus.wait(lambda b: error in bad_w.session_status()["last_error"]), bad_w.session_status()["last_error"]
+    time.sleep(3)  # room for a retry storm, if there were one
+    st = bad_w.session_status()
+    assert bad_w.is_alive() and st["state"] in ("connecting", "reconnecting") and st["connects"] == 0, st
+    assert st["attempts"] <= 5, st  # backoff 0.5 s·2ⁿ: a handful of attempts in these seconds
+    assert [f.q for f in bad_bus.of("x.count")] == ["bad:disconnected"]
+
+
+def test_username_and_password(tmp_path: Path, run: list[OpcuaWorker]) -> None:
     sim = OpcuaSim(user="operator:s3cret").start()
     try:
         good, wrong = tmp_path / "good", tmp_path / "wrong"
         good.write_text("s3cret\n")
         wrong.write_text("guess\n")
-        tags = [tag("u.count", f"ns={sim.ns};s=Counter", "uint32")]
-        workers = {}
-        for name, path in (("good", good), ("wrong", wrong)):
-            bus = Bus()
-            w = OpcuaWorker(
-                endpoint(sim.port, username="operator", password_file=str(path)), [device(polling=100)], tags, bus
-            )
-            w.start()
-            run.append(w)
-            workers[name] = (w, bus)
-        w, bus = workers["good"]
-        assert bus.wait(lambda b: any(f.q == "good" for f in b.of("u.count"))), w.session_status()
-        w, bus = workers["wrong"]
-        assert bus.wait(lambda b: "BadUserAccessDenied" in w.session_status()["last_error"]), w.session_status()
-        st = w.session_status()
-        assert w.is_alive() and st["state"] == "reconnecting" and st["connects"] == 0
-        assert st["attempts"] <= 5  # backoff: no retry storm
-        assert [f.q for f in bus.of("u.count")] == ["bad:disconnected"]  # once, however many attempts
+        _accepted_and_refused(
+            run,
+            sim,
+            {"username": "operator", "password_file": str(good)},
+            {"username": "operator", "password_file": str(wrong)},
+            "BadUserAccessDenied",
+        )
     finally:
         sim.stop()
 
@@ -214,31 +227,26 @@ def _client_cert(d: Path, name: str = "client") -> tuple[Path, Path]:
     return cert, key
 
 
+def _secure(d: Path) -> dict[str, object]:
+    cert, key = _client_cert(d)
+    return {"security_policy": "Basic256Sha256", "security_mode": "SignAndEncrypt",
+            "certificate": str(cert), "private_key": str(key)}  # fmt: skip
+
+
 def test_basic256sha256_sign_and_encrypt(tmp_path: Path, run: list[OpcuaWorker]) -> None:
+    """`server_certificate` naming a file: the session is encrypted to it; a server whose certificate is
+    another one is refused."""
     sim = OpcuaSim(cert_dir=tmp_path).start()
     try:
-        cert, key = _client_cert(tmp_path)
+        secure = _secure(tmp_path)
         other, _ = _client_cert(tmp_path, "stranger")  # not the server's certificate
-        tags = [tag("e.count", f"ns={sim.ns};s=Counter", "uint32")]
-        secure = {"security_policy": "Basic256Sha256", "security_mode": "SignAndEncrypt",
-                  "certificate": str(cert), "private_key": str(key)}  # fmt: skip
-        workers = {}
-        for name, server_cert in (("trusted", tmp_path / "server.der"), ("untrusted", other)):
-            bus = Bus()
-            ep = endpoint(sim.port, server_certificate=str(server_cert), **secure)
-            w = OpcuaWorker(ep, [device(polling=100)], tags, bus)
-            w.start()
-            run.append(w)
-            workers[name] = (w, bus)
-        w, bus = workers["trusted"]
-        assert bus.wait(lambda b: any(f.q == "good" for f in b.of("e.count"))), w.session_status()
-        w, bus = workers["untrusted"]
-        assert bus.wait(lambda b: w.session_status()["last_error"] != "" and w.session_status()["attempts"] >= 1), (
-            w.session_status()
+        _accepted_and_refused(
+            run,
+            sim,
+            {"server_certificate": str(tmp_path / "server.der"), **secure},
+            {"server_certificate": str(other), **secure},
+            "CertificateMismatch: the server's certificate is not server_certificate",
         )
-        st = w.session_status()
-        assert w.is_alive() and st["connects"] == 0 and st["attempts"] <= 5, st
-        assert [f.q for f in bus.of("e.count")] == ["bad:disconnected"]
     finally:
         sim.stop()
 
@@ -248,33 +256,19 @@ def test_a_trust_directory_accepts_its_server_and_refuses_others(tmp_path: Path,
     in it); otherwise one clear last_error (BadCertificateUntrusted), the worker lives and backs off."""
     sim = OpcuaSim(cert_dir=tmp_path).start()
     try:
-        cert, key = _client_cert(tmp_path)
         trusted, untrusted = tmp_path / "trusted", tmp_path / "untrusted"
         trusted.mkdir()
         untrusted.mkdir()
         (trusted / "plcsim.der").write_bytes((tmp_path / "server.der").read_bytes())
         _client_cert(untrusted, "stranger")  # a certificate, but not the server's
         (untrusted / "notes.txt").write_text("not a certificate, not read\n")
-        tags = [tag("t.count", f"ns={sim.ns};s=Counter", "uint32")]
-        secure = {"security_policy": "Basic256Sha256", "security_mode": "SignAndEncrypt",
-                  "certificate": str(cert), "private_key": str(key)}  # fmt: skip
-        workers = {}
-        for name, trust in (("trusted", trusted), ("untrusted", untrusted)):
-            bus = Bus()
-            w = OpcuaWorker(
-                endpoint(sim.port, server_certificate=str(trust), **secure), [device(polling=100)], tags, bus
-            )
-            w.start()
-            run.append(w)
-            workers[name] = (w, bus)
-        w, bus = workers["trusted"]
-        assert bus.wait(lambda b: any(f.q == "good" for f in b.of("t.count"))), w.session_status()
-        w, bus = workers["untrusted"]
-        assert bus.wait(lambda b: "BadCertificateUntrusted" in w.session_status()["last_error"]), w.session_status()
-        time.sleep(3)  # room for a retry storm, if there were one
-        st = w.session_status()
-        assert w.is_alive() and st["connects"] == 0 and st["state"] == "reconnecting", st
-        assert st["attempts"] <= 5, st  # backoff 0.5 s·2ⁿ: a handful of attempts in these seconds
-        assert [f.q for f in bus.of("t.count")] == ["bad:disconnected"]  # once, however many attempts
+        secure = _secure(tmp_path)
+        _accepted_and_refused(
+            run,
+            sim,
+            {"server_certificate": str(trusted), **secure},
+            {"server_certificate": str(untrusted), **secure},
+            "BadCertificateUntrusted",
+        )
     finally:
         sim.stop()

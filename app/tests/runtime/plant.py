@@ -250,6 +250,16 @@ class Plant:
         self.pty.stop()
 
 
+def wait(predicate: Callable[[], Any], timeout: float, what: str, plant: Plant) -> None:
+    """Until `predicate()` holds; fails with `what` and the gateway's log tail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}\n{plant.log_tail()}")
+
+
 def latest(sub: BatchSubscriber) -> dict[str, dict[str, Any]]:
     return {f["tag"]: f for f in sub.frames()}
 

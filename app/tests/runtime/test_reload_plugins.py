@@ -4,14 +4,11 @@ plugin's endpoints keep polling through it, with no frame lost (the seqs have no
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 from edge_gateway.testkit import LOOPBACK
 from tests.consumer import BatchSubscriber
 
 from ..drivers_s7.conftest import S7Sim
-from .plant import TAGS, Plant, latest, no_gaps
+from .plant import TAGS, Plant, latest, no_gaps, wait
 
 SECOND_S7 = {
     "endpoints.yml": "\nplc_s7b:\n  scheme: s7\n  host: 127.0.0.1\n  port: {port}\n  opts: {{ rack: 0, slot: 1 }}\n",
@@ -19,15 +16,6 @@ SECOND_S7 = {
     "variables.yml": "\n- {{ tag: s7b.counter, driver_id: s7b, datatype: int32,\n"
     "    address: {{ area: DB, db: 10, start: 6 }} }}\n",
 }
-
-
-def wait(predicate: Any, timeout: float, what: str, plant: Plant) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}\n{plant.log_tail()}")
 
 
 def reload_restarts_only(

@@ -217,12 +217,26 @@ class OpcuaWorker(threading.Thread):
             )
             if trust_dir:
                 client.certificate_validator = TrustDir(Path(trust_dir))
+            elif pinned:
+                await self._check_pinned(Path(pinned))
         if o.username is not None and o.password_file is not None:
             client.set_user(o.username)
             client.set_password(Path(o.password_file).read_text().strip())
         self._client = client
         await client.connect()
         return client
+
+    async def _check_pinned(self, path: Path) -> None:
+        """A pinned `server_certificate` that is not the server's would only show as a timeout (the server
+        cannot decrypt what was encrypted to another key): ask the endpoints first, and say so."""
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        pinned = load_certificate(path.read_bytes()).public_bytes(Encoding.DER)
+        probe = Client(self.url, timeout=self.opts.timeout)
+        endpoints = await probe.connect_and_get_server_endpoints()
+        offered = [bytes(e.ServerCertificate or b"") for e in endpoints]
+        if not any(c.startswith(pinned) for c in offered if c):
+            raise CertificateMismatch(f"the server's certificate is not server_certificate {path}")
 
     async def _resolve(self, client: Client) -> None:
         uris: dict[str, int] = {}
@@ -445,6 +459,17 @@ def check_value(datatype: str, value: Value) -> None:
         raise Refused("invalid_value", f"{type(value).__name__} {value!r} is not a {datatype}")
 
 
+class CertificateMismatch(Exception):
+    pass
+
+
+def load_certificate(raw: bytes) -> Any:
+    """A PEM or DER X.509 certificate (ValueError if it is neither)."""
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(raw) if b"-----BEGIN" in raw else x509.load_der_x509_certificate(raw)
+
+
 class TrustDir:
     """asyncua's certificate validator over a trust directory: the server's certificate must be one of
     the DER/PEM certificates there, or be issued by one of them, and be within its validity dates.
@@ -454,17 +479,12 @@ class TrustDir:
         self.path = path
 
     def certificates(self) -> list[Any]:
-        from cryptography import x509
-
         out = []
         for f in sorted(self.path.iterdir()):
             if f.suffix.lower() not in (".der", ".pem", ".crt", ".cer"):
                 continue
-            raw = f.read_bytes()
             try:
-                out.append(
-                    x509.load_pem_x509_certificate(raw) if b"-----BEGIN" in raw else x509.load_der_x509_certificate(raw)
-                )
+                out.append(load_certificate(f.read_bytes()))
             except ValueError:
                 log.warning("opcua trust directory %s: %s is not a certificate", self.path, f.name)
         return out
