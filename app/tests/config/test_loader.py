@@ -15,7 +15,7 @@ from .conftest import DEMO
 
 def test_demo_snapshot() -> None:
     s = load_snapshot(DEMO)
-    assert set(s.plugin_endpoints) == {"plc_tcp", "rs485_0"}
+    assert set(s.plugin_endpoints) == {"plc_tcp", "rs485_0", "plant_ua", "plc_s7"}
     rs = s.plugin_endpoints["rs485_0"]
     assert rs.is_serial and rs.rtu_framing and rs.baud == 19200 and rs.parity == "E"
     assert rs.timeout == 0.3 and rs.rate == 50.0 and rs.turnaround == pytest.approx(0.005)
