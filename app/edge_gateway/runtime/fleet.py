@@ -1,0 +1,492 @@
+"""The gateway's side of fleet configuration: etcd as its configuration source (design §6.3–6.9).
+
+    etcd ──watch(prefix, from applied+1)──► cfg-etcd thread ──snapshot(rev)──► RevisionCache rev-<N>/
+                                                 │                                   │ loader (file:line)
+                                                 └── Reloader.request(dir, N) ──► Gateway.apply (smallest
+                                                       change, rollback on failure) ──► current -> rev-<N>
+    cfg-presence thread ──► presence key on a lease (keep-alive), status key on change and every minute
+
+Two threads, each owning its state. `cfg-etcd` owns the Store's watch, the applied and rejected
+revisions, the connection state and the cache (runtime/cfgcache.py). On any event under the prefix it
+reads the whole prefix at one revision (`Store.snapshot`: one range, so a txn that changed several
+tables is seen whole or not at all) and hands that revision's directory to the ordinary reload queue;
+the answer decides: applied → `current` moves to it; invalid or rolled back → the old configuration
+keeps running, the revision's directory is removed, a `sys.cfg_rollback` frame goes to the cloud and
+the status key shows the revision and its problems. A watch that fails because its revision was
+compacted is a full resync (a fresh snapshot), never a silent miss; a lost connection is retried with
+backoff (the Store moves to another endpoint), followed by a resync. `cfg-presence` owns the lease:
+it keeps it alive every TTL/3, makes a new one after an outage, revokes it on a clean stop (so a dead
+gateway's key disappears within the TTL), and writes the status key when the gateway's health or the
+revisions changed, and every STATUS_REFRESH seconds. What both read (the status document's inputs)
+is behind `_lock`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Counter, Gauge
+
+from edge_gateway import __version__
+from edge_gateway.config.bootstrap import EtcdSourceCfg
+from edge_gateway.config.etcd import store as etcd_store
+from edge_gateway.config.loader import ConfigError, load_snapshot
+from edge_gateway.config.model import Snapshot
+from edge_gateway.core.frame import GOOD, Frame, now_ms
+from edge_gateway.metrics import REGISTRY
+from edge_gateway.runtime.cfgcache import RevisionCache
+
+if TYPE_CHECKING:
+    from edge_gateway.runtime.gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+CONNECTED = Gauge("cfg_source_connected", "1 while the configuration store (etcd) is reachable", registry=REGISTRY)
+FROM_CACHE = Gauge(
+    "cfg_source_cache",
+    "1 while the gateway runs on its cached configuration without having reached the store since it started",
+    registry=REGISTRY,
+)
+RESYNC = Counter(
+    "cfg_source_resync", "Full re-reads of the configuration prefix, by reason", ["reason"], registry=REGISTRY
+)
+STORE_REVISION = Gauge(
+    "cfg_source_revision", "The newest revision of the configuration prefix the gateway has seen", registry=REGISTRY
+)
+
+PRESENCE_TTL = 10  # seconds: a gateway that dies disappears from `edge-cfg fleet status` within this
+STATUS_REFRESH = 60.0  # seconds: the status key is rewritten at least this often (it carries `updated`)
+APPLY_TIMEOUT = 120.0  # a reload answers well before (runtime/commands.RELOAD_TIMEOUT)
+BACKOFF = (0.5, 10.0)  # reconnect: base·2ⁿ up to max, equal jitter
+MAX_PROBLEMS = 50  # in the status key and the sys.cfg_rollback frame
+
+
+class NoConfiguration(Exception):
+    """Neither the store nor the cache gives a configuration to start with."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejected:
+    revision: int
+    problems: tuple[str, ...]
+    result: str  # invalid | rollback
+
+
+def make_store(cfg: EtcdSourceCfg, timeout: float = 5.0) -> tuple[Any, str]:
+    """The Store for `cfg` and the gateway id (configured, else the prefix's last segment)."""
+    from edge_gateway.config.etcd.url import Credentials, EtcdUrl
+
+    url = EtcdUrl.parse(cfg.url)
+    creds = Credentials.from_options_env(
+        ca=cfg.ca, cert=cfg.cert, key=cfg.key, user=cfg.username, password_file=cfg.password_file
+    )
+    return etcd_store.Store(url, creds, timeout=timeout), cfg.gateway_id or url.gateway_id
+
+
+def loader(cfg: EtcdSourceCfg, state: Path) -> Callable[[str], Snapshot]:
+    """How a revision directory becomes a Snapshot: the ordinary loader, relative paths against the
+    state directory (they must not move with every revision), the bootstrap file's host-local
+    settings over the fleet's."""
+
+    def load(directory: str) -> Snapshot:
+        snap = load_snapshot(directory, base=state)
+        g = snap.gateway
+        if cfg.metrics_listen is not None:
+            g = dataclasses.replace(g, metrics_host=cfg.metrics_listen[0], metrics_port=cfg.metrics_listen[1])
+        if cfg.control_socket is not None:
+            g = dataclasses.replace(g, control_socket=cfg.control_socket)
+        return dataclasses.replace(snap, gateway=g) if g is not snap.gateway else snap
+
+    return load
+
+
+def shown(problem: str, directory: Path) -> str:
+    """A loader problem for the fleet: `variables.yml:12: tag x: …`, without this host's state path."""
+    head = str(directory) + "/"
+    return problem[len(head) :] if problem.startswith(head) else problem
+
+
+class EtcdSource:
+    """The configuration source of a gateway run from etcd: built before the Gateway (`bootstrap`
+    chooses the first configuration), started by it (`start`, after its reload thread), stopped first."""
+
+    name = "cfg-etcd"
+
+    def __init__(self, cfg: EtcdSourceCfg, store: Any, gateway_id: str, state: Path) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.gateway_id = gateway_id
+        self.state = state
+        self.cache = RevisionCache(state / "etcd")
+        self.load = loader(cfg, state)
+        self.gateway: Gateway | None = None
+        self.heartbeat = time.monotonic()
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._status_request = threading.Event()  # set: cfg-presence writes the status key now
+        self._watch_thread: threading.Thread | None = None
+        self._presence_thread: threading.Thread | None = None
+        self._watch: Any = None  # the Store's watch in progress (cancelled by stop)
+        # Behind _lock: what the status key and `edge-ctl status` show (written by cfg-etcd).
+        self._lock = threading.Lock()
+        self.applied = 0  # the etcd revision running
+        self.applied_since = time.time()
+        self.seen = 0  # newest revision offered (applied or rejected)
+        self.rejected: Rejected | None = None
+        self.connected = False
+        self.from_cache = False
+        self.last_error: str | None = None
+
+    # -- the first configuration -------------------------------------------------------------------------
+    def bootstrap(self, wait: Callable[[float], bool]) -> Snapshot:
+        """The configuration to start with: the store's current revision if it is reachable and valid,
+        else the cached one (saying so); with neither, wait (`wait(seconds)` True = stop) for a first
+        valid revision while the store is reachable, and raise NoConfiguration when it is not."""
+        delay = BACKOFF[0]
+        while True:
+            try:
+                snap = self.store.snapshot()
+            except etcd_store.EtcdUnavailable as e:
+                self._set(connected=False, last_error=str(e))
+                cached = self._cached()
+                if cached is not None:
+                    log.warning(
+                        "configuration store %s unreachable (%s): running on the cached revision %d",
+                        self.cfg.url,
+                        e,
+                        self.applied,
+                    )
+                    self._set(from_cache=True)
+                    return cached
+                raise NoConfiguration(f"{self.cfg.url} unreachable ({e}) and no cached configuration") from e
+            self._set(connected=True, last_error=None)
+            chosen = self._try_first(snap)
+            if chosen is not None:
+                return chosen
+            cached = self._cached()
+            if cached is not None:
+                log.warning("revision %d refused; running on the cached revision %d", snap.revision, self.applied)
+                return cached
+            log.error("no valid configuration under %s yet (revision %d): waiting for one", self.cfg.url, snap.revision)
+            if wait(delay):
+                raise NoConfiguration("stopped while waiting for a first valid configuration")
+            delay = min(delay * 2, BACKOFF[1])
+
+    def _try_first(self, snap: Any) -> Snapshot | None:
+        rev = int(snap.revision)
+        STORE_REVISION.set(rev)
+        cur = self.cache.current()
+        path = self.cache.write(rev, dict(snap.tables), {"source": self.cfg.url})
+        try:
+            loaded = self.load(str(path))
+        except (ConfigError, OSError) as e:
+            problems = [str(p) for p in e.problems] if isinstance(e, ConfigError) else [str(e)]
+            for p in problems:
+                log.error("revision %d: %s", rev, p)
+            self.cache.discard(rev)
+            self._reject(rev, problems, "invalid", path)
+            return None
+        if cur is None or cur.revision != rev:
+            self.cache.commit(rev)
+        with self._lock:
+            self.applied = self.seen = rev
+            self.applied_since = time.time()
+        return loaded
+
+    def _cached(self) -> Snapshot | None:
+        cur = self.cache.current()
+        if cur is None:
+            return None
+        try:
+            snap = self.load(str(cur.path))
+        except (ConfigError, OSError) as e:
+            log.error("the cached revision %d cannot be loaded: %s", cur.revision, e)
+            return None
+        with self._lock:
+            self.applied = max(self.applied, cur.revision)
+            self.seen = max(self.seen, cur.revision)
+        return snap
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def start(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self._stopping.clear()
+        CONNECTED.set(1 if self.connected else 0)
+        FROM_CACHE.set(1 if self.from_cache else 0)
+        self._start_threads()
+
+    def _start_threads(self) -> None:
+        self.heartbeat = time.monotonic()
+        if self._watch_thread is None or not self._watch_thread.is_alive():
+            self._watch_thread = threading.Thread(target=self._run_watch, name=self.name, daemon=True)
+            self._watch_thread.start()
+        if self._presence_thread is None or not self._presence_thread.is_alive():
+            self._presence_thread = threading.Thread(target=self._run_presence, name="cfg-presence", daemon=True)
+            self._presence_thread.start()
+
+    def is_alive(self) -> bool:
+        return all(t is not None and t.is_alive() for t in (self._watch_thread, self._presence_thread))
+
+    def restart(self) -> None:
+        """The supervisor's restart: the dead one of the two threads is started again."""
+        if self._stopping.is_set() or self.is_alive():
+            return
+        self.restarts += 1
+        log.warning("configuration store threads restarted (%d so far)", self.restarts)
+        self._start_threads()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        self._status_request.set()
+        self._cancel_watch()
+        for t in (self._watch_thread, self._presence_thread):
+            if t is not None and t is not threading.current_thread():
+                t.join(timeout)
+
+    def _cancel_watch(self) -> None:
+        w = self._watch
+        for name in ("cancel", "close"):
+            fn = getattr(w, name, None)
+            if callable(fn):
+                try:
+                    fn()
+                except Exception:  # noqa: BLE001 - a watch that is already gone is cancelled
+                    log.debug("cancelling the watch", exc_info=True)
+                return
+
+    # -- cfg-etcd: the watch ---------------------------------------------------------------------------------
+    def _run_watch(self) -> None:
+        attempt = 0
+        resync = self.from_cache or not self.connected  # started offline or refused: read it all first
+        while not self._stopping.is_set():
+            try:
+                if resync:
+                    self._offer(self.store.snapshot())
+                    resync = False
+                self._set(connected=True, last_error=None)
+                attempt = 0
+                self._follow()
+            except etcd_store.Compacted as e:
+                log.warning("watch from revision %d: compacted (%s); reading the whole prefix again", self.seen + 1, e)
+                RESYNC.labels(reason="compacted").inc()
+                resync = True
+            except etcd_store.EtcdUnavailable as e:
+                if self._stopping.is_set():
+                    return
+                if self.connected:
+                    log.warning("configuration store unreachable: %s (running on revision %d)", e, self.applied)
+                self._set(connected=False, last_error=str(e))
+                attempt += 1
+                base, cap = BACKOFF
+                delay = min(cap, base * 2 ** min(attempt, 16))
+                if self._stopping.wait(delay / 2 + random.uniform(0, delay / 2)):  # noqa: S311 - jitter
+                    return
+                RESYNC.labels(reason="reconnect").inc()
+                resync = True
+            except etcd_store.PermissionDenied as e:
+                log.error("configuration store refuses this gateway: %s", e)
+                self._set(connected=False, last_error=f"permission denied: {e}")
+                if self._stopping.wait(BACKOFF[1]):
+                    return
+                resync = True
+
+    def _follow(self) -> None:
+        """Follow the prefix from the next revision; returns when stopped or the stream ends."""
+        self._watch = self.store.watch(self.seen + 1)
+        try:
+            if self._stopping.is_set():
+                return
+            for event in _events(self._watch):
+                self.heartbeat = time.monotonic()
+                if self._stopping.is_set():
+                    return
+                rev = _revision(event)
+                if rev is not None and rev <= self.seen:
+                    continue
+                # The whole prefix at one revision: all tables of a txn or none of them.
+                self._offer(self.store.snapshot())
+        finally:
+            w, self._watch = self._watch, None
+            del w
+
+    def _offer(self, snap: Any) -> None:
+        rev = int(snap.revision)
+        STORE_REVISION.set(rev)
+        with self._lock:
+            if self.from_cache:
+                self.from_cache = False
+                FROM_CACHE.set(0)
+            known = rev <= self.seen
+        if known:
+            return
+        assert self.gateway is not None and self.gateway.reloader is not None
+        path = self.cache.write(rev, dict(snap.tables), {"source": self.cfg.url})
+        fut = self.gateway.reloader.request(f"etcd revision {rev}", str(path), rev)
+        answer = fut.result(timeout=APPLY_TIMEOUT)
+        if answer.get("applied"):
+            self.cache.commit(rev)
+            with self._lock:
+                if answer.get("result") != "unchanged" or self.applied == 0:
+                    self.applied_since = time.time()
+                self.applied = self.seen = rev
+                self.rejected = None
+            log.info("etcd revision %d applied (%s)", rev, answer.get("result"))
+        else:
+            problems = list(answer.get("problems") or [answer.get("error") or "not applied"])
+            self.cache.discard(rev)
+            self._reject(rev, problems, str(answer.get("result", "invalid")), path)
+            if answer.get("result") == "invalid":
+                self._publish_refused(rev, problems)
+            # a rollback: Gateway.apply has published sys.cfg_rollback itself
+        self._status_request.set()  # the revisions changed: cfg-presence writes the status key now
+
+    def _reject(self, rev: int, problems: list[str], result: str, path: Path) -> None:
+        with self._lock:
+            self.seen = max(self.seen, rev)
+            self.rejected = Rejected(rev, tuple(shown(p, path) for p in problems[:MAX_PROBLEMS]), result)
+        log.error("etcd revision %d not applied (%s); revision %d keeps running", rev, result, self.applied)
+
+    def _publish_refused(self, rev: int, problems: list[str]) -> None:
+        gw = self.gateway
+        if gw is None or gw.bus is None or self.rejected is None:
+            return
+        meta: dict[str, object] = {
+            "source": "etcd",
+            "refused": rev,
+            "running": self.applied,
+            "problems": list(self.rejected.problems),
+        }
+        gw.bus.publish([Frame(0, now_ms(), "sys.cfg_rollback", str(rev), GOOD, meta=meta)])
+
+    # -- cfg-presence: lease and status key ------------------------------------------------------------------
+    def _run_presence(self) -> None:
+        lease: Any = None
+        last_written = 0.0
+        last_doc: dict[str, Any] | None = None
+        while True:
+            self.heartbeat = time.monotonic()
+            if self._stopping.is_set():
+                break
+            try:
+                if lease is None:
+                    lease = self.store.presence(self.gateway_id, PRESENCE_TTL)
+                else:
+                    lease.refresh()
+                doc = self.status_document()
+                same = last_doc is not None and _without_time(doc) == _without_time(last_doc)
+                if not same or time.monotonic() - last_written >= STATUS_REFRESH or self._status_request.is_set():
+                    self._status_request.clear()
+                    self.store.put_status(self.gateway_id, doc)
+                    last_doc, last_written = doc, time.monotonic()
+            except (etcd_store.EtcdUnavailable, etcd_store.PermissionDenied) as e:
+                log.debug("presence/status: %s", e)
+                lease = None  # may have expired meanwhile: a new one once the store answers
+                last_doc = None
+            except Exception:  # noqa: BLE001 - a lease that expired answers in the Store's own way
+                log.warning("presence/status could not be written", exc_info=True)
+                lease = None
+                last_doc = None
+            self._status_request.wait(PRESENCE_TTL / 3)
+        if lease is not None:
+            try:
+                lease.revoke()  # a clean stop: the gateway leaves the fleet now, not after the TTL
+            except Exception:  # noqa: BLE001 - the TTL removes it anyway
+                log.debug("revoking the presence lease", exc_info=True)
+
+    def status_document(self) -> dict[str, Any]:
+        """`/edge/status/v1/{gateway_id}`: what `edge-cfg fleet status` shows of this gateway."""
+        gw = self.gateway
+        health: dict[str, Any] = {"state": "unknown", "reasons": []}
+        if gw is not None:
+            try:
+                health = gw.status()["health"]
+            except Exception as e:  # noqa: BLE001 - the status key still says which revision runs
+                health = {"state": "unknown", "reasons": [f"status failed: {type(e).__name__}"]}
+        with self._lock:
+            rejected = self.rejected
+            doc: dict[str, Any] = {
+                "gateway_id": self.gateway_id,
+                "applied_revision": self.applied,
+                "applied_hash": gw.snapshot.revision if gw is not None else None,
+                "since": round(self.applied_since, 3),
+                "rejected_revision": rejected.revision if rejected else None,
+                "rejected_result": rejected.result if rejected else None,
+                "problems": list(rejected.problems) if rejected else [],
+                "health": health.get("state"),
+                "reasons": list(health.get("reasons", []))[:20],
+                "version": __version__,
+                "from_cache": self.from_cache,
+                "updated": round(time.time(), 3),
+            }
+        return doc
+
+    # -- views -----------------------------------------------------------------------------------------------
+    def _set(self, **fields: Any) -> None:
+        with self._lock:
+            for k, v in fields.items():
+                setattr(self, k, v)
+            if "connected" in fields:
+                CONNECTED.set(1 if self.connected else 0)
+            if "from_cache" in fields:
+                FROM_CACHE.set(1 if self.from_cache else 0)
+
+    def status(self) -> dict[str, Any]:
+        """`edge-ctl status` → `config_source`."""
+        with self._lock:
+            r = self.rejected
+            return {
+                "kind": "etcd",
+                "url": self.cfg.url,
+                "gateway_id": self.gateway_id,
+                "connected": self.connected,
+                "from_cache": self.from_cache,
+                "applied_revision": self.applied,
+                "seen_revision": self.seen,
+                "rejected": {"revision": r.revision, "result": r.result, "problems": list(r.problems)} if r else None,
+                "last_error": self.last_error,
+                "cache": str(self.cache.root),
+            }
+
+    def summary(self) -> str:
+        """For STATUS=: `etcd rev 42` or `etcd OFFLINE (cache rev 42)`."""
+        with self._lock:
+            if self.connected and not self.from_cache:
+                return f"etcd rev {self.applied}" + (f" (refused {self.rejected.revision})" if self.rejected else "")
+            return f"etcd OFFLINE (cache rev {self.applied})"
+
+    def health(self) -> list[str]:
+        with self._lock:
+            reasons = []
+            if not self.connected:
+                why = f": {self.last_error}" if self.last_error else ""
+                reasons.append(f"configuration store unreachable{why}; running on cached revision {self.applied}")
+            return reasons
+
+
+def _events(watch: Any) -> Iterable[Any]:
+    """The Store's watch as an iterable of events (it may be one, or carry one as `.events`)."""
+    events = getattr(watch, "events", None)
+    if events is not None:
+        return events() if callable(events) else events  # type: ignore[no-any-return]
+    return watch  # type: ignore[no-any-return]
+
+
+def _revision(event: Any) -> int | None:
+    for name in ("revision", "mod_revision"):
+        value = getattr(event, name, None)
+        if value is None and isinstance(event, dict):
+            value = event.get(name)
+        if value is not None:
+            return int(value)
+    return None
+
+
+def _without_time(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k != "updated"}
