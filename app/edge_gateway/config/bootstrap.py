@@ -127,7 +127,7 @@ def _from_file(directory: Path, src: Source) -> EtcdSourceCfg:
             src.error(("config_source", "etcd", "prefix"), f"config_source.etcd.prefix: {PLACEHOLDER} needs gateway_id")
         else:
             prefix = prefix.replace(PLACEHOLDER, gw_id)
-    if "{" in prefix or "}" in prefix:
+    elif "{" in prefix or "}" in prefix:
         src.error(("config_source", "etcd", "prefix"), f"config_source.etcd.prefix: only {PLACEHOLDER} is replaced")
 
     def path(key: str) -> str | None:
