@@ -83,11 +83,11 @@ def make_store(cfg: EtcdSourceCfg, timeout: float = 5.0) -> tuple[Any, str]:
     """The Store for `cfg` and the gateway id (configured, else the prefix's last segment)."""
     from edge_gateway.config.etcd.url import Credentials, EtcdUrl
 
-    url = EtcdUrl.parse(cfg.url)
+    url = EtcdUrl.parse(cfg.url, cfg.gateway_id)
     creds = Credentials.from_options_env(
         ca=cfg.ca, cert=cfg.cert, key=cfg.key, user=cfg.username, password_file=cfg.password_file
     )
-    return etcd_store.Store(url, creds, timeout=timeout), cfg.gateway_id or url.gateway_id
+    return etcd_store.Store(url, creds, timeout=timeout), url.gateway_id
 
 
 def loader(cfg: EtcdSourceCfg, state: Path) -> Callable[[str], Snapshot]:
@@ -139,6 +139,7 @@ class EtcdSource:
         self.applied = 0  # the etcd revision running
         self.applied_since = time.time()
         self.seen = 0  # newest revision offered (applied or rejected)
+        self.watch_from = 1  # cfg-etcd's own: the next store revision the watch must see
         self.rejected: Rejected | None = None
         self.connected = False
         self.from_cache = False
@@ -181,6 +182,7 @@ class EtcdSource:
 
     def _try_first(self, snap: Any) -> Snapshot | None:
         rev = int(snap.revision)
+        self.watch_from = max(self.watch_from, _header_revision(snap) + 1)
         STORE_REVISION.set(rev)
         cur = self.cache.current()
         path = self.cache.write(rev, dict(snap.tables), {"source": self.cfg.url})
@@ -264,17 +266,16 @@ class EtcdSource:
     # -- cfg-etcd: the watch ---------------------------------------------------------------------------------
     def _run_watch(self) -> None:
         attempt = 0
-        resync = self.from_cache or not self.connected  # started offline or refused: read it all first
+        resync = not self.connected or self.from_cache  # started on the cache: read the prefix first
         while not self._stopping.is_set():
             try:
                 if resync:
                     self._offer(self.store.snapshot())
                     resync = False
-                self._set(connected=True, last_error=None)
-                attempt = 0
                 self._follow()
+                attempt = 0
             except etcd_store.Compacted as e:
-                log.warning("watch from revision %d: compacted (%s); reading the whole prefix again", self.seen + 1, e)
+                log.warning("watch from revision %d: compacted (%s); reading the whole prefix again", self.watch_from, e)
                 RESYNC.labels(reason="compacted").inc()
                 resync = True
             except etcd_store.EtcdUnavailable as e:
@@ -288,8 +289,8 @@ class EtcdSource:
                 delay = min(cap, base * 2 ** min(attempt, 16))
                 if self._stopping.wait(delay / 2 + random.uniform(0, delay / 2)):  # noqa: S311 - jitter
                     return
-                RESYNC.labels(reason="reconnect").inc()
-                resync = True
+                # Resume the watch where it broke: etcd replays every revision since, or says it has
+                # compacted them away (then: a full resync). Nothing is skipped either way.
             except etcd_store.PermissionDenied as e:
                 log.error("configuration store refuses this gateway: %s", e)
                 self._set(connected=False, last_error=f"permission denied: {e}")
@@ -298,9 +299,10 @@ class EtcdSource:
                 resync = True
 
     def _follow(self) -> None:
-        """Follow the prefix from the next revision; returns when stopped or the stream ends."""
-        self._watch = self.store.watch(self.seen + 1)
+        """Follow the prefix from `watch_from`; returns when stopped or the stream ends."""
+        self._watch = self.store.watch(self.watch_from)
         try:
+            self._set(connected=True, last_error=None)
             if self._stopping.is_set():
                 return
             for event in _events(self._watch):
@@ -308,23 +310,30 @@ class EtcdSource:
                 if self._stopping.is_set():
                     return
                 rev = _revision(event)
-                if rev is not None and rev <= self.seen:
-                    continue
+                if rev is not None and rev < self.watch_from:
+                    continue  # a txn's other keys, or replayed before a snapshot that already had them
                 # The whole prefix at one revision: all tables of a txn or none of them.
                 self._offer(self.store.snapshot())
+                if rev is not None:
+                    self.watch_from = max(self.watch_from, rev + 1)
         finally:
             w, self._watch = self._watch, None
             del w
 
     def _offer(self, snap: Any) -> None:
         rev = int(snap.revision)
+        self.watch_from = max(self.watch_from, _header_revision(snap) + 1)
         STORE_REVISION.set(rev)
         with self._lock:
+            self.connected = True
+            self.last_error = None
+            CONNECTED.set(1)
             if self.from_cache:
                 self.from_cache = False
                 FROM_CACHE.set(0)
             known = rev <= self.seen
         if known:
+            self._status_request.set()
             return
         assert self.gateway is not None and self.gateway.reloader is not None
         path = self.cache.write(rev, dict(snap.tables), {"source": self.cfg.url})
@@ -476,6 +485,13 @@ def _events(watch: Any) -> Iterable[Any]:
     if events is not None:
         return events() if callable(events) else events  # type: ignore[no-any-return]
     return watch  # type: ignore[no-any-return]
+
+
+def _header_revision(snap: Any) -> int:
+    """The store's revision when the snapshot was read (everything up to it is in the snapshot); the
+    prefix's own revision (its newest change) when the Store does not say."""
+    value = getattr(snap, "header_revision", None)
+    return int(value if value is not None else snap.revision)
 
 
 def _revision(event: Any) -> int | None:

@@ -86,8 +86,11 @@ class Plant:
         tmp.write_text(text + append)
         os.replace(tmp, p)
 
-    def start_gateway(self, notify: bool = False, env: dict[str, str] | None = None) -> None:
-        """With `notify`, the process runs as under systemd: a NOTIFY_SOCKET the test reads, a 1 s watchdog."""
+    def start_gateway(
+        self, notify: bool = False, env: dict[str, str] | None = None, args: list[str] | None = None
+    ) -> None:
+        """With `notify`, the process runs as under systemd: a NOTIFY_SOCKET the test reads, a 1 s watchdog.
+        `args`: instead of `--config` on the plant's directory (a configuration store's URL, say)."""
         penv = dict(os.environ, **(env or {}))
         if notify:
             self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -95,7 +98,7 @@ class Plant:
             penv.update(NOTIFY_SOCKET=str(self.tmp / "notify.sock"), WATCHDOG_USEC="1000000")
         log = open(self.tmp / "gateway.log", "ab")  # noqa: SIM115 - the child owns it
         self.gw = subprocess.Popen(
-            [str(BIN / "edge-gateway"), "run", "--config", str(self.cfg)],
+            [str(BIN / "edge-gateway"), "run", *(args or ["--config", str(self.cfg)])],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=penv,
