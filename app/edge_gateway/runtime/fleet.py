@@ -275,7 +275,7 @@ class EtcdSource:
                 self._follow()
                 attempt = 0
             except etcd_store.Compacted as e:
-                log.warning("watch from revision %d: compacted (%s); reading the whole prefix again", self.watch_from, e)
+                log.warning("watch from revision %d: compacted (%s); reading the prefix again", self.watch_from, e)
                 RESYNC.labels(reason="compacted").inc()
                 resync = True
             except etcd_store.EtcdUnavailable as e:

@@ -129,9 +129,9 @@ class Reloader:
         watch_files: bool = True,
         store_revision: int | None = None,
     ) -> None:
-        """`load` (default: the loader) and `watch_files=False` are the configuration store's (runtime/fleet.py): its revision
-        directories are written once and never edited, so nothing is polled, and each revision comes as a
-        `request(..., directory=, store_revision=)` from the store's watch thread."""
+        """`load` (default: the loader) and `watch_files=False` are the configuration store's
+        (runtime/fleet.py): its revision directories are written once and never edited, so nothing is
+        polled, and each revision comes as `request(..., directory=, store_revision=)` from its thread."""
         self.gateway = gateway
         self.directory = directory  # owned by the reload thread once it runs
         self.poll = poll

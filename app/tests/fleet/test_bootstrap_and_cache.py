@@ -66,12 +66,12 @@ def test_a_wrong_bootstrap_file_is_every_problem_at_its_line(tmp_path: Path) -> 
     assert any(t.startswith(f"{gw}:5: ") and "pasword_file" in t for t in text), text
     assert any(t.startswith(f"{gw}:6: ") and "wal" in t for t in text), text
 
-    gw.write_text("config_source:\n  etcd:\n    endpoints: [127.0.0.1:2379]\n    prefix: /edge/config/v1/{gateway_id}\n")
+    gw.write_text(
+        "config_source:\n  etcd:\n    endpoints: [127.0.0.1:2379]\n    prefix: /edge/config/v1/{gateway_id}\n"
+    )
     with pytest.raises(ConfigError) as e:
         bootstrap.resolve(str(tmp_path))
-    assert [str(p) for p in e.value.problems] == [
-        f"{gw}:4: config_source.etcd.prefix: {{gateway_id}} needs gateway_id"
-    ]
+    assert [str(p) for p in e.value.problems] == [f"{gw}:4: config_source.etcd.prefix: {{gateway_id}} needs gateway_id"]
 
 
 TABLES = {f"{n}.yml": f"# {n}\n" for n in ("endpoints", "drivers", "variables", "connector", "gateway")}
