@@ -28,7 +28,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +36,7 @@ from prometheus_client import Counter, Gauge
 
 from edge_gateway import __version__
 from edge_gateway.config.bootstrap import EtcdSourceCfg
-from edge_gateway.config.etcd import store as etcd_store
+from edge_gateway.config.etcd.store import Compacted, EtcdError, EtcdUnavailable, Store
 from edge_gateway.config.loader import ConfigError, load_snapshot
 from edge_gateway.config.model import Snapshot
 from edge_gateway.core.frame import GOOD, Frame, now_ms
@@ -87,7 +87,7 @@ def make_store(cfg: EtcdSourceCfg, timeout: float = 5.0) -> tuple[Any, str]:
     creds = Credentials.from_options_env(
         ca=cfg.ca, cert=cfg.cert, key=cfg.key, user=cfg.username, password_file=cfg.password_file
     )
-    return etcd_store.Store(url, creds, timeout=timeout), url.gateway_id
+    return Store(url, creds, timeout=timeout), url.gateway_id
 
 
 def loader(cfg: EtcdSourceCfg, state: Path) -> Callable[[str], Snapshot]:
@@ -138,7 +138,8 @@ class EtcdSource:
         self._lock = threading.Lock()
         self.applied = 0  # the etcd revision running
         self.applied_since = time.time()
-        self.seen = 0  # newest revision offered (applied or rejected)
+        self._applied_tables: dict[str, str] | None = None  # what runs, as the store holds it
+        self._rejected_tables: dict[str, str] | None = None
         self.watch_from = 1  # cfg-etcd's own: the next store revision the watch must see
         self.rejected: Rejected | None = None
         self.connected = False
@@ -154,7 +155,7 @@ class EtcdSource:
         while True:
             try:
                 snap = self.store.snapshot()
-            except etcd_store.EtcdUnavailable as e:
+            except EtcdError as e:  # unreachable, or this gateway's user may not read its prefix
                 self._set(connected=False, last_error=str(e))
                 cached = self._cached()
                 if cached is not None:
@@ -166,26 +167,27 @@ class EtcdSource:
                     )
                     self._set(from_cache=True)
                     return cached
-                raise NoConfiguration(f"{self.cfg.url} unreachable ({e}) and no cached configuration") from e
+                raise NoConfiguration(f"{self.cfg.url}: {e}; and no cached configuration") from e
             self._set(connected=True, last_error=None)
             chosen = self._try_first(snap)
             if chosen is not None:
                 return chosen
             cached = self._cached()
             if cached is not None:
-                log.warning("revision %d refused; running on the cached revision %d", snap.revision, self.applied)
+                log.warning("revision %d refused; running on the cached revision %d", _label(snap), self.applied)
                 return cached
-            log.error("no valid configuration under %s yet (revision %d): waiting for one", self.cfg.url, snap.revision)
+            log.error("no valid configuration under %s yet (revision %d): waiting for one", self.cfg.url, _label(snap))
             if wait(delay):
                 raise NoConfiguration("stopped while waiting for a first valid configuration")
             delay = min(delay * 2, BACKOFF[1])
 
     def _try_first(self, snap: Any) -> Snapshot | None:
-        rev = int(snap.revision)
-        self.watch_from = max(self.watch_from, _header_revision(snap) + 1)
+        rev = _label(snap)
+        self.watch_from = max(self.watch_from, int(snap.revision) + 1)
         STORE_REVISION.set(rev)
+        tables = dict(snap.tables)
         cur = self.cache.current()
-        path = self.cache.write(rev, dict(snap.tables), {"source": self.cfg.url})
+        path = self.cache.write(rev, tables, {"source": self.cfg.url, "read_at": int(snap.revision)})
         try:
             loaded = self.load(str(path))
         except (ConfigError, OSError) as e:
@@ -193,13 +195,14 @@ class EtcdSource:
             for p in problems:
                 log.error("revision %d: %s", rev, p)
             self.cache.discard(rev)
-            self._reject(rev, problems, "invalid", path)
+            self._reject(rev, tables, problems, "invalid", path)
             return None
         if cur is None or cur.revision != rev:
             self.cache.commit(rev)
         with self._lock:
-            self.applied = self.seen = rev
+            self.applied = rev
             self.applied_since = time.time()
+            self._applied_tables = tables
         return loaded
 
     def _cached(self) -> Snapshot | None:
@@ -212,8 +215,8 @@ class EtcdSource:
             log.error("the cached revision %d cannot be loaded: %s", cur.revision, e)
             return None
         with self._lock:
-            self.applied = max(self.applied, cur.revision)
-            self.seen = max(self.seen, cur.revision)
+            self.applied = cur.revision
+            self._applied_tables = None  # unknown as a dict: the first snapshot read is offered
         return snap
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
@@ -274,11 +277,11 @@ class EtcdSource:
                     resync = False
                 self._follow()
                 attempt = 0
-            except etcd_store.Compacted as e:
-                log.warning("watch from revision %d: compacted (%s); reading the prefix again", self.watch_from, e)
+            except Compacted as e:
+                log.warning("watch from revision %d: %s; reading the prefix again", self.watch_from, e)
                 RESYNC.labels(reason="compacted").inc()
                 resync = True
-            except etcd_store.EtcdUnavailable as e:
+            except EtcdUnavailable as e:
                 if self._stopping.is_set():
                     return
                 if self.connected:
@@ -291,52 +294,56 @@ class EtcdSource:
                     return
                 # Resume the watch where it broke: etcd replays every revision since, or says it has
                 # compacted them away (then: a full resync). Nothing is skipped either way.
-            except etcd_store.PermissionDenied as e:
-                log.error("configuration store refuses this gateway: %s", e)
-                self._set(connected=False, last_error=f"permission denied: {e}")
+            except EtcdError as e:  # PermissionDenied, a refusal: say so, retry slowly
+                log.error("configuration store: %s", e)
+                self._set(connected=False, last_error=str(e))
                 if self._stopping.wait(BACKOFF[1]):
                     return
                 resync = True
 
     def _follow(self) -> None:
-        """Follow the prefix from `watch_from`; returns when stopped or the stream ends."""
-        self._watch = self.store.watch(self.watch_from)
+        """Follow the prefix from `watch_from`; returns when stopped."""
+        watch = self.store.watch(self.watch_from)
+        self._watch = watch
         try:
-            self._set(connected=True, last_error=None)
             if self._stopping.is_set():
                 return
-            for event in _events(self._watch):
+            for change in watch:
                 self.heartbeat = time.monotonic()
                 if self._stopping.is_set():
                     return
-                rev = _revision(event)
-                if rev is not None and rev < self.watch_from:
-                    continue  # a txn's other keys, or replayed before a snapshot that already had them
-                # The whole prefix at one revision: all tables of a txn or none of them.
-                self._offer(self.store.snapshot())
-                if rev is not None:
-                    self.watch_from = max(self.watch_from, rev + 1)
+                rev = int(change.revision)
+                if rev < self.watch_from:
+                    continue  # already in the snapshot read for an earlier change
+                # The whole prefix at one revision (one range): all tables of a txn or none of them.
+                self._offer(self.store.snapshot(), rev)
+                self.watch_from = max(self.watch_from, rev + 1)
         finally:
-            w, self._watch = self._watch, None
-            del w
+            self._watch = None
+            watch.close()
 
-    def _offer(self, snap: Any) -> None:
-        rev = int(snap.revision)
-        self.watch_from = max(self.watch_from, _header_revision(snap) + 1)
+    def _offer(self, snap: Any, changed_at: int = 0) -> None:
+        """Hand one snapshot to the reload thread unless it holds what runs (or what was refused)."""
+        rev = max(_label(snap), changed_at)  # a raw delete leaves no key carrying its revision
+        self.watch_from = max(self.watch_from, int(snap.revision) + 1)
         STORE_REVISION.set(rev)
+        tables = dict(snap.tables)
         with self._lock:
-            self.connected = True
-            self.last_error = None
+            self.connected, self.last_error = True, None
             CONNECTED.set(1)
             if self.from_cache:
                 self.from_cache = False
                 FROM_CACHE.set(0)
-            known = rev <= self.seen
+            # What runs comes back as a newer revision (a rollback, a push of equal text): the reload
+            # answers `unchanged` and the revision becomes the running one. What was refused is not retried.
+            if rev <= self.applied and self._applied_tables is not None and tables != self._applied_tables:
+                rev = int(snap.revision)  # changed by a delete only: the revision it was read at is newer
+            known = rev <= self.applied or (self.rejected is not None and tables == self._rejected_tables)
         if known:
             self._status_request.set()
             return
         assert self.gateway is not None and self.gateway.reloader is not None
-        path = self.cache.write(rev, dict(snap.tables), {"source": self.cfg.url})
+        path = self.cache.write(rev, tables, {"source": self.cfg.url, "read_at": int(snap.revision)})
         fut = self.gateway.reloader.request(f"etcd revision {rev}", str(path), rev)
         answer = fut.result(timeout=APPLY_TIMEOUT)
         if answer.get("applied"):
@@ -344,25 +351,26 @@ class EtcdSource:
             with self._lock:
                 if answer.get("result") != "unchanged" or self.applied == 0:
                     self.applied_since = time.time()
-                self.applied = self.seen = rev
-                self.rejected = None
+                self.applied = rev
+                self._applied_tables = tables
+                self.rejected = self._rejected_tables = None
             log.info("etcd revision %d applied (%s)", rev, answer.get("result"))
         else:
             problems = list(answer.get("problems") or [answer.get("error") or "not applied"])
             self.cache.discard(rev)
-            self._reject(rev, problems, str(answer.get("result", "invalid")), path)
+            self._reject(rev, tables, problems, str(answer.get("result", "invalid")), path)
             if answer.get("result") == "invalid":
-                self._publish_refused(rev, problems)
+                self._publish_refused(rev)
             # a rollback: Gateway.apply has published sys.cfg_rollback itself
         self._status_request.set()  # the revisions changed: cfg-presence writes the status key now
 
-    def _reject(self, rev: int, problems: list[str], result: str, path: Path) -> None:
+    def _reject(self, rev: int, tables: dict[str, str], problems: list[str], result: str, path: Path) -> None:
         with self._lock:
-            self.seen = max(self.seen, rev)
+            self._rejected_tables = tables
             self.rejected = Rejected(rev, tuple(shown(p, path) for p in problems[:MAX_PROBLEMS]), result)
         log.error("etcd revision %d not applied (%s); revision %d keeps running", rev, result, self.applied)
 
-    def _publish_refused(self, rev: int, problems: list[str]) -> None:
+    def _publish_refused(self, rev: int) -> None:
         gw = self.gateway
         if gw is None or gw.bus is None or self.rejected is None:
             return
@@ -379,28 +387,30 @@ class EtcdSource:
         lease: Any = None
         last_written = 0.0
         last_doc: dict[str, Any] | None = None
-        while True:
+        while not self._stopping.is_set():
             self.heartbeat = time.monotonic()
-            if self._stopping.is_set():
-                break
+            asked = self._status_request.is_set()
+            self._status_request.clear()
             try:
                 if lease is None:
                     lease = self.store.presence(self.gateway_id, PRESENCE_TTL)
                 else:
-                    lease.refresh()
+                    lease.refresh()  # a lease that expired during an outage is granted again
+                if not self.connected:
+                    self._set(connected=True, last_error=None)
                 doc = self.status_document()
                 same = last_doc is not None and _without_time(doc) == _without_time(last_doc)
-                if not same or time.monotonic() - last_written >= STATUS_REFRESH or self._status_request.is_set():
-                    self._status_request.clear()
+                if asked or not same or time.monotonic() - last_written >= STATUS_REFRESH:
                     self.store.put_status(self.gateway_id, doc)
                     last_doc, last_written = doc, time.monotonic()
-            except (etcd_store.EtcdUnavailable, etcd_store.PermissionDenied) as e:
-                log.debug("presence/status: %s", e)
-                lease = None  # may have expired meanwhile: a new one once the store answers
+            except EtcdUnavailable as e:
+                self._set(connected=False, last_error=str(e))
+                last_doc = None  # written again once the store answers
+            except EtcdError as e:  # refused (RBAC): nothing else this thread can do about it
+                log.warning("presence/status of %s refused: %s", self.gateway_id, e)
                 last_doc = None
-            except Exception:  # noqa: BLE001 - a lease that expired answers in the Store's own way
+            except Exception:  # noqa: BLE001 - the presence thread must outlive a surprise
                 log.warning("presence/status could not be written", exc_info=True)
-                lease = None
                 last_doc = None
             self._status_request.wait(PRESENCE_TTL / 3)
         if lease is not None:
@@ -457,7 +467,7 @@ class EtcdSource:
                 "connected": self.connected,
                 "from_cache": self.from_cache,
                 "applied_revision": self.applied,
-                "seen_revision": self.seen,
+                "watch_from": self.watch_from,
                 "rejected": {"revision": r.revision, "result": r.result, "problems": list(r.problems)} if r else None,
                 "last_error": self.last_error,
                 "cache": str(self.cache.root),
@@ -479,29 +489,10 @@ class EtcdSource:
             return reasons
 
 
-def _events(watch: Any) -> Iterable[Any]:
-    """The Store's watch as an iterable of events (it may be one, or carry one as `.events`)."""
-    events = getattr(watch, "events", None)
-    if events is not None:
-        return events() if callable(events) else events  # type: ignore[no-any-return]
-    return watch  # type: ignore[no-any-return]
-
-
-def _header_revision(snap: Any) -> int:
-    """The store's revision when the snapshot was read (everything up to it is in the snapshot); the
-    prefix's own revision (its newest change) when the Store does not say."""
-    value = getattr(snap, "header_revision", None)
-    return int(value if value is not None else snap.revision)
-
-
-def _revision(event: Any) -> int | None:
-    for name in ("revision", "mod_revision"):
-        value = getattr(event, name, None)
-        if value is None and isinstance(event, dict):
-            value = event.get(name)
-        if value is not None:
-            return int(value)
-    return None
+def _label(snap: Any) -> int:
+    """The revision a snapshot's configuration was written at (what `edge-cfg push` printed), not the
+    store's revision it was read at."""
+    return int(getattr(snap, "config_revision", snap.revision))
 
 
 def _without_time(doc: dict[str, Any]) -> dict[str, Any]:
