@@ -36,7 +36,7 @@ from prometheus_client import Counter, Gauge
 
 from edge_gateway import __version__
 from edge_gateway.config.bootstrap import EtcdSourceCfg
-from edge_gateway.config.etcd.store import Compacted, EtcdError, EtcdUnavailable, Store
+from edge_gateway.config.etcd.store import Compacted, EtcdError, EtcdUnavailable, PermissionDenied, Store
 from edge_gateway.config.loader import ConfigError, load_snapshot
 from edge_gateway.config.model import Snapshot
 from edge_gateway.core.frame import GOOD, Frame, now_ms
@@ -276,16 +276,22 @@ class EtcdSource:
                     self._offer(self.store.snapshot())
                     resync = False
                 self._follow()
-                attempt = 0
             except Compacted as e:
                 log.warning("watch from revision %d: %s; reading the prefix again", self.watch_from, e)
                 RESYNC.labels(reason="compacted").inc()
                 resync = True
-            except EtcdUnavailable as e:
+            except PermissionDenied as e:
+                log.error("configuration store refuses this gateway: %s", e)
+                self._set(connected=False, last_error=str(e))
+                if self._stopping.wait(BACKOFF[1]):
+                    return
+                resync = True
+            except EtcdError as e:  # unreachable, no leader, a member going down mid-stream
                 if self._stopping.is_set():
                     return
-                if self.connected:
+                if self.connected:  # it was answering: start the backoff again
                     log.warning("configuration store unreachable: %s (running on revision %d)", e, self.applied)
+                    attempt = 0
                 self._set(connected=False, last_error=str(e))
                 attempt += 1
                 base, cap = BACKOFF
@@ -294,12 +300,6 @@ class EtcdSource:
                     return
                 # Resume the watch where it broke: etcd replays every revision since, or says it has
                 # compacted them away (then: a full resync). Nothing is skipped either way.
-            except EtcdError as e:  # PermissionDenied, a refusal: say so, retry slowly
-                log.error("configuration store: %s", e)
-                self._set(connected=False, last_error=str(e))
-                if self._stopping.wait(BACKOFF[1]):
-                    return
-                resync = True
 
     def _follow(self) -> None:
         """Follow the prefix from `watch_from`; returns when stopped."""

@@ -168,3 +168,64 @@ def test_push_reaches_every_gateway_and_a_bad_revision_is_refused_then_rolled_ba
     assert b.gw.wait(30) == 0
     st = status_key(etcd, "gw-b")
     assert st["present"] is False and st["applied_revision"] == revs["gw-b"]
+
+
+@pytest.fixture
+def plant(tmp_path: Path) -> Iterator[Plant]:
+    p = Plant(tmp_path)
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def test_compaction_is_a_full_resync_and_a_restart_with_etcd_down_runs_on_the_cache(etcd: Etcd, plant: Plant) -> None:
+    with etcd.store(config_prefix("gw-1")) as s, BatchSubscriber(LOOPBACK, plant.broker.port) as sub:
+        first = push(s, plant.cfg)
+        plant.start_gateway(args=gateway_args(etcd, plant, "gw-1"))
+        plant.wait_ready()
+        assert plant.metric("cfg_revision_current") == first
+        assert plant.gw is not None
+
+        # The watch breaks (etcd down), the gateway is frozen while etcd comes back, two revisions are
+        # pushed and compacted away: resuming the watch from its revision is refused, so it re-reads all.
+        etcd.stop_member(0)
+        wait(lambda: plant.metric("cfg_source_connected") == 0, 30, "the outage seen", plant)
+        os.kill(plant.gw.pid, signal.SIGSTOP)
+        try:
+            etcd.start_member(0)
+            etcd.wait_ready()
+            plant.edit("variables.yml", append=NEW_TAG)
+            push(s, plant.cfg)
+            plant.edit("drivers.yml", ("polling: 200ms", "polling: 300ms"))
+            last = push(s, plant.cfg)
+            etcd.compact()
+        finally:
+            os.kill(plant.gw.pid, signal.SIGCONT)
+        wait(lambda: plant.metric("cfg_revision_current") == last, 60, "the resync", plant)
+        assert plant.metric("cfg_source_resync_total", {"reason": "compacted"}) >= 1
+        assert plant.metric("cfg_source_connected") == 1
+        assert sub.wait_for(lambda s: "plant.level_raw" in latest(s), 30)
+
+        # Restarted while etcd is down: it runs on the cached revision, says so, and keeps delivering.
+        plant.gw.send_signal(signal.SIGTERM)
+        assert plant.gw.wait(30) == 0
+        etcd.stop_member(0)
+        plant.start_gateway(args=gateway_args(etcd, plant, "gw-1"))
+        plant.wait_ready()
+        status = plant.ctl("status")
+        src = status["config_source"]
+        assert src["from_cache"] is True and src["connected"] is False and src["applied_revision"] == last, src
+        assert any("configuration store unreachable" in r for r in status["health"]["reasons"]), status["health"]
+        assert plant.metric("cfg_source_cache") == 1 and plant.metric("cfg_revision_current") == last
+        n = len(sub.frames())
+        assert sub.wait_for(lambda s: sum(f["tag"] == "plant.level_raw" for f in s.frames()[n:]) >= 3, 30)
+
+        # etcd is back: the gateway reconnects (backoff), leaves the cache and catches up with a new push.
+        etcd.start_member(0)
+        etcd.wait_ready()
+        wait(lambda: plant.metric("cfg_source_cache") == 0, 60, "reconnected", plant)
+        plant.edit("drivers.yml", ("polling: 300ms", "polling: 200ms"))
+        newest = push(s, plant.cfg)
+        wait(lambda: plant.metric("cfg_revision_current") == newest, 30, "caught up", plant)
+        assert plant.ctl("status")["config_source"]["connected"] is True
