@@ -8,7 +8,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # Debian packages the tests drive for real (broker and its clients, pty pairs) and `make image` needs.
 # mosquitto-clients: `make demo` suggests mosquitto_pub, and its test runs that command.
-APT_TEST_PKGS  := mosquitto mosquitto-clients socat systemd
+# etcd-server: config/etcd and the fleet tests start real etcd members (Debian 12: 3.4.23).
+APT_TEST_PKGS  := mosquitto mosquitto-clients socat systemd etcd-server
 APT_IMAGE_PKGS := genimage rauc squashfs-tools dosfstools mtools fdisk e2fsprogs openssl
 # `make vm-image` / `make vm-test` (tools/vm/README.md): the Debian userland, GRUB EFI, OVMF, QEMU/KVM.
 APT_VM_PKGS    := mmdebstrap grub-efi-amd64-bin grub-common ovmf qemu-system-x86
