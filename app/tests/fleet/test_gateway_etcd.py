@@ -12,7 +12,6 @@ polling nor delivery."""
 from __future__ import annotations
 
 import base64
-import json
 import os
 import signal
 import time
@@ -59,7 +58,8 @@ def push(store: Store, directory: Path, message: str = "test") -> int:
 
 def raw_put(store: Store, key: str, text: str) -> int:
     """A write behind edge-cfg's back (no lint, no _meta): etcd's own kv/put."""
-    answer = store.call("kv/put", {"key": base64.b64encode(key.encode()).decode(), "value": base64.b64encode(text.encode()).decode()})
+    b64 = lambda t: base64.b64encode(t.encode()).decode()  # noqa: E731
+    answer = store.call("kv/put", {"key": b64(key), "value": b64(text)})
     return int(answer["header"]["revision"])
 
 
@@ -129,7 +129,8 @@ def test_push_reaches_every_gateway_and_a_bad_revision_is_refused_then_rolled_ba
 
             # A schema error written with a raw client: refused, the old configuration keeps polling.
             a = plants[0]
-            bad = raw_put(sa, f"{config_prefix('gw-a')}/variables.yml", "- tag: x\n  driver_id: plc1\n  datatype: nope\n")
+            bad_text = "- tag: x\n  driver_id: plc1\n  datatype: nope\n"
+            bad = raw_put(sa, f"{config_prefix('gw-a')}/variables.yml", bad_text)
             wait(lambda: status_key(etcd, "gw-a").get("rejected_revision") == bad, 30, "the refusal", a)
             st = status_key(etcd, "gw-a")
             assert st["applied_revision"] == revs["gw-a"], st
