@@ -21,7 +21,14 @@ from typing import Any
 
 import pytest
 
-from edge_gateway.config.etcd.store import PermissionDenied, Store, config_prefix, make_meta, read_tables
+from edge_gateway.config.etcd.store import (
+    EtcdUnavailable,
+    PermissionDenied,
+    Store,
+    config_prefix,
+    make_meta,
+    read_tables,
+)
 from edge_gateway.testkit import LOOPBACK
 from edge_gateway.testkit_etcd import Etcd
 from tests.consumer import BatchSubscriber
@@ -230,3 +237,58 @@ def test_compaction_is_a_full_resync_and_a_restart_with_etcd_down_runs_on_the_ca
         newest = push(s, plant.cfg)
         wait(lambda: plant.metric("cfg_revision_current") == newest, 30, "caught up", plant)
         assert plant.ctl("status")["config_source"]["connected"] is True
+
+
+def push_through(store: Store, directory: Path, timeout: float = 30.0) -> int:
+    """push, retried while the cluster elects a new leader (EtcdUnavailable: no leader yet)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return push(store, directory)
+        except EtcdUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_three_members_a_killed_leader_loses_no_revision_and_a_30s_outage_stops_nothing(
+    tmp_path: Path, plant: Plant
+) -> None:
+    with (
+        Etcd(members=3, workdir=tmp_path / "etcd3") as etcd,
+        etcd.store(config_prefix("gw-1")) as s,
+        BatchSubscriber(LOOPBACK, plant.broker.port) as sub,
+    ):
+        push(s, plant.cfg)
+        plant.start_gateway(args=gateway_args(etcd, plant, "gw-1"))
+        plant.wait_ready()
+
+        # The leader dies between two pushes while the gateway watches: the client moves on to another
+        # member and resumes from the revision after the last it saw; the last push is what runs.
+        plant.edit("drivers.yml", ("polling: 200ms", "polling: 250ms"))
+        push(s, plant.cfg)
+        leader = etcd.leader()
+        etcd.kill_member(leader)
+        plant.edit("variables.yml", append=NEW_TAG)
+        push_through(s, plant.cfg)
+        plant.edit("drivers.yml", ("polling: 250ms", "polling: 200ms"))
+        last = push_through(s, plant.cfg)
+        wait(lambda: plant.metric("cfg_revision_current") == last, 60, "the last revision", plant)
+        assert plant.metric("cfg_invalid_total") == 0 and plant.metric("cfg_rollback_total") == 0
+        assert sub.wait_for(lambda s: "plant.level_raw" in latest(s), 30)
+        etcd.start_member(leader)
+        etcd.wait_ready()
+
+        # Every member down for 30 s: polling and delivery go on; then the gateway catches up.
+        etcd.stop()
+        wait(lambda: plant.metric("cfg_source_connected") == 0, 30, "the outage seen", plant)
+        committed, n = plant.committed(), len(sub.frames())
+        time.sleep(30)
+        assert plant.committed() > committed
+        assert sub.wait_for(lambda s: sum(f["tag"] == "plant.level_raw" for f in s.frames()[n:]) >= 10, 10)
+        assert plant.ctl("status")["config_source"]["applied_revision"] == last
+        etcd.start()
+        plant.edit("drivers.yml", ("polling: 200ms", "polling: 300ms"))
+        newest = push_through(s, plant.cfg)
+        wait(lambda: plant.metric("cfg_revision_current") == newest, 60, "caught up", plant)
+        assert plant.metric("cfg_source_connected") == 1
