@@ -14,10 +14,11 @@ APT_IMAGE_PKGS := genimage rauc squashfs-tools dosfstools mtools fdisk e2fsprogs
 # `make vm-image` / `make vm-test` (tools/vm/README.md): the Debian userland, GRUB EFI, OVMF, QEMU/KVM.
 APT_VM_PKGS    := mmdebstrap grub-efi-amd64-bin grub-common ovmf qemu-system-x86
 
-.PHONY: help venv test lint demo bench fuzz hil soak powercut image vm-image vm-test buildroot-check systemd-check clean
+.PHONY: help venv test lint demo fleet-demo bench fuzz hil soak powercut image vm-image vm-test buildroot-check systemd-check clean
 
 help:
 	@echo "make demo    simulator + local Mosquitto + gateway on config/, values flowing"
+	@echo "make fleet-demo   3-member etcd, three gateways, one edge-cfg push all three apply, fleet status"
 	@echo "make test    everything CI runs (.ci/run calls it): app tests, then make hil"
 	@echo "make venv    .venv/ with the app and dev tools, pinned by requirements.lock"
 	@echo "make lint    ruff + mypy + import contracts (app/.importlinter)"
@@ -56,6 +57,10 @@ lint: venv
 DEMO_SECONDS ?= 0
 demo: venv
 	$(PY) tools/demo.py $(if $(filter-out 0,$(DEMO_SECONDS)),--seconds $(DEMO_SECONDS))
+
+# tools/fleet_demo.py: every process it starts is ended by PID before it returns.
+fleet-demo: venv
+	$(PY) tools/fleet_demo.py
 
 BENCH_ARGS ?=
 bench: venv

@@ -65,7 +65,9 @@ PRESENCE_TTL = 10  # seconds: a gateway that dies disappears from `edge-cfg flee
 STATUS_REFRESH = 60.0  # seconds: the status key is rewritten at least this often (it carries `updated`)
 APPLY_TIMEOUT = 120.0  # a reload answers well before (runtime/commands.RELOAD_TIMEOUT)
 BACKOFF = (0.5, 10.0)  # reconnect: base·2ⁿ up to max, equal jitter
+FIRST_WAIT = 2.0  # seconds between reads of a prefix that holds no valid configuration yet
 MAX_PROBLEMS = 50  # in the status key and the sys.cfg_rollback frame
+GATEWAY_ID = "{gateway_id}"  # in a table's text: this gateway's id (see EtcdSource._own)
 
 
 class NoConfiguration(Exception):
@@ -179,7 +181,7 @@ class EtcdSource:
             log.error("no valid configuration under %s yet (revision %d): waiting for one", self.cfg.url, _label(snap))
             if wait(delay):
                 raise NoConfiguration("stopped while waiting for a first valid configuration")
-            delay = min(delay * 2, BACKOFF[1])
+            delay = min(delay * 2, FIRST_WAIT)
 
     def _try_first(self, snap: Any) -> Snapshot | None:
         rev = _label(snap)
@@ -187,7 +189,7 @@ class EtcdSource:
         STORE_REVISION.set(rev)
         tables = dict(snap.tables)
         cur = self.cache.current()
-        path = self.cache.write(rev, tables, {"source": self.cfg.url, "read_at": int(snap.revision)})
+        path = self.cache.write(rev, self._own(tables), {"source": self.cfg.url, "read_at": int(snap.revision)})
         try:
             loaded = self.load(str(path))
         except (ConfigError, OSError) as e:
@@ -204,6 +206,12 @@ class EtcdSource:
             self.applied_since = time.time()
             self._applied_tables = tables
         return loaded
+
+    def _own(self, tables: dict[str, str]) -> dict[str, str]:
+        """The tables as this gateway runs them: `{gateway_id}` is its id, so gateways that share one
+        prefix (one push for a whole line) still differ in what must differ (MQTT client id, device).
+        Replaced in the text, so every line number the loader reports stays the pushed one."""
+        return {name: text.replace(GATEWAY_ID, self.gateway_id) for name, text in tables.items()}
 
     def _cached(self) -> Snapshot | None:
         cur = self.cache.current()
@@ -343,7 +351,7 @@ class EtcdSource:
             self._status_request.set()
             return
         assert self.gateway is not None and self.gateway.reloader is not None
-        path = self.cache.write(rev, tables, {"source": self.cfg.url, "read_at": int(snap.revision)})
+        path = self.cache.write(rev, self._own(tables), {"source": self.cfg.url, "read_at": int(snap.revision)})
         fut = self.gateway.reloader.request(f"etcd revision {rev}", str(path), rev)
         answer = fut.result(timeout=APPLY_TIMEOUT)
         if answer.get("applied"):
