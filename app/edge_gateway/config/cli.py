@@ -1,4 +1,5 @@
-"""edge-cfg: lint a config directory, print the schemas, diff two configs, list the installed plugins."""
+"""edge-cfg: lint a config directory, print the schemas, diff two configs, list the installed plugins; push,
+diff, watch, list and roll back a configuration in etcd, and show the fleet (config/etcd/cli.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 
 from edge_gateway.config import schema, stdout
 from edge_gateway.config.diff import diff
+from edge_gateway.config.etcd import cli as etcd_cli
 from edge_gateway.config.loader import ConfigError, lint, load_snapshot
 from edge_gateway.config.source import printable
 from edge_gateway.core import registry
@@ -22,6 +24,15 @@ exit codes:
   141  stdout was closed before all was written (`edge-cfg schema | head`), as
        for a process killed by SIGPIPE; no traceback
 """
+
+# The top level also names the etcd commands' code 3 (their own --help has the full list).
+TOP_EXIT_CODES = EXIT_CODES.replace(
+    "  141",
+    "       etcd commands (push, diff DIR URL, watch, history, rollback, fleet\n"
+    "       status): etcd unreachable or refusing (`edge-cfg push --help`)\n"
+    "  3    push, rollback: the store changed since it was read; nothing written\n"
+    "  141",
+)
 
 LINT_HELP = """\
 Validate the five YAML files of DIR against their schemas and the rules a schema
@@ -39,6 +50,10 @@ NEW is compared as if installed in OLD's directory: a path NEW writes relative
 (wal.dir, control.socket, password_file, TLS files, a serial device) is resolved
 against OLD, so two copies of one configuration are `no change` wherever they
 sit; an absolute path compares as written.
+
+With an etcd URL as NEW (`edge-cfg diff DIR URL`): a unified diff of each table
+as etcd holds it against DIR's file (what `edge-cfg push DIR URL` would write),
+`no change (revision N)` when they agree; exit 2 when etcd cannot be read.
 """
 
 
@@ -48,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="edge-cfg",
         description="Check and compare edge-gateway configurations.",
-        epilog=EXIT_CODES + "  modbus scan: see `edge-cfg modbus scan --help`\n",
+        epilog=TOP_EXIT_CODES + "  modbus scan: see `edge-cfg modbus scan --help`\n",
         formatter_class=fmt,
     )
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
@@ -78,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=fmt,
     )
     p_diff.add_argument("old", metavar="OLD", help="the running (or current) config directory")
-    p_diff.add_argument("new", metavar="NEW", help="the edited copy")
+    p_diff.add_argument("new", metavar="NEW", help="the edited copy, or an etcd URL (etcd://HOST:PORT/PREFIX)")
+    etcd_cli.add_etcd_options(p_diff)
     sub.add_parser(
         "plugins",
         help="list the installed driver and connector plugins (entry points)",
@@ -87,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog=EXIT_CODES,
         formatter_class=fmt,
     ).add_argument("--json", action="store_true", help="as JSON")
+    etcd_cli.add_parsers(sub, fmt)
     # Commands a driver plugin brings (`edge-cfg modbus scan`, its own exit codes): its `cli` hook.
     plugin_cli = {}
     for name, plugin in registry.drivers().items():
@@ -98,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd in plugin_cli:
         return int(plugin_cli[args.cmd].run(args))
 
+    if args.cmd in etcd_cli.COMMANDS:
+        return etcd_cli.run(args)
+    if args.cmd == "diff" and etcd_cli.is_url(args.new):
+        return etcd_cli.diff_against_store(args)
     if args.cmd == "plugins":
         return _plugins(args.json)
     if args.cmd == "lint":

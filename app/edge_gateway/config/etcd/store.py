@@ -179,6 +179,14 @@ def read_tables(directory: str | Path) -> dict[str, str]:
     return out
 
 
+def request_size(changed: Mapping[str, str | None], prefix: str = CONFIG_ROOT + "/gateway-id") -> int:
+    """About the bytes of the txn a push of `changed` sends (what etcd holds against --max-request-bytes):
+    the values and keys, six compares and a _meta record."""
+    keys = len(prefix) + 20
+    values = sum(len(t.encode()) for t in changed.values() if t is not None)
+    return values + keys * (len(changed) + 7) + 1024
+
+
 def make_meta(message: str = "", tool: str = "edge-cfg") -> dict[str, Any]:
     """Who wrote a revision, recorded in `_meta`: the OS user, the host, UTC time, the message."""
     try:
@@ -224,8 +232,15 @@ class Store:
     Thread-safe: the endpoint order and the auth token sit behind `_lock`; each call builds its
     own request. `timeout` bounds each request to one endpoint."""
 
-    def __init__(self, url: EtcdUrl, creds: Credentials | None = None, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: EtcdUrl,
+        creds: Credentials | None = None,
+        timeout: float = 5.0,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    ) -> None:
         self.url = url
+        self.max_request_bytes = max_request_bytes
         self.creds = creds or Credentials()
         self.timeout = timeout
         self.prefix = url.prefix
@@ -384,6 +399,13 @@ class Store:
         changed = {n: tables.get(n) for n in TABLES if tables.get(n) != base.tables.get(n)}
         if not changed:
             return None
+        size = request_size(changed, self.prefix)
+        if size > self.max_request_bytes:
+            big = max((n for n in changed if changed[n] is not None), key=lambda n: len(changed[n] or ""))
+            raise TooLarge(
+                f"{big}.yml: this push is about {size} bytes; etcd takes at most {self.max_request_bytes} per "
+                "request (--max-request-bytes)"
+            )
         compare = [
             {
                 "key": _b64(self._key(n)),
