@@ -178,7 +178,8 @@ class EtcdSource:
             if cached is not None:
                 log.warning("revision %d refused; running on the cached revision %d", _label(snap), self.applied)
                 return cached
-            log.error("no valid configuration under %s yet (revision %d): waiting for one", self.cfg.url, _label(snap))
+            what = "no valid configuration" if snap.tables else "nothing"
+            log.error("%s under %s yet (revision %d): waiting for a push", what, self.cfg.url, _label(snap))
             if wait(delay):
                 raise NoConfiguration("stopped while waiting for a first valid configuration")
             delay = min(delay * 2, FIRST_WAIT)
@@ -188,6 +189,8 @@ class EtcdSource:
         self.watch_from = max(self.watch_from, int(snap.revision) + 1)
         STORE_REVISION.set(rev)
         tables = dict(snap.tables)
+        if not tables:
+            return None  # nothing pushed yet: not a refusal, just nothing to run
         cur = self.cache.current()
         path = self.cache.write(rev, self._own(tables), {"source": self.cfg.url, "read_at": int(snap.revision)})
         try:
@@ -205,6 +208,7 @@ class EtcdSource:
             self.applied = rev
             self.applied_since = time.time()
             self._applied_tables = tables
+            self.rejected = self._rejected_tables = None
         return loaded
 
     def _own(self, tables: dict[str, str]) -> dict[str, str]:
