@@ -30,7 +30,6 @@ from types import SimpleNamespace
 from typing import Any
 
 from _common import args, write
-
 from edge_gateway.config.bootstrap import EtcdSourceCfg
 from edge_gateway.config.etcd.store import make_meta, read_tables
 from edge_gateway.runtime import fleet
@@ -62,7 +61,12 @@ class StubReloader:
     def __init__(self, rec: Recorder) -> None:
         self.rec = rec
 
-    def request(self, reason: str, directory: str | None = None, store_revision: int | None = None) -> Future[Any]:
+    def request(
+        self,
+        reason: str,
+        directory: str | None = None,
+        store_revision: int | None = None,
+    ) -> Future[Any]:
         self.rec(store_revision)
         fut: Future[Any] = Future()
         fut.set_result({"applied": True, "result": "ok"})
@@ -85,28 +89,37 @@ def cpu_s(pids: list[int]) -> float:
     total = 0
     for pid in pids:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        total += int(fields[11]) + int(
+            fields[12]
+        )  # utime, stime (fields 14 and 15 of stat)
     return total / TICK
 
 
 def requests(etcd: Etcd) -> float:
     n = 0.0
     for m in etcd.nodes:
-        with urllib.request.urlopen(f"http://{LOOPBACK}:{m.client_port}/metrics", timeout=5) as r:
+        with urllib.request.urlopen(
+            f"http://{LOOPBACK}:{m.client_port}/metrics", timeout=5
+        ) as r:
             for line in r.read().decode().splitlines():
                 if line.startswith("grpc_server_msg_received_total"):
                     n += float(line.rsplit(" ", 1)[1])
     return n
 
 
-def run(etcd: Etcd, watchers: int, pushes: int, work: Path, idle_s: float) -> dict[str, Any]:
+def run(
+    etcd: Etcd, watchers: int, pushes: int, work: Path, idle_s: float
+) -> dict[str, Any]:
     rec = Recorder()
     cfg_dir = work / "cfg"
     url = etcd.url(PREFIX)
     sources = []
     with etcd.store(PREFIX) as s:
         base = s.snapshot()
-        first = s.push(read_tables(cfg_dir), base.revision, make_meta("bench"), base=base) or base.config_revision
+        first = (
+            s.push(read_tables(cfg_dir), base.revision, make_meta("bench"), base=base)
+            or base.config_revision
+        )
         for i in range(watchers):
             cfg = EtcdSourceCfg(url=url, gateway_id=f"w{i:03d}")
             store, gid = fleet.make_store(cfg)
@@ -114,7 +127,9 @@ def run(etcd: Etcd, watchers: int, pushes: int, work: Path, idle_s: float) -> di
             src.start(StubGateway(rec))  # type: ignore[arg-type]
             sources.append(src)
         _wait(lambda: rec.count(first) >= watchers, 120)
-        time.sleep(fleet.PRESENCE_TTL / 3 + 1)  # every presence and status key written once
+        time.sleep(
+            fleet.PRESENCE_TTL / 3 + 1
+        )  # every presence and status key written once
         pids = [m.pid for m in etcd.nodes if m.pid]
         # Idle: what the watchers cost etcd with nothing pushed (keep-alives, status refreshes).
         r0, c0, t0 = requests(etcd), cpu_s(pids), time.monotonic()
@@ -147,7 +162,9 @@ def run(etcd: Etcd, watchers: int, pushes: int, work: Path, idle_s: float) -> di
         "watchers": watchers,
         "pushes": pushes,
         "p50_ms": round(1000 * statistics.median(latencies), 1),
-        "p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1),
+        "p99_ms": round(
+            1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1
+        ),
         "max_ms": round(1000 * latencies[-1], 1),
         "requests_per_push": round(per_push_req, 1),
         "etcd_cpu_ms_per_push": round(1000 * per_push_cpu, 1),
@@ -170,14 +187,18 @@ def markdown(fig: dict[str, Any], quick: bool) -> str:
     out = [
         "## Fleet configuration from etcd (3-member cluster, one shared prefix)",
         "",
-        f"Command: `tools/bench/bench_etcd.py{' --quick' if quick else ''}`; etcd {fig['etcd']}, 3 members on "
-        "127.0.0.1 (same machine, same 2 cores as the watchers). Watchers: the gateway's own config-source code "
-        "(runtime/fleet.py) in threads of one process; latency = push call → the revision handed to each "
-        "watcher's reload thread (snapshot read and cached, fsync'd, on tmpfs). Load averages are of the "
-        "shared machine at the end of each run: figures are noisy.",
+        (
+            f"Command: `tools/bench/bench_etcd.py{' --quick' if quick else ''}`; etcd {fig['etcd']}, 3 members on "
+            "127.0.0.1 (same machine, same 2 cores as the watchers). Watchers: the gateway's own config-source code "
+            "(runtime/fleet.py) in threads of one process; latency = push call → the revision handed to each "
+            "watcher's reload thread (snapshot read and cached, fsync'd, on tmpfs). Load averages are of the "
+            "shared machine at the end of each run: figures are noisy."
+        ),
         "",
-        "| watchers | pushes | p50 ms | p99 ms | max ms | etcd requests / push | etcd CPU ms / push "
-        "| idle requests / s | idle etcd CPU % of a core (3 members) | loadavg |",
+        (
+            "| watchers | pushes | p50 ms | p99 ms | max ms | etcd requests / push | etcd CPU ms / push "
+            "| idle requests / s | idle etcd CPU % of a core (3 members) | loadavg |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -227,10 +248,16 @@ def main() -> int:
     runs = []
     try:
         with Etcd(members=3, workdir=work_etcd) as etcd:
-            version = urllib.request.urlopen(f"http://{LOOPBACK}:{etcd.nodes[0].client_port}/version", timeout=5).read()
+            version = urllib.request.urlopen(
+                f"http://{LOOPBACK}:{etcd.nodes[0].client_port}/version", timeout=5
+            ).read()
             for w in sizes:
                 work = tmp / f"w{w}"
-                shutil.copytree(ROOT / "config", work / "cfg", ignore=shutil.ignore_patterns("examples", "README.md"))
+                shutil.copytree(
+                    ROOT / "config",
+                    work / "cfg",
+                    ignore=shutil.ignore_patterns("examples", "README.md"),
+                )
                 runs.append(run(etcd, w, pushes, work, idle_s))
                 print(runs[-1], flush=True)
                 etcd.compact()
