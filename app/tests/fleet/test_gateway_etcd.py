@@ -292,3 +292,32 @@ def test_three_members_a_killed_leader_loses_no_revision_and_a_30s_outage_stops_
         newest = push_through(s, plant.cfg)
         wait(lambda: plant.metric("cfg_revision_current") == newest, 60, "caught up", plant)
         assert plant.metric("cfg_source_connected") == 1
+
+
+def test_a_bootstrap_directory_over_tls_with_a_client_certificate(tmp_path: Path, plant: Plant) -> None:
+    with Etcd(workdir=tmp_path / "etcd-tls", tls=True) as etcd, etcd.store(config_prefix("gw-t")) as s:
+        assert etcd.certs is not None
+        rev = push(s, plant.cfg)
+        cert, key = etcd.certs.client_pair("gw-t")
+        boot = tmp_path / "boot"
+        boot.mkdir()
+        (boot / "gateway.yml").write_text(
+            "config_source:\n"
+            "  etcd:\n"
+            f"    endpoints: [{etcd.endpoints}]\n"
+            "    prefix: /edge/config/v1/{gateway_id}\n"
+            "    gateway_id: gw-t\n"
+            f"    ca: {etcd.certs.ca}\n"
+            f"    cert: {cert}\n"
+            f"    key: {key}\n"
+            f"metrics: {{ listen: {LOOPBACK}:{plant.metrics_port} }}\n"
+        )
+        plant.start_gateway(notify=True, args=["--config", str(boot), "--state-dir", str(tmp_path / "state")])
+        plant.wait_ready()
+        assert plant.metric("cfg_revision_current") == rev
+        got = plant.notifications(lambda m: any(f"etcd rev {rev}" in x for x in m), 30)
+        assert any(x.startswith("STATUS=") and f"etcd rev {rev}" in x for x in got), got
+        wait(lambda: status_key(etcd, "gw-t").get("applied_revision") == rev, 20, "the status key", plant)
+        assert (tmp_path / "state" / "etcd" / f"rev-{rev}" / "variables.yml").read_text() == (
+            plant.cfg / "variables.yml"
+        ).read_text()
