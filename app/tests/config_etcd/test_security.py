@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from edge_gateway.config.cli import main
-from edge_gateway.config.etcd.store import PermissionDenied, config_prefix, make_meta
+from edge_gateway.config.etcd.store import EtcdUnavailable, PermissionDenied, Store, config_prefix, make_meta
 from edge_gateway.config.etcd.url import Credentials, EtcdUrl
-from edge_gateway.config.etcd.store import EtcdUnavailable, Store
 from edge_gateway.testkit_etcd import ROOT_PASSWORD, Etcd
 
 DEMO = Path(__file__).resolve().parents[3] / "config"
