@@ -251,7 +251,7 @@ class Store:
 
     def _client(self, host: str, port: int) -> Etcd3Client:
         c = self.creds
-        return Etcd3Client(
+        client = Etcd3Client(
             host=host,
             port=port,
             protocol="https" if c.tls else "http",
@@ -261,6 +261,10 @@ class Store:
             timeout=self.timeout,
             api_path=API_PATH,
         )
+        # requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE override the session's CA (requests#3829) and
+        # routes through HTTP(S)_PROXY: the store talks to exactly the endpoints and CA it was given.
+        client.session.trust_env = False
+        return client
 
     def close(self) -> None:
         for c in self._clients:
