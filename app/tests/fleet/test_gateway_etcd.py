@@ -316,7 +316,8 @@ def test_a_bootstrap_directory_over_tls_with_a_client_certificate(tmp_path: Path
         plant.wait_ready()
         assert plant.metric("cfg_revision_current") == rev
         got = plant.notifications(lambda m: any(f"etcd rev {rev}" in x for x in m), 30)
-        assert any(x.startswith("STATUS=") and f"etcd rev {rev}" in x for x in got), got
+        lines = [line for m in got for line in m.splitlines()]
+        assert any(x.startswith("STATUS=") and f"etcd rev {rev}," in x for x in lines), got
         wait(lambda: status_key(etcd, "gw-t").get("applied_revision") == rev, 20, "the status key", plant)
         assert (tmp_path / "state" / "etcd" / f"rev-{rev}" / "variables.yml").read_text() == (
             plant.cfg / "variables.yml"
