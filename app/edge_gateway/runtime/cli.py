@@ -47,8 +47,9 @@ EXIT_CODES = """\
 exit codes:
   0    clean stop after SIGTERM or SIGINT (Ctrl-C); also --help and --version
   1    the gateway cannot start: WAL locked by another process, control socket
-       in use, metrics port taken, ... (logged as "cannot start: ..."); also a
-       second SIGTERM/SIGINT during the graceful stop, which exits at once
+       in use, metrics port taken, etcd unreachable with no cached configuration
+       ... (logged as "cannot start: ..."); also a second SIGTERM/SIGINT during
+       the graceful stop, which exits at once
   2    the configuration is invalid or unreadable (every problem on stderr as
        FILE:LINE: MESSAGE, as `edge-cfg lint` prints it), or the command line
        is wrong; systemd does not restart on 2 (RestartPreventExitStatus=2)
@@ -61,6 +62,11 @@ Run the gateway in the foreground on a config directory (systemd Type=notify:
 READY, WATCHDOG and STATUS). SIGHUP, `edge-ctl reload` and any change of the
 directory's YAML files reload the configuration live; an invalid one is refused
 and the running one kept. SIGTERM or SIGINT stops it gracefully.
+
+From etcd (--config etcd://HOST:PORT[,...]/PREFIX, or a DIR whose gateway.yml
+holds a config_source: block) every pushed revision is applied the same way and
+cached under the state directory; started with etcd unreachable, the gateway
+runs on that cache and says so. An empty prefix is waited on.
 """
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
