@@ -95,16 +95,22 @@ def cpu_s(pids: list[int]) -> float:
     return total / TICK
 
 
-def requests(etcd: Etcd) -> float:
-    n = 0.0
+def requests(etcd: Etcd) -> dict[str, float]:
+    """grpc_server_msg_received_total of every member, summed, by gRPC method."""
+    out: dict[str, float] = {}
     for m in etcd.nodes:
         with urllib.request.urlopen(
             f"http://{LOOPBACK}:{m.client_port}/metrics", timeout=5
         ) as r:
             for line in r.read().decode().splitlines():
                 if line.startswith("grpc_server_msg_received_total"):
-                    n += float(line.rsplit(" ", 1)[1])
-    return n
+                    method = line.split('grpc_method="', 1)[1].split('"', 1)[0]
+                    out[method] = out.get(method, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def _delta(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    return {k: b.get(k, 0.0) - a.get(k, 0.0) for k in set(a) | set(b)}
 
 
 def run(
@@ -135,7 +141,8 @@ def run(
         r0, c0, t0 = requests(etcd), cpu_s(pids), time.monotonic()
         time.sleep(idle_s)
         r1, c1, t1 = requests(etcd), cpu_s(pids), time.monotonic()
-        idle_rps, idle_cpu = (r1 - r0) / (t1 - t0), (c1 - c0) / (t1 - t0)
+        idle = {k: v / (t1 - t0) for k, v in _delta(r0, r1).items()}
+        idle_rps, idle_cpu = sum(idle.values()), (c1 - c0) / (t1 - t0)
         latencies: list[float] = []
         text = (cfg_dir / "variables.yml").read_text()
         r0, c0, t0 = requests(etcd), cpu_s(pids), time.monotonic()
@@ -155,7 +162,11 @@ def run(
     for src in sources:
         src.store.close()
     span = t1 - t0
-    per_push_req = (r1 - r0 - idle_rps * span) / pushes
+    by_method = {
+        k: round((v - idle.get(k, 0.0) * span) / pushes, 1)
+        for k, v in _delta(r0, r1).items()
+    }
+    per_push_req = sum(by_method.values())
     per_push_cpu = (c1 - c0 - idle_cpu * span) / pushes
     latencies.sort()
     return {
@@ -168,7 +179,13 @@ def run(
         "max_ms": round(1000 * latencies[-1], 1),
         "requests_per_push": round(per_push_req, 1),
         "etcd_cpu_ms_per_push": round(1000 * per_push_cpu, 1),
+        "requests_per_push_by_method": {
+            k: v for k, v in sorted(by_method.items()) if abs(v) >= 0.5
+        },
         "idle_requests_per_s": round(idle_rps, 1),
+        "idle_requests_per_s_by_method": {
+            k: round(v, 2) for k, v in sorted(idle.items()) if v >= 0.01
+        },
         "idle_etcd_cpu_pct": round(100 * idle_cpu, 1),
         "loadavg": [round(x, 2) for x in os.getloadavg()],
     }
@@ -196,7 +213,7 @@ def markdown(fig: dict[str, Any], quick: bool) -> str:
         ),
         "",
         (
-            "| watchers | pushes | p50 ms | p99 ms | max ms | etcd requests / push | etcd CPU ms / push "
+            "| watchers | pushes | p50 ms | p99 ms | max ms | etcd requests / push | etcd CPU ms / push (3 members) "
             "| idle requests / s | idle etcd CPU % of a core (3 members) | loadavg |"
         ),
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -214,26 +231,31 @@ def markdown(fig: dict[str, Any], quick: bool) -> str:
 def extrapolate(rows: list[dict[str, Any]]) -> str:
     big = max(rows, key=lambda r: r["watchers"])
     w = big["watchers"]
-    req_per_watcher = big["requests_per_push"] / w
+    req_per_watcher = (
+        big["requests_per_push"] - 2
+    ) / w  # the push's own Txn and the Range it diffs against
     cpu_per_watcher = big["etcd_cpu_ms_per_push"] / w
     idle_per_watcher = big["idle_requests_per_s"] / w
     idle_cpu_per_watcher = big["idle_etcd_cpu_pct"] / w
     n = 5000
     return (
-        f"**Towards 5 000 gateways.** A push costs etcd one txn plus, per watching gateway, one watch event "
-        f"sent and one range read of the prefix: measured {req_per_watcher:.2f} requests and "
-        f"{cpu_per_watcher:.2f} ms of etcd CPU per watcher per push at {w} watchers. A push that all {n} "
-        f"gateways watch (one shared prefix) is then ≈ {req_per_watcher * n:,.0f} requests and "
-        f"≈ {cpu_per_watcher * n / 1000:.1f} s of etcd CPU, spread over the time the watchers take to read "
-        f"(the latency grows with it; per-gateway prefixes make a push cost one watcher instead). The standing "
-        f"cost dominates: every gateway keeps its presence lease alive every {fleet.PRESENCE_TTL / 3:.1f} s "
-        f"and refreshes its status key, measured {idle_per_watcher:.2f} requests/s and "
-        f"{idle_cpu_per_watcher:.3f} % of a core per gateway, so ≈ {idle_per_watcher * n:,.0f} requests/s and "
-        f"≈ {idle_cpu_per_watcher * n / 100:.1f} cores of etcd for {n} gateways, before the watch streams, "
-        "which the Store reopens after 30 s without an event (≈ 170 watch creates/s for 5 000). At that scale "
-        "the lease TTL goes up (30 s: a third of the keep-alives), status writes go to change-only, the "
-        "idle watch reconnect goes (progress notifications instead), and the members get dedicated cores "
-        "and disks: etcd's own guidance is thousands of watchers and ~10 000 writes/s on good hardware."
+        f"**Towards 5 000 gateways.** A push costs etcd its own Txn (and the Range `edge-cfg push` diffs "
+        f"against) plus, per watching gateway, one watch event sent, one Range (the whole prefix at one "
+        f"revision) and one Put (its status key): measured {req_per_watcher:.2f} requests and "
+        f"{cpu_per_watcher:.2f} ms of etcd CPU (3 members summed) per watcher per push at {w} watchers "
+        f"(by method: {big['requests_per_push_by_method']}). A push that all {n} gateways watch (one shared "
+        f"prefix) is then ≈ {req_per_watcher * n:,.0f} requests and ≈ {cpu_per_watcher * n / 1000:.1f} s of "
+        f"etcd CPU, and its latency grows with the reads queued behind one another (p50 here grows about "
+        f"linearly with the watchers, on 2 shared cores where the watchers' own Python threads compete with "
+        f"etcd); with one prefix per gateway a push costs one watcher, so a fleet-wide rollout is "
+        f"{n} pushes at the txn rate etcd sustains. The standing cost is the presence leases: a keep-alive "
+        f"every {fleet.PRESENCE_TTL / 3:.1f} s, measured {idle_per_watcher:.2f} requests/s and "
+        f"{idle_cpu_per_watcher:.3f} % of a core per gateway, so ≈ {idle_per_watcher * n:,.0f} requests/s "
+        f"and ≈ {idle_cpu_per_watcher * n / 100:.1f} cores for {n} gateways, plus a status refresh every "
+        f"{fleet.STATUS_REFRESH:.0f} s ({n / fleet.STATUS_REFRESH:.0f} Puts/s) and the watch streams, which "
+        f"the Store reopens after 30 s without an event (≈ {n / 30:.0f} watch creates/s). At that scale the "
+        "lease TTL goes up (30 s: a third of the keep-alives), the idle watch reconnect goes (progress "
+        "notifications instead), and the members get dedicated cores and SSDs."
     )
 
 

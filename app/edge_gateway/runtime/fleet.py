@@ -398,6 +398,7 @@ class EtcdSource:
     def _run_presence(self) -> None:
         lease: Any = None
         last_written = 0.0
+        next_refresh = 0.0  # a wake-up for the status key does not refresh the lease early
         last_doc: dict[str, Any] | None = None
         while not self._stopping.is_set():
             self.heartbeat = time.monotonic()
@@ -406,8 +407,10 @@ class EtcdSource:
             try:
                 if lease is None:
                     lease = self.store.presence(self.gateway_id, PRESENCE_TTL)
-                else:
+                    next_refresh = time.monotonic() + PRESENCE_TTL / 3
+                elif time.monotonic() >= next_refresh:
                     lease.refresh()  # a lease that expired during an outage is granted again
+                    next_refresh = time.monotonic() + PRESENCE_TTL / 3
                 if not self.connected:
                     self._set(connected=True, last_error=None)
                 doc = self.status_document()
@@ -418,13 +421,16 @@ class EtcdSource:
             except EtcdUnavailable as e:
                 self._set(connected=False, last_error=str(e))
                 last_doc = None  # written again once the store answers
+                next_refresh = time.monotonic() + PRESENCE_TTL / 3
             except EtcdError as e:  # refused (RBAC): nothing else this thread can do about it
                 log.warning("presence/status of %s refused: %s", self.gateway_id, e)
                 last_doc = None
+                next_refresh = time.monotonic() + PRESENCE_TTL / 3
             except Exception:  # noqa: BLE001 - the presence thread must outlive a surprise
                 log.warning("presence/status could not be written", exc_info=True)
                 last_doc = None
-            self._status_request.wait(PRESENCE_TTL / 3)
+                next_refresh = time.monotonic() + PRESENCE_TTL / 3
+            self._status_request.wait(max(0.05, next_refresh - time.monotonic()))
         if lease is not None:
             try:
                 lease.revoke()  # a clean stop: the gateway leaves the fleet now, not after the TTL
