@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,7 +34,7 @@ from edge_gateway.testkit import LOOPBACK
 from edge_gateway.testkit_etcd import Etcd
 from tests.consumer import BatchSubscriber
 
-from ..runtime.plant import Plant, latest
+from ..runtime.plant import BIN, Plant, latest
 
 NEW_TAG = """
 - tag: plant.level_raw
@@ -61,6 +62,21 @@ def push(store: Store, directory: Path, message: str = "test") -> int:
     rev = store.push(read_tables(directory), base.revision, make_meta(message), base=base)
     assert rev is not None
     return rev
+
+
+def edge_cfg(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "edge-cfg"), *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def edge_ctl_status(plant: Plant) -> str:
+    done = subprocess.run(
+        [str(BIN / "edge-ctl"), "--socket", plant.control, "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.stdout
 
 
 def raw_put(store: Store, key: str, text: str) -> int:
@@ -124,11 +140,14 @@ def test_push_reaches_every_gateway_and_a_bad_revision_is_refused_then_rolled_ba
                 wait(lambda gw=gw: status_key(etcd, gw).get("applied_revision") == revs[gw], 20, "status", plant)
                 assert status_key(etcd, gw)["present"] is True
 
-            # One push per gateway adds a tag; each applies it as the revision etcd gave the push.
+            # One `edge-cfg push` per gateway adds a tag; each applies it as the revision etcd gave the push.
             for gw, plant in zip(ids, plants, strict=True):
                 plant.sim.ctl(op="set", unit=1, table="holding", addr=30, value=777)
                 plant.edit("variables.yml", append=NEW_TAG)
-                revs[gw] = push(stores[gw], plant.cfg)
+                done = edge_cfg("push", str(plant.cfg), etcd.gateway_url(gw), *etcd.cli_args(), "-m", "a tag")
+                assert done.returncode == 0, done.stderr
+                revs[gw] = stores[gw].snapshot().config_revision
+                assert f"revision {revs[gw]}" in done.stdout + done.stderr
             for gw, plant in zip(ids, plants, strict=True):
                 wait(lambda p=plant, gw=gw: p.metric("cfg_revision_current") == revs[gw], 30, "applied", plant)
                 assert plant.ctl("status")["config_source"]["applied_revision"] == revs[gw]
@@ -150,6 +169,8 @@ def test_push_reaches_every_gateway_and_a_bad_revision_is_refused_then_rolled_ba
             n = len(sub.frames())
             assert sub.wait_for(lambda s: sum(f["tag"] == "plant.level_raw" for f in s.frames()[n:]) >= 3, 20)
             assert status_key(etcd, "gw-b").get("rejected_revision") is None  # the other prefix is untouched
+            text = edge_ctl_status(a)
+            assert f"refused revision {bad} (invalid)" in text and "- variables.yml:" in text, text
 
             # Rollback: the tables as they were, as a new revision; the gateway applies it.
             back = sa.rollback(revs["gw-a"], meta=make_meta("rollback"))
@@ -168,6 +189,19 @@ def test_push_reaches_every_gateway_and_a_bad_revision_is_refused_then_rolled_ba
     finally:
         own.close()
         other.close()
+
+    # Started with a's credentials on b's prefix: refused, and with no cache it cannot start.
+    c = plants[1]
+    wrong = subprocess.run(
+        [str(BIN / "edge-gateway"), "run", "--config", etcd.gateway_url("gw-b")]
+        + ["--state-dir", str(c.tmp / "state-wrong"), "--etcd-user", "gw-a"]
+        + ["--etcd-password-file", str(passwords["gw-a"])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert wrong.returncode == 1 and "permission denied" in (wrong.stdout + wrong.stderr), wrong
 
     # A clean stop revokes the presence lease: the gateway leaves the fleet at once, its status stays.
     b = plants[1]
@@ -226,6 +260,8 @@ def test_compaction_is_a_full_resync_and_a_restart_with_etcd_down_runs_on_the_ca
         assert src["from_cache"] is True and src["connected"] is False and src["applied_revision"] == last, src
         assert any("configuration store unreachable" in r for r in status["health"]["reasons"]), status["health"]
         assert plant.metric("cfg_source_cache") == 1 and plant.metric("cfg_revision_current") == last
+        text = edge_ctl_status(plant)
+        assert "UNREACHABLE" in text and "running on its CACHE" in text and f"revision {last}" in text, text
         n = len(sub.frames())
         assert sub.wait_for(lambda s: sum(f["tag"] == "plant.level_raw" for f in s.frames()[n:]) >= 3, 30)
 
