@@ -105,7 +105,19 @@ def main(argv: list[str] | None = None) -> int:
         default=60.0,
         help="seconds to wait for the three to apply",
     )
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=BUILD,
+        help="where everything goes, emptied first (default build/fleet-demo)",
+    )
     args = ap.parse_args(argv)
+    return run(args.workdir.resolve(), args.timeout)
+
+
+def run(build: Path, timeout: float) -> int:
+    global BUILD
+    BUILD = build
     shutil.rmtree(BUILD, ignore_errors=True)
     BUILD.mkdir(parents=True)
     procs: list[tuple[str, subprocess.Popen[Any]]] = []
@@ -197,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         with etcd.store(PREFIX) as s:
             rev = s.snapshot().config_revision
-        deadline = time.monotonic() + args.timeout
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             applied = {gw: metric(ports[gw], "cfg_revision_current") for gw in GATEWAYS}
             if all(v == rev for v in applied.values()):
