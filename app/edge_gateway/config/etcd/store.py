@@ -755,6 +755,11 @@ def _short(e: BaseException) -> str:
 
 
 def _refusal(code: int, message: str, what: str) -> EtcdError:
+    if "CommonName of client" in message:
+        return PermissionDenied(
+            f"{what}: etcd refuses a client certificate with a CommonName through its JSON gateway while auth "
+            "is on (CVE-2018-16886): use a certificate without CN (the user comes from --etcd-user)"
+        )
     if code == 7 or "permission denied" in message:
         return PermissionDenied(f"{what}: etcd: {message or 'permission denied'}")
     if code == 16 or "user name is empty" in message or "invalid auth token" in message:
