@@ -746,6 +746,8 @@ def _json_or_none(text: str | None) -> Any:
 def _short(e: BaseException) -> str:
     """A one-line reason for a network failure (requests' messages nest the whole urllib3 chain)."""
     text = str(getattr(e, "detail_text", None) or e)  # etcd3gw keeps requests' message in detail_text
+    if text.startswith("{"):  # a 503/504 from the JSON gateway: etcd's own message ("no leader", "timed out")
+        return _error_body(gw_exc.Etcd3Exception(text))[1] or text[:200]
     for marker in ("Connection refused", "timed out", "Name or service not known", "CERTIFICATE_VERIFY_FAILED"):
         if marker in text:
             return marker.lower() if marker != "CERTIFICATE_VERIFY_FAILED" else "TLS certificate verify failed"
