@@ -33,6 +33,7 @@ def test_rbac_gateway_reads_only_its_prefix_and_writes_only_its_keys(tmp_path: P
         a_on_b = etcd.store(config_prefix("gw-b"), "gw-a", files["gw-a"])
         try:
             assert a.snapshot().tables == {"endpoints": "gw-a: 1\n"}
+            assert a.revision() >= a.snapshot().config_revision
             watch = a.watch(1)
             assert next(iter(watch)).tables == {"endpoints": "gw-a: 1\n"}
             watch.close()

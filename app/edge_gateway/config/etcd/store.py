@@ -371,8 +371,14 @@ class Store:
         return Snapshot(rev, tables, meta, mods)
 
     def revision(self) -> int:
-        """The store's current revision (a count-only range: nothing transferred)."""
-        answer = self.call("kv/range", {"key": _b64("\0"), "count_only": True})
+        """The store's current revision (a count-only range: nothing transferred). Over the prefix when there
+        is one, so a gateway's user (which may read only its prefix) can ask too."""
+        if self.prefix:
+            key = self.prefix + "/"
+            payload = {"key": _b64(key), "range_end": _b64(range_end(key)), "count_only": True}
+        else:
+            payload = {"key": _b64("\0"), "count_only": True}
+        answer = self.call("kv/range", payload)
         return _int(answer.get("header", {}).get("revision"))
 
     # -- writes --
