@@ -9,6 +9,7 @@ the fixture makes (`certs`). `enable_auth()` turns on RBAC with the recipe of co
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
 import json
@@ -17,6 +18,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,11 +45,14 @@ class TlsFiles:
     ca: Path
     server_cert: Path
     server_key: Path
-    client_cert: Path  # CN=root: with auth enabled, etcd takes a client certificate's CN as the user
+    # No CN: with auth on, etcd refuses a request through its JSON gateway from a certificate with a CN
+    # ("CommonName of client sending a request against gateway will be ignored…", CVE-2018-16886): the
+    # name goes into O, the user comes from --etcd-user.
+    client_cert: Path
     client_key: Path
 
     def client_pair(self, name: str) -> tuple[Path, Path]:
-        """Another client certificate (CN=`name`), signed by the same CA."""
+        """Another client certificate (O=`name`, no CN), signed by the same CA."""
         return _client_cert(self.ca.parent, name)
 
 
@@ -79,7 +84,9 @@ def _issue(directory: Path, stem: str, cn: str, issuer: Any, ca: bool = False, s
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    client = not ca and not server
+    attr = NameOID.ORGANIZATION_NAME if client else NameOID.COMMON_NAME
+    name = x509.Name([x509.NameAttribute(attr, cn)])
     issuer_key, issuer_cert = issuer if issuer else (key, None)
     now = datetime.datetime.now(datetime.UTC)
     b = (
@@ -323,6 +330,18 @@ class Etcd:
                 return i
         raise RuntimeError("no member is the leader")
 
+    def put(self, key: str, text: str) -> int:
+        """A raw write (as root), behind edge-cfg's back: no lint, no _meta. Returns the revision."""
+        with self.store() as s:
+            answer = s.call("kv/put", {"key": _b64(key), "value": _b64(text)})
+            return int(answer["header"]["revision"])
+
+    def delete(self, key: str) -> int:
+        """A raw delete (as root). Returns the revision."""
+        with self.store() as s:
+            answer = s.call("kv/deleterange", {"key": _b64(key)})
+            return int(answer["header"]["revision"])
+
     def compact(self, revision: int | None = None) -> int:
         """Compact up to `revision` (default: the current one); returns it."""
         with self.store() as s:
@@ -338,7 +357,7 @@ class Etcd:
 
     # -- RBAC (config/etcd/README.md, "RBAC") --
 
-    def enable_auth(self, gateways: list[str] = (), operators: list[str] = ()) -> dict[str, Path]:  # type: ignore[assignment]
+    def enable_auth(self, gateways: Sequence[str] = (), operators: Sequence[str] = ()) -> dict[str, Path]:
         """Root user, one user+role per gateway (read its config prefix, write its status and presence)
         and operator users (read/write every config prefix, read status and presence); then auth on.
         Returns user → password file (0600)."""
@@ -386,12 +405,14 @@ def _auth(s: Store, what: str, body: dict[str, Any]) -> dict[str, Any]:
     return s.call(f"auth/{what}", body)
 
 
-def _grant(s: Store, role: str, key: str, end: str | None, perm: str) -> None:
-    import base64
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
 
-    p: dict[str, Any] = {"permType": perm, "key": base64.b64encode(key.encode()).decode()}
+
+def _grant(s: Store, role: str, key: str, end: str | None, perm: str) -> None:
+    p: dict[str, Any] = {"permType": perm, "key": _b64(key)}
     if end is not None:
-        p["range_end"] = base64.b64encode(end.encode()).decode()
+        p["range_end"] = _b64(end)
     _auth(s, "role/grant", {"name": role, "perm": p})
 
 

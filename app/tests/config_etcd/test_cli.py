@@ -71,6 +71,9 @@ def test_push_diff_history_rollback(etcd: Etcd, cfg: Path, capsys: pytest.Captur
     assert r3 > r2
     code, out, err = edge_cfg(capsys, "rollback", url, "endpoints", "--to", str(r1))
     assert code == 0 and "already" in err
+    assert edge_cfg(capsys, "rollback", url, "--to", "rev=999999")[0] == 1  # a future revision
+    assert edge_cfg(capsys, "rollback", url, "--to", "rev=x")[0] == 2  # not a revision
+    assert edge_cfg(capsys, "rollback", url, "nosuch", "--to", str(r1))[0] == 2  # not a table
 
 
 def test_lint_error_exit_1_nothing_written(etcd: Etcd, cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:

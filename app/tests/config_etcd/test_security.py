@@ -3,7 +3,10 @@ own status and presence keys; TLS with client certificates; no secret in any out
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ from edge_gateway.config.etcd.url import Credentials, EtcdUrl
 from edge_gateway.testkit_etcd import ROOT_PASSWORD, Etcd
 
 DEMO = Path(__file__).resolve().parents[3] / "config"
+EDGE_CFG = str(Path(sys.executable).parent / "edge-cfg")
 
 
 def test_rbac_gateway_reads_only_its_prefix_and_writes_only_its_keys(tmp_path: Path) -> None:
@@ -29,6 +33,7 @@ def test_rbac_gateway_reads_only_its_prefix_and_writes_only_its_keys(tmp_path: P
         a_on_b = etcd.store(config_prefix("gw-b"), "gw-a", files["gw-a"])
         try:
             assert a.snapshot().tables == {"endpoints": "gw-a: 1\n"}
+            assert a.revision() >= a.snapshot().config_revision
             watch = a.watch(1)
             assert next(iter(watch)).tables == {"endpoints": "gw-a: 1\n"}
             watch.close()
@@ -111,3 +116,37 @@ def test_secrets_never_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str
             out = capsys.readouterr()
             assert "permission denied" in out.err or "authentication failed" in out.err, out.err
             assert password not in out.out + out.err and ROOT_PASSWORD not in out.out + out.err
+
+
+def test_tls_and_rbac_together_from_the_environment(tmp_path: Path) -> None:
+    """The real edge-cfg process, everything from EDGE_ETCD_*: an operator pushes over TLS with a client
+    certificate and a password; the gateway's user reads its own config and is refused another's."""
+    cfg = tmp_path / "cfg"
+    shutil.copytree(DEMO, cfg, ignore=shutil.ignore_patterns("README.md", "examples"))
+    with Etcd(workdir=tmp_path / "etcd", tls=True) as etcd:
+        files = etcd.enable_auth(gateways=["gw-a"], operators=["ops"])
+        assert etcd.certs is not None
+        env = {
+            **os.environ,
+            "EDGE_ETCD_CA": str(etcd.certs.ca),
+            "EDGE_ETCD_CERT": str(etcd.certs.client_cert),
+            "EDGE_ETCD_KEY": str(etcd.certs.client_key),
+            "EDGE_ETCD_USER": "ops",
+            "EDGE_ETCD_PASSWORD_FILE": str(files["ops"]),
+        }
+        r = subprocess.run(
+            [EDGE_CFG, "push", str(cfg), etcd.gateway_url("gw-a")], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert r.returncode == 0, r.stderr
+        rev = int(r.stdout)
+        env.update(EDGE_ETCD_USER="gw-a", EDGE_ETCD_PASSWORD_FILE=str(files["gw-a"]))
+        r = subprocess.run(
+            [EDGE_CFG, "history", etcd.gateway_url("gw-a")], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert r.returncode == 0 and r.stdout.splitlines()[1].split()[0] == str(rev), r
+        r = subprocess.run(
+            [EDGE_CFG, "diff", str(cfg), etcd.gateway_url("gw-b")], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert r.returncode == 2 and "permission denied" in r.stderr, r
+        for secret in (files["gw-a"].read_text().strip(), files["ops"].read_text().strip()):
+            assert secret not in r.stdout + r.stderr

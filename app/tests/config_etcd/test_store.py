@@ -102,7 +102,7 @@ def test_watch_close_from_another_thread(etcd: Etcd) -> None:
                 pass
             done.set()
 
-        t = threading.Thread(target=run)
+        t = threading.Thread(target=run, daemon=True)
         t.start()
         with etcd.store(PREFIX) as other:
             other.push({"endpoints": "a: 1\n"}, other.revision(), make_meta())
@@ -157,3 +157,57 @@ def test_failover_to_the_next_endpoint(etcd3: Etcd) -> None:
         rev = s.push({"endpoints": "a: 1\n"}, 0, make_meta())
         etcd3.stop_member(0)
         assert s.snapshot().config_revision == rev
+
+
+def test_quiet_watch_reconnects_past_a_compaction_it_slept_through(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Other prefixes move the revision on and a compaction passes the watcher's start while its prefix is
+    quiet: the progress notifications it got meanwhile let it reconnect (member restarted) without a
+    spurious Compacted, and it still sees the next change of its own prefix."""
+    with Etcd(workdir=tmp_path / "etcd", extra=["--experimental-watch-progress-notify-interval=200ms"]) as etcd:
+        with etcd.store(PREFIX) as s, etcd.store(config_prefix("other")) as other:
+            w = s.watch(s.revision() + 1, idle_timeout=5)
+            got: list[Change] = []
+            errors: list[BaseException] = []
+
+            def run() -> None:
+                # What the gateway does: on EtcdUnavailable (the only member restarting), watch again from
+                # the revision after the last one delivered.
+                watch = w
+                while not closed.is_set():
+                    try:
+                        got.extend(watch)
+                        return
+                    except EtcdUnavailable:
+                        threading.Event().wait(0.2)
+                        watch = s.watch(watch.next_revision, idle_timeout=5)
+                        watches.append(watch)
+                    except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+                        errors.append(e)
+                        return
+
+            closed = threading.Event()
+            watches = [w]
+
+            t = threading.Thread(target=run, daemon=True)
+            t.start()
+            for i in range(5):
+                other.push({"endpoints": f"a: {i}\n"}, other.revision(), make_meta())
+            moved_to = other.revision()
+            for _ in range(200):  # until a progress notification carried the watcher past the writes
+                if w.next_revision > moved_to:
+                    break
+                threading.Event().wait(0.05)
+            assert w.next_revision > moved_to
+            etcd.compact(moved_to)
+            etcd.stop_member(0)
+            etcd.start()
+            rev = s.push({"endpoints": "mine\n"}, s.revision(), make_meta("mine"))
+            for _ in range(200):
+                if got or errors:
+                    break
+                threading.Event().wait(0.05)
+            closed.set()
+            for watch in watches:
+                watch.close()
+            t.join(10)
+            assert errors == [] and [c.revision for c in got] == [rev]

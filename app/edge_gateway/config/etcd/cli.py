@@ -357,6 +357,11 @@ def _rollback(args: argparse.Namespace) -> int:
         except Compacted as e:
             _err(f"edge-cfg rollback: revision {to} is compacted away ({e}); see `edge-cfg history`")
             return INVALID
+        except EtcdError as e:
+            if "future revision" not in str(e):
+                raise
+            _err(f"edge-cfg rollback: revision {to} does not exist yet; see `edge-cfg history`")
+            return INVALID
         if not old.tables:
             _err(f"edge-cfg rollback: {store.url} held no configuration at revision {to}")
             return INVALID

@@ -22,6 +22,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -370,8 +371,14 @@ class Store:
         return Snapshot(rev, tables, meta, mods)
 
     def revision(self) -> int:
-        """The store's current revision (a count-only range: nothing transferred)."""
-        answer = self.call("kv/range", {"key": _b64("\0"), "count_only": True})
+        """The store's current revision (a count-only range: nothing transferred). Over the prefix when there
+        is one, so a gateway's user (which may read only its prefix) can ask too."""
+        if self.prefix:
+            key = self.prefix + "/"
+            payload = {"key": _b64(key), "range_end": _b64(range_end(key)), "count_only": True}
+        else:
+            payload = {"key": _b64("\0"), "count_only": True}
+        answer = self.call("kv/range", payload)
         return _int(answer.get("header", {}).get("revision"))
 
     # -- writes --
@@ -425,15 +432,37 @@ class Store:
                 ops.append({"request_delete_range": {"key": _b64(self._key(n))}})
             else:
                 ops.append({"request_put": {"key": _b64(self._key(n)), "value": _b64(text)}})
-        ops.append({"request_put": {"key": _b64(meta_key(self.prefix)), "value": _b64(json.dumps(dict(meta or {})))}})
-        answer = self.call("kv/txn", {"compare": compare, "success": ops, "failure": []})
+        meta_doc = {**dict(meta or {}), "id": uuid.uuid4().hex}  # tells our own write from someone else's
+        ops.append({"request_put": {"key": _b64(meta_key(self.prefix)), "value": _b64(json.dumps(meta_doc))}})
+        try:
+            answer = self.call("kv/txn", {"compare": compare, "success": ops, "failure": []})
+        except EtcdUnavailable:
+            # The txn may have been applied before the answer was lost (and then retried on another
+            # endpoint): our own _meta, by its id, says so.
+            landed = self._landed(meta_doc["id"])
+            if landed is None:
+                raise
+            return landed
         new = _int(answer.get("header", {}).get("revision"))
         if not answer.get("succeeded"):
+            landed = self._landed(meta_doc["id"])
+            if landed is not None:  # a retry of our own txn, after the first attempt succeeded unanswered
+                return landed
             raise Conflict(
                 f"{self.url}: changed since revision {expect_revision} (now {new}); nothing written: diff again",
                 new,
             )
         return new
+
+    def _landed(self, meta_id: str) -> int | None:
+        """The revision of our own txn when its _meta (by id) is the current one; None otherwise."""
+        try:
+            snap = self.snapshot()
+        except EtcdError:
+            return None
+        if snap.meta is not None and snap.meta.get("id") == meta_id:
+            return snap.mod_revisions.get(META)
+        return None
 
     def _key(self, name: str) -> str:
         return meta_key(self.prefix) if name == META else table_key(self.prefix, name)
@@ -595,6 +624,9 @@ class Watch:
                 "key": _b64(self.key),
                 "range_end": _b64(range_end(self.key)),
                 "start_revision": self.next_revision,
+                # Periodic empty answers with the revision all events up to which were sent: a watch
+                # reconnecting after a quiet spell starts there, not before a compaction it slept through.
+                "progress_notify": True,
             }
         }
         renewed = False
@@ -623,7 +655,12 @@ class Watch:
                     renewed = True
                     self.store._token = None
                     continue
-                raise _refusal(code, message, "watch")
+                refusal = _refusal(code, message, "watch")
+                if isinstance(refusal, PermissionDenied):
+                    raise refusal
+                last = f"{client.host}:{client.port}: {message}"  # shutting down, no leader: the next one
+                order.pop(0)
+                continue
             with self._lock:
                 self._response = resp
             if self._closed.is_set():
@@ -644,9 +681,10 @@ class Watch:
             if "error" in chunk:
                 err = chunk["error"]
                 code, message = int(err.get("code", 0)), str(err.get("message", ""))
-                if code == 14 or "no leader" in message:
-                    return  # reconnect
-                raise _refusal(code, message, "watch")
+                refusal = _refusal(code, message, "watch")
+                if isinstance(refusal, PermissionDenied):
+                    raise refusal
+                return  # the member is going away ("transport is closing", no leader): reconnect
             result = chunk.get("result", {})
             if result.get("canceled"):
                 compact = _int(result.get("compact_revision"))
@@ -657,6 +695,9 @@ class Watch:
                     raise PermissionDenied(f"watch {self.key}: {reason}")
                 return  # canceled for another reason (member shutting down): reconnect
             events = result.get("events") or []
+            if not events and not result.get("created"):  # a progress notification
+                self.next_revision = max(self.next_revision, _int(result.get("header", {}).get("revision")) + 1)
+                continue
             by_rev: dict[int, Change] = {}
             for ev in events:
                 kv = ev["kv"]
@@ -711,6 +752,8 @@ def _json_or_none(text: str | None) -> Any:
 def _short(e: BaseException) -> str:
     """A one-line reason for a network failure (requests' messages nest the whole urllib3 chain)."""
     text = str(getattr(e, "detail_text", None) or e)  # etcd3gw keeps requests' message in detail_text
+    if text.startswith("{"):  # a 503/504 from the JSON gateway: etcd's own message ("no leader", "timed out")
+        return _error_body(gw_exc.Etcd3Exception(text))[1] or text[:200]
     for marker in ("Connection refused", "timed out", "Name or service not known", "CERTIFICATE_VERIFY_FAILED"):
         if marker in text:
             return marker.lower() if marker != "CERTIFICATE_VERIFY_FAILED" else "TLS certificate verify failed"
@@ -720,6 +763,11 @@ def _short(e: BaseException) -> str:
 
 
 def _refusal(code: int, message: str, what: str) -> EtcdError:
+    if "CommonName of client" in message:
+        return PermissionDenied(
+            f"{what}: etcd refuses a client certificate with a CommonName through its JSON gateway while auth "
+            "is on (CVE-2018-16886): use a certificate without CN (the user comes from --etcd-user)"
+        )
     if code == 7 or "permission denied" in message:
         return PermissionDenied(f"{what}: etcd: {message or 'permission denied'}")
     if code == 16 or "user name is empty" in message or "invalid auth token" in message:
