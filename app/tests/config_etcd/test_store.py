@@ -211,3 +211,17 @@ def test_quiet_watch_reconnects_past_a_compaction_it_slept_through(tmp_path) -> 
                 watch.close()
             t.join(10)
             assert errors == [] and [c.revision for c in got] == [rev]
+
+
+def test_presence_comes_back_after_its_lease_expired(etcd: Etcd) -> None:
+    """A gateway cut off longer than the TTL lost its lease (here: revoked under it); the next refresh()
+    takes a new lease and writes the key again."""
+    with etcd.store() as s:
+        p = s.presence("gw-01", ttl=30, value={"gateway_id": "gw-01", "pid": 1})
+        old = p.lease_id
+        s.call("kv/lease/revoke", {"ID": old})
+        assert [f.gateway_id for f in s.fleet()] == []
+        assert p.refresh() > 0 and p.lease_id != old
+        (entry,) = s.fleet()
+        assert entry.present and entry.presence == {"gateway_id": "gw-01", "pid": 1}
+        p.revoke()
