@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -178,6 +179,20 @@ def test_push_reaches_every_gateway_and_a_bad_revision_is_refused_then_rolled_ba
             wait(lambda: a.metric("cfg_revision_current") == back, 30, "the rollback applied", a)
             wait(lambda: status_key(etcd, "gw-a").get("rejected_revision") is None, 20, "status after rollback", a)
             assert a.metric("cfg_apply_total", {"result": "unchanged"}) >= 1  # same content as the one running
+
+            # A valid revision that fails while applying (b's metrics port is taken): rolled back, the old
+            # one keeps serving, the status key says `rollback` with the reason.
+            b = plants[1]
+            with socket.socket() as taken:
+                taken.bind((LOOPBACK, 0))
+                taken.listen()
+                port = taken.getsockname()[1]
+                b.edit("gateway.yml", (f"127.0.0.1:{b.metrics_port}", f"127.0.0.1:{port}"))
+                failed = push(sb, b.cfg)
+                wait(lambda: status_key(etcd, "gw-b").get("rejected_revision") == failed, 30, "the rollback", b)
+            st = status_key(etcd, "gw-b")
+            assert st["rejected_result"] == "rollback" and "Address already in use" in st["problems"][0], st
+            assert b.metric("cfg_rollback_total") == 1 and b.metric("cfg_revision_current") == revs["gw-b"]
 
     # RBAC: gateway a's user reads its own prefix and not b's.
     own = Store(etcd.store(config_prefix("gw-a")).url, etcd.creds("gw-a", passwords["gw-a"]))
