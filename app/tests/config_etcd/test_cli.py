@@ -215,6 +215,13 @@ def test_10000_tags_push_in_one_txn(tmp_path: Path, capsys: pytest.CaptureFixtur
         assert code == 1 and f"{d}/variables.yml:1:" in out and "--max-request-bytes" in out
         with etcd.store(config_prefix(GW)) as s:
             assert s.snapshot().config_revision == rev
+        # Claiming a larger limit than the server has: etcd's own refusal, also exit 1.
+        code, out, err = edge_cfg(capsys, "push", str(d), url, "--max-request-bytes", str(4 << 20))
+        assert code == 1 and "too large" in err
+    # A server with a raised limit, and push told so: 13 000 tags in one txn.
+    with Etcd(workdir=tmp_path / "etcd4", max_request_bytes=4 << 20) as etcd:
+        code, out, err = edge_cfg(capsys, "push", str(d), etcd.gateway_url(GW), "--max-request-bytes", str(4 << 20))
+        assert code == 0, err
 
 
 def write_big_config(d: Path, tags: int) -> None:

@@ -25,6 +25,7 @@ from edge_gateway.config.etcd.store import (
     EtcdError,
     Snapshot,
     Store,
+    TooLarge,
     make_meta,
     read_tables,
     request_size,
@@ -162,7 +163,8 @@ def _store(args: argparse.Namespace, need_prefix: bool = True) -> Store:
         user=args.etcd_user,
         password_file=args.etcd_password_file,
     )
-    return Store(url, creds, timeout=args.timeout)
+    limit = getattr(args, "max_request_bytes", None) or DEFAULT_MAX_REQUEST_BYTES
+    return Store(url, creds, timeout=args.timeout, max_request_bytes=limit)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -183,6 +185,9 @@ def run(args: argparse.Namespace) -> int:
     except Conflict as e:
         _err(f"edge-cfg {args.cmd}: {e}")
         return CONFLICT
+    except TooLarge as e:  # the server's own refusal, when its limit is below --max-request-bytes
+        _err(f"edge-cfg {args.cmd}: {e}")
+        return INVALID
     except EtcdError as e:
         _err(f"edge-cfg {args.cmd}: {e}")
         return NETWORK
