@@ -238,11 +238,25 @@ def plant(tmp_path: Path) -> Iterator[Plant]:
 
 def test_compaction_is_a_full_resync_and_a_restart_with_etcd_down_runs_on_the_cache(etcd: Etcd, plant: Plant) -> None:
     with etcd.store(config_prefix("gw-1")) as s, BatchSubscriber(LOOPBACK, plant.broker.port) as sub:
-        first = push(s, plant.cfg)
+        push(s, plant.cfg)
         plant.start_gateway(args=gateway_args(etcd, plant, "gw-1"))
         plant.wait_ready()
-        assert plant.metric("cfg_revision_current") == first
         assert plant.gw is not None
+
+        # One push that renames a driver in drivers.yml and in every tag of variables.yml: either table
+        # alone is invalid, so a gateway that applied half of the txn would refuse it. It applies it whole.
+        for name in ("drivers.yml", "variables.yml"):
+            f = plant.cfg / name
+            f.write_text(f.read_text().replace("plc1", "plc9"))
+        both = push(s, plant.cfg)
+        wait(lambda: plant.metric("cfg_revision_current") == both, 30, "the two-table revision", plant)
+        assert plant.metric("cfg_invalid_total") == 0
+        assert any("plc9" in line["drivers"] for line in plant.ctl("status")["lines"].values())
+        for name in ("drivers.yml", "variables.yml"):
+            f = plant.cfg / name
+            f.write_text(f.read_text().replace("plc9", "plc1"))
+        first = push(s, plant.cfg)
+        wait(lambda: plant.metric("cfg_revision_current") == first, 30, "back to plc1", plant)
 
         # The watch breaks (etcd down), the gateway is frozen while etcd comes back, two revisions are
         # pushed and compacted away: resuming the watch from its revision is refused, so it re-reads all.
