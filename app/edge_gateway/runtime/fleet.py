@@ -331,6 +331,9 @@ class EtcdSource:
                 self._offer(self.store.snapshot(), rev)
                 self.watch_from = max(self.watch_from, rev + 1)
         finally:
+            # What the watch saw of a quiet prefix (etcd's progress notifications) counts as seen: a new
+            # watch after an outage starts there, not where the last change was (maybe compacted since).
+            self.watch_from = max(self.watch_from, int(getattr(watch, "next_revision", 0) or 0))
             self._watch = None
             watch.close()
 
