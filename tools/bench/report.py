@@ -13,7 +13,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-ORDER = ["wal", "rtu", "e2e", "mqtt_source", "peers"]
+ORDER = ["wal", "rtu", "e2e", "mqtt_source", "peers", "etcd"]
 TARGETS = [  # (bench, path into its JSON, target, label) — higher is better
     ("wal", ("frames_per_s_best",), 200000, "bus + WAL frames/s"),
     ("rtu", ("ratio",), 0.9, "RTU polls / wire bound"),

@@ -40,8 +40,10 @@ def lint(directory: str | Path) -> list[Problem]:
     return _Build(Path(directory)).run()[1]
 
 
-def load_snapshot(directory: str | Path) -> Snapshot:
-    snapshot, problems = _Build(Path(directory)).run()
+def load_snapshot(directory: str | Path, base: str | Path | None = None) -> Snapshot:
+    """`base`: what relative paths in the files are relative to, when not their own directory (a
+    configuration store's revision directory changes with every revision; the state directory does not)."""
+    snapshot, problems = _Build(Path(directory), Path(base) if base is not None else None).run()
     errors = [p for p in problems if p.severity == "error"]
     if errors or snapshot is None:
         raise ConfigError(errors or problems)
@@ -49,8 +51,9 @@ def load_snapshot(directory: str | Path) -> Snapshot:
 
 
 class _Build:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, base: Path | None = None) -> None:
         self.dir = directory
+        self.base = base if base is not None else directory
         self.src: dict[str, Source] = {}
         # Built-in plugins with their own builders (`plugin.config`: endpoint, device, tag, check), reached
         # through the registry: each is handed only its own entries, and this builder as `b`.
@@ -162,11 +165,11 @@ class _Build:
         return out
 
     def _path(self, value: str) -> str:
-        """A path from a file: relative paths are relative to the config directory."""
+        """A path from a file: relative paths are relative to the config directory (or `base`)."""
         p = Path(value)
         if p.is_absolute():
             return str(p)
-        resolved = str((self.dir / p).resolve())
+        resolved = str((self.base / p).resolve())
         self._relative[resolved] = value
         return resolved
 

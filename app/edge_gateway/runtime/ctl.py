@@ -445,6 +445,16 @@ def render_status(s: dict[str, Any], style: Style = PLAIN) -> str:
         else:
             out.append(f"liveness {style.bad('FAILING')}: " + "; ".join(live.get("problems", [])))
     out.append(f"config   {s.get('config')}  (revision {str(s.get('revision'))[:12]})")
+    src = s.get("config_source")
+    if isinstance(src, dict):  # from etcd (runtime/fleet.py)
+        link = style.good("connected") if src.get("connected") else style.bad("UNREACHABLE")
+        where = "  running on its CACHE" if src.get("from_cache") else ""
+        rev = src.get("applied_revision")
+        out.append(f"etcd     {src.get('url')} as {src.get('gateway_id')}: {link}, revision {rev}{where}")
+        rejected = src.get("rejected")
+        if isinstance(rejected, dict):
+            out.append(f"         refused revision {rejected.get('revision')} ({rejected.get('result')}):")
+            out += [f"         - {p}" for p in rejected.get("problems", [])]
     last = s.get("last_reload")
     if last:
         detail = last.get("error") or "; ".join(last.get("problems") or []) or ", ".join(last.get("changes") or [])

@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 # A reload stops and starts worker threads (each join is bounded by 5 s) and may restart the delivery runner
 # (10 s): a reload thread silent for longer than this is hung.
 RELOAD_STALE_AFTER = commands.RELOAD_TIMEOUT
+# The configuration store's threads: cfg-presence beats every few seconds; cfg-etcd may wait for a
+# reload (APPLY_TIMEOUT) or a store timeout with no beat.
+SOURCE_STALE_AFTER = 180.0
 # Opened once per process; a change in gateway.yml needs a restart (the reload answer says so).
 RESTART_ONLY = ("bus", "wal", "control_socket")
 
@@ -66,8 +69,13 @@ class BindError(OSError):
 
 
 class Gateway:
-    def __init__(self, snapshot: Snapshot, notifier: Notifier | None = None, metrics: bool = True) -> None:
+    def __init__(
+        self, snapshot: Snapshot, notifier: Notifier | None = None, metrics: bool = True, source: Any = None
+    ) -> None:
+        """`source`: a configuration store (runtime/fleet.py EtcdSource) instead of the files of
+        `snapshot.directory`; it feeds the same reload thread."""
         self.snapshot = snapshot
+        self.source = source
         self.notifier = notifier
         self.serve_metrics = metrics
         self.bus: Any = None
@@ -81,6 +89,10 @@ class Gateway:
         self.supervisor: Supervisor | None = None
         # Made now, so edits and SIGHUPs from this moment on are seen; its thread starts with the workers.
         self.reloader = Reloader(self, snapshot.directory) if snapshot.directory else None
+        if source is not None:
+            self.reloader = Reloader(
+                self, snapshot.directory, load=source.load, watch_files=False, store_revision=source.applied
+            )
         self._metrics_server: Any = None
         self._metrics_addr: tuple[str, int] | None = None
         self._watched: list[Watched] = []
@@ -109,6 +121,8 @@ class Gateway:
             self._start_delivery(snap)
             if self.reloader is not None:
                 self.reloader.start()
+            if self.source is not None:
+                self.source.start(self)
             commands.register(self)
             self._serve_metrics(snap.gateway)  # before the control socket answers: ready means scrapeable
             self.control.start()
@@ -148,6 +162,8 @@ class Gateway:
             self.supervisor.stop()
         if self.downlink is not None:
             self.downlink.accepting = False
+        if self.source is not None:
+            self.source.stop()  # no new revision from now on; the presence lease is revoked
         self.control.stop()
         if self.reloader is not None and self.reloader.is_alive():
             self.reloader.stop()
@@ -319,6 +335,9 @@ class Gateway:
         if self.reloader is not None:
             rl = self.reloader
             w.append(Watched("reload", target=lambda: rl, stale_after=RELOAD_STALE_AFTER, restart=rl.restart))
+        if self.source is not None:
+            src = self.source
+            w.append(Watched(src.name, target=lambda: src, stale_after=SOURCE_STALE_AFTER, restart=src.restart))
         return w
 
     def watched(self) -> list[Watched]:
@@ -337,6 +356,8 @@ class Gateway:
             out.append(self.runner)
         if self.reloader is not None:
             out.append(self.reloader)
+        if self.source is not None:
+            out.append(self.source)
         return out
 
     # -- status (runtime/status.py) -----------------------------------------------------------------------------

@@ -32,6 +32,9 @@ def summary(gw: Gateway) -> str:
         parts.append(f"backlog {up.cursor.lag}")
     if wal is not None and wal.fault is not None:  # commits failing (a full disk): producers held
         parts.append(f"wal FAULT {wal.fault}")
+    source = getattr(gw, "source", None)
+    if source is not None:
+        parts.append(source.summary())
     parts.append(f"rev {snap.revision[:8]}")
     return ", ".join(parts)
 
@@ -71,6 +74,9 @@ def status(gw: Gateway) -> dict[str, Any]:
         "tail_clients": gw.tail.clients,
         "last_reload": reloader.last if reloader is not None else None,
     }
+    source = getattr(gw, "source", None)
+    if source is not None:
+        out["config_source"] = source.status()
     problems = list(sup.problems) if sup is not None else []
     if sup is not None:
         out["supervisor"] = {"ready": sup.ready, "healthy": sup.healthy, "problems": problems}
@@ -95,6 +101,9 @@ def _health(gw: Gateway, st: dict[str, Any], owner: dict[str, str], sections: li
         reasons.append(f"WAL commits fail ({wal['fault']}): frames wait in memory")
     if writer is not None and getattr(writer, "error", None) is not None:
         reasons.append(f"WAL writer failed: {writer.error}")
+    source = getattr(gw, "source", None)
+    if source is not None:
+        reasons += source.health()
     if not st["liveness"]["ready"]:
         reasons.append("starting: not every worker has reported yet")
     bus = st["bus"]

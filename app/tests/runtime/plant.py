@@ -89,10 +89,11 @@ class Gateway:
         out: dict[str, Any] = json.loads(r.stdout)
         return out
 
-    def start(self, env: dict[str, str] | None = None) -> Gateway:
+    def start(self, env: dict[str, str] | None = None, args: list[str] | None = None) -> Gateway:
+        """`args`: instead of `--config` on the directory (a configuration store's URL, say)."""
         out = open(self.log, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
-            [str(BIN / "edge-gateway"), "run", "--config", str(self.cfg)],
+            [str(BIN / "edge-gateway"), "run", *(args or ["--config", str(self.cfg)])],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env or self.env,
@@ -168,14 +169,17 @@ class Plant:
         tmp.write_text(text + append)
         os.replace(tmp, p)
 
-    def start_gateway(self, notify: bool = False, env: dict[str, str] | None = None) -> None:
-        """With `notify`, the process runs as under systemd: a NOTIFY_SOCKET the test reads, a 1 s watchdog."""
+    def start_gateway(
+        self, notify: bool = False, env: dict[str, str] | None = None, args: list[str] | None = None
+    ) -> None:
+        """With `notify`, the process runs as under systemd: a NOTIFY_SOCKET the test reads, a 1 s watchdog.
+        `args`: instead of `--config` on the plant's directory (a configuration store's URL, say)."""
         penv = dict(os.environ, **(env or {}))
         if notify:
             self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self.notify.bind(str(self.tmp / "notify.sock"))
             penv.update(NOTIFY_SOCKET=str(self.tmp / "notify.sock"), WATCHDOG_USEC="1000000")
-        self.gateway.start(penv)
+        self.gateway.start(penv, args)
 
     @property
     def gw(self) -> subprocess.Popen[bytes] | None:
