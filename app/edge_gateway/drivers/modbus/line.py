@@ -271,17 +271,8 @@ class ModbusLine(threading.Thread):
                 error = str(e)
                 i += 1
                 continue
-            ts = now_ms()
             assert values is not None
-            for v in read.variables:
-                off = v.address.addr - read.start
-                chunk = values[off : off + v.address.len]
-                try:
-                    frames.append(Frame(0, ts, v.tag, codec.decode(v, chunk)))
-                except (ArithmeticError, ValueError, struct_error) as exc:
-                    frames.append(
-                        Frame(0, ts, v.tag, None, bad("scale" if isinstance(exc, ArithmeticError) else "decode"))
-                    )
+            frames += read.decoder.frames(values, now_ms())
             i += 1
         with self._lock:
             unit.polls += 1
@@ -317,7 +308,7 @@ class ModbusLine(threading.Thread):
         ts = now_ms()
         return [Frame(0, ts, v.tag, None, bad(reason)) for v in read.variables]
 
-    def _transact(self, unit: Unit, request: bytes, attempts: int) -> list[int] | list[bool] | None:
+    def _transact(self, unit: Unit, request: bytes, attempts: int) -> bytes | list[bool] | None:
         func = pdu.FC_NAME.get(request[0], str(request[0]))
         last: ModbusError = ModbusError("not attempted")
         for _ in range(attempts):
@@ -340,7 +331,7 @@ class ModbusLine(threading.Thread):
                         log.info("%s: reconnected", self.endpoint.id)
                     self._connected, self._reconnect_backoff = True, 0.0
                 response = self.transport.transact(unit.driver.modbus.unit_id, request)
-                values = pdu.parse(request, response)
+                values = pdu.parse_raw(request, response)
             except Disconnected as e:
                 self._disconnected(e)
                 metrics.PDU.labels(driver_id=unit.id, func=func, result="disconnected").inc()
@@ -410,9 +401,6 @@ class ModbusLine(threading.Thread):
                 w.future.set_exception(WriteError(str(e)))
             else:
                 w.future.set_result(None)
-
-
-from struct import error as struct_error  # noqa: E402  (kept beside its single use above)
 
 
 def start_line(

@@ -16,8 +16,10 @@ The plan is deterministic: the same variables give the same requests.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from edge_gateway.drivers.modbus import rtu
+from edge_gateway.drivers.modbus.codec import BlockDecoder
 from edge_gateway.drivers.modbus.model import Endpoint, Variable
 from edge_gateway.drivers.modbus.pdu import MAX_BITS, TABLE_FC
 
@@ -32,6 +34,11 @@ class Read:
     start: int
     count: int
     variables: tuple[Variable, ...]
+
+    @cached_property
+    def decoder(self) -> BlockDecoder:
+        """The answer → frames, compiled on the read's first answer and kept as long as the plan."""
+        return BlockDecoder(self.start, self.variables, self.fc in (1, 2))
 
     def describe(self) -> dict[str, object]:
         return {"fc": self.fc, "start": self.start, "count": self.count, "tags": [v.tag for v in self.variables]}
