@@ -238,6 +238,7 @@ class ModbusLine(threading.Thread):
         attempts = 1 if unit.state == "fault" else unit.driver.modbus.retry + 1
         frames: list[Frame] = []
         failed = 0
+        good = 0  # frames with a value: the decoder's, less those its conversions refused
         error = ""
         i = 0
         # Every Unit field is read and written under the line's lock: a reload (update_variables,
@@ -247,7 +248,7 @@ class ModbusLine(threading.Thread):
         while i < len(reads) and not self._stop_evt.is_set():
             read = reads[i]
             try:
-                values = self._transact(unit, pdu.read_request(read.fc, read.start, read.count), attempts)
+                values = self._transact(unit, read.request, attempts)
             except DeviceException as e:
                 with self._lock:  # the planner is shared with update_variables
                     split = e.code == 2 and unit.planner.forbid(read)
@@ -272,13 +273,15 @@ class ModbusLine(threading.Thread):
                 i += 1
                 continue
             assert values is not None
-            frames += read.decoder.frames(values, now_ms())
+            decoded = read.decoder.frames(values, now_ms())
+            frames += decoded
+            good += len(decoded) if read.decoder.plain else sum(1 for f in decoded if f.q == GOOD)
             i += 1
         with self._lock:
             unit.polls += 1
         if frames:
             self.bus.publish(frames)
-            metrics.POINTS.labels(driver_id=unit.id).inc(sum(1 for f in frames if f.q == GOOD))
+            metrics.POINTS.labels(driver_id=unit.id).inc(good)
         self._account(unit, failed == len(reads) and failed > 0, error)
 
     def _account(self, unit: Unit, cycle_failed: bool, error: str) -> None:
