@@ -119,6 +119,9 @@ def run_gateway(config_dir: str) -> int:
         return 2
 
     from edge_gateway.runtime.gateway import Gateway  # after logging is set up: imports log too
+    from edge_gateway.runtime.heap import release_free_memory
+
+    release_free_memory()  # the loader's node trees are gone: their pages need not stay resident
 
     stop = threading.Event()
     signals = {"n": 0}

@@ -33,6 +33,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from edge_gateway.config.loader import ConfigError, load_snapshot
 from edge_gateway.metrics import REGISTRY
+from edge_gateway.runtime.heap import release_free_memory
 
 if TYPE_CHECKING:
     from edge_gateway.runtime.gateway import Gateway
@@ -199,6 +200,7 @@ class Reloader:
         except Exception as e:  # a loader bug must not end reloading: refuse this edit, keep running
             log.exception("loading %s failed unexpectedly", self.directory)
             return self._refused(reason, [f"{self.directory}:1: cannot load: {type(e).__name__}: {e}"])
+        release_free_memory()  # the loader's node trees are gone: their pages need not stay resident
         try:
             answer = self.gateway.apply(snapshot)
         except Exception as e:  # ApplyError: restored; anything else: apply()'s own bug, logged as one
