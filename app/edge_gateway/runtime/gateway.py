@@ -45,7 +45,7 @@ from edge_gateway.delivery.commands import Downlink
 from edge_gateway.delivery.ledger import SeqLedger
 from edge_gateway.delivery.runner import Runner
 from edge_gateway.metrics import REGISTRY, MetricsServer
-from edge_gateway.runtime import commands, gcpolicy, plan, status
+from edge_gateway.runtime import commands, heap, plan, status
 from edge_gateway.runtime.control import ControlServer, TailHub
 from edge_gateway.runtime.gwfile import where
 from edge_gateway.runtime.reload import ApplyError, Reloader
@@ -129,7 +129,7 @@ class Gateway:
             self._watched = self._build_watched()
             self.supervisor = Supervisor(self.watched, self.summary, self.notifier)
             self.supervisor.start()
-            gcpolicy.settle()
+            heap.settle()  # the loader's node trees are gone; the configuration is here to stay
         except (WalLocked, OSError) as e:
             # Expected at start (the WAL or a socket is another process's, a port is taken): the one-line
             # reason is the caller's "cannot start: ..."; a traceback would only bury it.
@@ -290,7 +290,6 @@ class Gateway:
                 self._watched = self._build_watched()
                 self._applying = False
             log.info("configuration %s applied: %s", new.revision[:12], "; ".join(p.impact.lines()))
-            gcpolicy.settle()
             return {**answer, "result": "ok", "changes": p.impact.lines()}
 
     @staticmethod

@@ -35,6 +35,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from edge_gateway.config.loader import ConfigError, load_snapshot
 from edge_gateway.config.model import Snapshot
 from edge_gateway.metrics import REGISTRY
+from edge_gateway.runtime import heap
 
 if TYPE_CHECKING:
     from edge_gateway.runtime.gateway import Gateway
@@ -245,6 +246,7 @@ class Reloader:
             APPLY.labels(result=answer["result"]).inc()
             self.directory, self.store_revision = where, store_revision
             record_revision(self.gateway.snapshot.revision, store_revision)
+        heap.settle()  # the load's node trees, and the old configuration if it was replaced, are garbage
         APPLY_SECONDS.observe(time.monotonic() - t0)
         answer["reason"] = reason
         self.last = answer

@@ -168,10 +168,10 @@ def test_a_tag_map_swapped_while_the_unit_is_polled_keeps_the_cycle_accounting(
 ) -> None:
     in_poll, release = threading.Event(), threading.Event()
 
-    def transact(self: Any, unit: Any, request: bytes, attempts: int) -> list[int]:
+    def transact(self: Any, unit: Any, request: bytes, attempts: int) -> bytes:
         in_poll.set()
         assert release.wait(10)
-        return [7] * 125
+        return b"\x00\x07" * 125  # a register read's data bytes (pdu.parse_raw): 125 registers of 7
 
     monkeypatch.setattr(line_module.ModbusLine, "_transact", transact)
     bus, published = _Bus(), []

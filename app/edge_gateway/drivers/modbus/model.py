@@ -81,7 +81,7 @@ class Driver:
     src: str = field(default="", compare=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per tag: no __dict__
 class Address:
     type: RegType
     addr: int  # 0-based PDU address
@@ -93,7 +93,7 @@ class Address:
         return self.addr + self.len
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per tag: no __dict__
 class Variable:
     tag: str
     driver_id: str
