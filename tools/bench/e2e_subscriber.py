@@ -11,7 +11,7 @@ Prints {"subscribed": true}. Then reads commands on stdin:
   `report`           → one JSON summary of the window, then exits.
 The window is by source timestamp, not arrival, so a poll that was never made is missing from it
 whatever the delivery latency: frames per tag in the window (a skipped poll is a missing frame),
-gaps in each tag's timestamps longer than 1.5 periods (skipped polls counted from the tag's view),
+gaps of 2 periods or more in each tag's timestamps and the longest gap (skips seen from the tag),
 and the seqs never seen between the lowest and highest seq of the window (loss after commit).
 """
 
@@ -44,12 +44,17 @@ class Window:
         self.dups = 0
         self.per_tag: dict[str, int] = {}
         self.last_ts: dict[str, int] = {}
-        self.gap_polls = (
-            0  # polls missing inside the window, from each tag's timestamps
-        )
+        # a tag's successive timestamps ≥ 2 periods apart (at least one poll missed), and the longest
+        self.long_gaps = 0
+        self.max_gap = 0  # ms
         self.seq_lo = 1 << 62
         self.seq_hi = 0
         self.in_window = 0
+        self.lag_max = (
+            0  # ms from a window batch's first source timestamp to its arrival here
+        )
+        self.lag_sum = 0
+        self.lag_n = 0
         self.bad_q = 0
 
     def add(self, frames: list[dict[str, Any]]) -> None:
@@ -57,7 +62,14 @@ class Window:
             self.frames += len(frames)
             t0, t1 = self.t0, self.t1
             per_tag, last_ts, seen = self.per_tag, self.last_ts, self.seen
-            gap = 1.5 * self.period_ms
+            if frames and t0 <= frames[0]["ts"] < t1:
+                lag = int(time.time() * 1000) - frames[0]["ts"]
+                self.lag_max = max(self.lag_max, lag)
+                self.lag_sum += lag
+                self.lag_n += 1
+            gap = (
+                2 * self.period_ms
+            )  # jitter moves a poll by well under a period; a skip doubles it
             for f in frames:
                 seq = f["seq"]
                 if seq >= len(seen):
@@ -71,8 +83,11 @@ class Window:
                     tag = f["tag"]
                     per_tag[tag] = per_tag.get(tag, 0) + 1
                     prev = last_ts.get(tag)
-                    if prev is not None and ts - prev > gap:
-                        self.gap_polls += round((ts - prev) / self.period_ms) - 1
+                    if prev is not None:
+                        d = ts - prev
+                        if d >= gap:
+                            self.long_gaps += 1
+                        self.max_gap = max(self.max_gap, d)
                     last_ts[tag] = ts
                     self.in_window += 1
                     self.seq_lo = min(self.seq_lo, seq)
@@ -92,7 +107,10 @@ class Window:
                 "tags": len(self.per_tag),
                 "per_tag_min": counts[0] if counts else 0,
                 "per_tag_max": counts[-1] if counts else 0,
-                "gap_polls": self.gap_polls,
+                "long_gaps": self.long_gaps,
+                "max_gap_ms": self.max_gap,
+                "lag_ms_mean": round(self.lag_sum / self.lag_n) if self.lag_n else None,
+                "lag_ms_max": self.lag_max,
                 "seq_range": [self.seq_lo, self.seq_hi] if self.seq_hi else None,
                 "seq_holes": holes,
                 "duplicates": self.dups,
