@@ -12,6 +12,8 @@ APT_TEST_PKGS  := mosquitto mosquitto-clients socat systemd
 APT_IMAGE_PKGS := genimage rauc squashfs-tools dosfstools mtools fdisk e2fsprogs openssl
 # `make vm-image` / `make vm-test` (tools/vm/README.md): the Debian userland, GRUB EFI, OVMF, QEMU/KVM.
 APT_VM_PKGS    := mmdebstrap grub-efi-amd64-bin grub-common ovmf qemu-system-x86
+# `make bench` only: Node-RED (tools/peers/node-red, npm ci into build/peers/) for the peer comparison.
+APT_BENCH_PKGS := nodejs npm
 
 .PHONY: help venv test lint demo bench fuzz hil soak powercut image vm-image vm-test buildroot-check systemd-check clean
 
@@ -56,8 +58,10 @@ DEMO_SECONDS ?= 0
 demo: venv
 	$(PY) tools/demo.py $(if $(filter-out 0,$(DEMO_SECONDS)),--seconds $(DEMO_SECONDS))
 
+# Full run about 20 min (e2e ~4, peers ~12, the rest ~4); `make bench BENCH_ARGS=--quick` about 6 min.
 BENCH_ARGS ?=
 bench: venv
+	@tools/ensure-debian-packages $(APT_BENCH_PKGS)
 	@mkdir -p build/bench
 	@for b in tools/bench/bench_*.py; do echo "== $$b"; $(PY) $$b --out build/bench $(BENCH_ARGS) || exit 1; done
 	$(PY) tools/bench/report.py build/bench
