@@ -103,6 +103,7 @@ def gateway_config(
     d: Path, w: Workload, sim_ports: list[int], mqtt_port: int, metrics_port: int
 ) -> Path:
     """A config dir: one endpoint per simulator, every unit a driver, every register a tag."""
+    d = d.resolve()  # the gateway resolves relative paths against the config dir
     d.mkdir(parents=True, exist_ok=True)
     endpoints = {
         f"plc{s}": {
@@ -216,11 +217,15 @@ class Subscriber:
         return int(json.loads(self.ask("rate"))["frames"])
 
 
-def _settle(sub: Subscriber, w: Workload, t: Timing) -> dict[str, Any]:
+def _settle(
+    sub: Subscriber, gw: subprocess.Popen[bytes], w: Workload, t: Timing
+) -> dict[str, Any]:
     """Wait for the first frame, then until two successive 1 s rates agree within 5 % of the offered
     rate of each other (at least warm_min, at most warm_max): connect, first polls, WAL segment creation excluded."""
     deadline = time.monotonic() + 60
     while sub.frames() == 0:
+        if gw.poll() is not None:
+            raise RuntimeError(f"the gateway exited with {gw.returncode}")
         if time.monotonic() > deadline:
             raise RuntimeError("nothing delivered in 60 s")
         time.sleep(0.2)
@@ -288,7 +293,7 @@ def run(w: Workload, t: Timing, work: Path, index: int) -> dict[str, Any]:
             return why
 
         pin_all()
-        warm = _settle(sub, w, t)
+        warm = _settle(sub, gw, w, t)
         pin_problems = (
             pin_all()
         )  # threads started since inherit, but say so if pinning failed
@@ -311,6 +316,11 @@ def run(w: Workload, t: Timing, work: Path, index: int) -> dict[str, Any]:
         time.sleep(t.drain)
         got = json.loads(sub.ask("report"))
         alive = gw.poll() is None
+    except RuntimeError as e:  # say why: the gateway's last words, or that it died
+        log.flush()
+        tail = (d / "gateway.log").read_text(errors="replace").strip().splitlines()[-2:]
+        state = "running" if gw is not None and gw.poll() is None else "exited"
+        raise RuntimeError(f"{e} (gateway {state}; its log ends: {tail})") from e
     finally:
         if gw is not None:
             stop_pid(gw)  # type: ignore[arg-type]
