@@ -269,15 +269,24 @@ def gateway_workloads(quick: bool, max_sims: int) -> list[tuple[Workload, int]]:
 
 
 def gateway_summary(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """min and median over the runs of one workload (CPU per 1 000 frames of each process)."""
-    procs = sorted({p for r in runs for p in r["cpu_ms_per_1000_frames"]})
+    """min and median over the runs of one workload (CPU per 1 000 frames of each process; several
+    simulator processes are summed: together they are what offered the load)."""
+
+    def per_process(r: dict[str, Any]) -> dict[str, float]:
+        cpu = r["cpu_ms_per_1000_frames"]
+        out = {k: v for k, v in cpu.items() if not k.startswith("simulator")}
+        sims = [
+            v for k, v in cpu.items() if k.startswith("simulator") and v is not None
+        ]
+        out["simulator"] = round(sum(sims), 2) if sims else None
+        return out
+
+    per = [per_process(r) for r in runs]
     return {
         "workload": name,
         "runs": len(runs),
         "delivered_per_s": spread([r["delivered_per_s"] for r in runs]),
-        "cpu_ms_per_1000_frames": {
-            p: spread([r["cpu_ms_per_1000_frames"].get(p) for r in runs]) for p in procs
-        },
+        "cpu_ms_per_1000_frames": {p: spread([x.get(p) for x in per]) for p in per[0]},
         "gateway_rss_mib": spread([r["gateway_rss_mib"] for r in runs]),
     }
 
@@ -318,14 +327,12 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _ms(x: dict[str, Any] | None) -> str:
+def _ms(x: dict[str, Any] | None, fmt: str = ".2f") -> str:
+    """median (min) of a spread() when there were several runs."""
     if not x or x.get("median") is None:
         return "–"
-    return (
-        f"{x['median']:.2f} (min {x['min']:.2f})"
-        if len(x["runs"]) > 1
-        else f"{x['median']:.2f}"
-    )
+    med, lo = format(x["median"], fmt), format(x["min"], fmt)
+    return f"{med} (min {lo})" if len(x["runs"]) > 1 else med
 
 
 def gateway_markdown(r: dict[str, Any]) -> str:
@@ -366,17 +373,12 @@ def gateway_markdown(r: dict[str, Any]) -> str:
         "",
         "CPU ms per 1 000 delivered frames, by process (median of the runs, min in brackets):",
         "",
-        "| workload | runs | delivered/s | gateway | simulator(s) | Mosquitto | subscriber | gateway RSS MiB |",
+        "| workload | runs | delivered/s | gateway | simulator(s), summed | Mosquitto | subscriber | gateway RSS MiB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in r.get("gateway_summary", []):
         cpu = s["cpu_ms_per_1000_frames"]
-        sims = [k for k in cpu if k.startswith("simulator")]
-        sim = (
-            _ms(cpu[sims[0]])
-            if len(sims) == 1
-            else "; ".join(_ms(cpu[k]) for k in sims)
-        )
+        sim = _ms(cpu.get("simulator"))
         out.append(
             f"| {s['workload']} | {s['runs']} | {_ms(s['delivered_per_s'], ',.0f')} | **{_ms(cpu.get('gateway'))}** | "
             f"{sim} | {_ms(cpu.get('broker'))} | {_ms(cpu.get('subscriber'))} | {_ms(s['gateway_rss_mib'], '.1f')} |"
