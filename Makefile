@@ -58,7 +58,7 @@ DEMO_SECONDS ?= 0
 demo: venv
 	$(PY) tools/demo.py $(if $(filter-out 0,$(DEMO_SECONDS)),--seconds $(DEMO_SECONDS))
 
-# Full run about 20 min (e2e ~4, peers ~12, the rest ~4); `make bench BENCH_ARGS=--quick` about 6 min.
+# Full run about 25 min (measured: bench_e2e 3.3 min, bench_peers 12.5 min); `make bench BENCH_ARGS=--quick` 8 min.
 BENCH_ARGS ?=
 bench: venv
 	@tools/ensure-debian-packages $(APT_BENCH_PKGS)

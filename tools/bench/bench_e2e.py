@@ -17,7 +17,7 @@ Zero loss = the subscriber saw every seq exactly in the published range (duplica
 
     .venv/bin/python tools/bench/bench_e2e.py --out build/bench [--quick] [--runs N] [--parts gateway]
 
-Full run about 4 min (uplink path ~1 min, simulator-driven ~3 min); --quick about 1 min.
+Full run 3.3 min here (uplink path ~1 min, simulator-driven ~2.3 min); --quick about 1.5 min.
 writes build/bench/e2e.json and build/bench/e2e.md.
 """
 

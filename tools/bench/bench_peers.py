@@ -6,7 +6,7 @@
 writes build/bench/peers.json, build/bench/peers.md and the chart build/bench/peers.svg (CPU per
 1 000 datapoints and RSS against the offered rate; the work is in tools/peers/compare.py). A peer that
 cannot be installed here (no PyPI, no npm registry, no node) is skipped with the reason.
-Full run about 12 min (3 gateways × 4 periods, 2 runs at 100 ms, 2 broker outages); --quick about 3 min.
+Full run 12.5 min here (3 gateways × 4 periods, 2 runs at 100 ms, 2 broker outages); --quick about 5 min.
 """
 
 from __future__ import annotations
