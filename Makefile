@@ -8,17 +8,19 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # Debian packages the tests drive for real (broker and its clients, pty pairs) and `make image` needs.
 # mosquitto-clients: `make demo` suggests mosquitto_pub, and its test runs that command.
-APT_TEST_PKGS  := mosquitto mosquitto-clients socat systemd
+# etcd-server: config/etcd and the fleet tests start real etcd members (Debian 12: 3.4.23).
+APT_TEST_PKGS  := mosquitto mosquitto-clients socat systemd etcd-server
 APT_IMAGE_PKGS := genimage rauc squashfs-tools dosfstools mtools fdisk e2fsprogs openssl
 # `make vm-image` / `make vm-test` (tools/vm/README.md): the Debian userland, GRUB EFI, OVMF, QEMU/KVM.
 APT_VM_PKGS    := mmdebstrap grub-efi-amd64-bin grub-common ovmf qemu-system-x86
 # `make bench` only: Node-RED (tools/peers/node-red, npm ci into build/peers/) for the peer comparison.
 APT_BENCH_PKGS := nodejs npm
 
-.PHONY: help venv test lint demo bench fuzz hil soak powercut image vm-image vm-test buildroot-check systemd-check clean
+.PHONY: help venv test lint demo fleet-demo bench fuzz hil soak powercut image vm-image vm-test buildroot-check systemd-check clean
 
 help:
 	@echo "make demo    simulator + local Mosquitto + gateway on config/, values flowing"
+	@echo "make fleet-demo   3-member etcd, three gateways, one edge-cfg push all three apply, fleet status"
 	@echo "make test    everything CI runs (.ci/run calls it): app tests, then make hil"
 	@echo "make venv    .venv/ with the app and dev tools, pinned by requirements.lock"
 	@echo "make lint    ruff + mypy + import contracts (app/.importlinter)"
@@ -57,6 +59,10 @@ lint: venv
 DEMO_SECONDS ?= 0
 demo: venv
 	$(PY) tools/demo.py $(if $(filter-out 0,$(DEMO_SECONDS)),--seconds $(DEMO_SECONDS))
+
+# tools/fleet_demo.py: every process it starts is ended by PID before it returns.
+fleet-demo: venv
+	$(PY) tools/fleet_demo.py
 
 # Full run about 25 min (measured: bench_e2e 3.3 min, bench_peers 12.5 min); `make bench BENCH_ARGS=--quick` 8 min.
 BENCH_ARGS ?=

@@ -7,6 +7,8 @@ Starts, and owns by PID:
     simulator's,
   * the PLC simulator (tools/plcsim, profile tools/plcsim/profiles/demo.yml): Modbus/TCP on 127.0.0.1:15020
     and Modbus RTU on the pty,
+  * the OPC UA server (tools/plcsim/opcua_server.py) on 127.0.0.1:14840,
+  * the S7 server (tools/plcsim/s7_server.py) on 127.0.0.1:10102,
   * `edge-gateway run --config config/` (its JSON log goes to build/demo/gateway.log),
 and prints every frame that reaches the broker as `seq tag value q`, decoded from the batches, and every
 command ack. Ctrl-C (or `--seconds N`, `make demo DEMO_SECONDS=N`) stops everything it started, newest first.
@@ -43,6 +45,8 @@ BUILD = ROOT / "build" / "demo"
 VENV_BIN = Path(sys.executable).parent
 MQTT_PORT = 18830
 PLC_PORT = 15020
+OPCUA_PORT = 14840  # config/endpoints.yml plant_ua
+S7_PORT = 10102  # config/endpoints.yml plc_s7
 # config/connector.yml: tenant demo, device edge-01, the default cmd_topic and ack_topic.
 CMD_TOPIC = "/edge/demo/edge-01/cmd/{tag}"
 ACK_TOPIC = "/edge/demo/edge-01/ack/{seq}"
@@ -90,7 +94,12 @@ class Demo:
 
     def start(self) -> None:
         BUILD.mkdir(parents=True, exist_ok=True)
-        for port, what in ((MQTT_PORT, "Mosquitto"), (PLC_PORT, "the PLC simulator")):
+        for port, what in (
+            (MQTT_PORT, "Mosquitto"),
+            (PLC_PORT, "the PLC simulator"),
+            (OPCUA_PORT, "the OPC UA simulator"),
+            (S7_PORT, "the S7 simulator"),
+        ):
             if _listening(port):
                 raise SystemExit(
                     f"demo: 127.0.0.1:{port} is taken; {what} of another demo still running?"
@@ -144,6 +153,29 @@ class Demo:
         print(
             f"demo: PLC simulator on {LOOPBACK}:{PLC_PORT} and {sim_tty.name} (log: build/demo/plcsim.log)"
         )
+        for name, script, args, port in (
+            ("opcua", "opcua_server.py", ["--port", str(OPCUA_PORT)], OPCUA_PORT),
+            ("s7", "s7_server.py", ["--port", str(S7_PORT)], S7_PORT),
+        ):
+            log = open(BUILD / f"plcsim-{name}.log", "wb")  # noqa: SIM115 - the child holds it
+            self.spawn(
+                f"plcsim-{name}",
+                [
+                    sys.executable,
+                    str(ROOT / "tools" / "plcsim" / script),
+                    "--host",
+                    LOOPBACK,
+                    *args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            log.close()
+            wait_port(port, 30)
+            print(
+                f"demo: {'OPC UA' if name == 'opcua' else 'S7'} simulator on {LOOPBACK}:{port}"
+                f" (log: build/demo/plcsim-{name}.log)"
+            )
 
         self.sub = BatchSubscriber(
             LOOPBACK, MQTT_PORT, ("/edge/#",), on_frame=_print_frame, keep=False

@@ -22,7 +22,7 @@ from edge_gateway.testkit import LOOPBACK, stop_pid
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "tools" / "demo.py"
-PORTS = (18830, 15020, 9108)  # the demo's fixed ports: config/ points at them
+PORTS = (18830, 15020, 14840, 10102, 9108)  # the demo's fixed ports: config/ points at them
 
 
 class Output:
@@ -86,6 +86,10 @@ def test_every_command_the_demo_suggests_works() -> None:
         assert ("mosquitto_pub" in programs) == bool(shutil.which("mosquitto_pub"))
         assert shutil.which("mosquitto_pub"), "make venv installs mosquitto-clients: the third form is not tested"
         out.wait_for(r"^\s+\d+ plant\.setpoint_c\s+21\.5\s+good")  # values flow: the gateway polls and uplinks
+        out.wait_for(r"^\s+\d+ ua\.setpoint\s+50\s+good")  # from the OPC UA simulator
+        out.wait_for(r"^\s+\d+ s7\.label\s+hello s7\s+good")  # from the S7 simulator
+        out.wait_for(r"^\s+\d+ ua\.setpoint\s+50\s+good")  # from the OPC UA simulator
+        out.wait_for(r"^\s+\d+ s7\.label\s+hello s7\s+good")  # from the S7 simulator
 
         for line in suggested:
             argv = shlex.split(line)  # as a shell would split it; run without one

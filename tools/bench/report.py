@@ -13,7 +13,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-ORDER = ["wal", "rtu", "e2e", "mqtt_source", "peers"]
+ORDER = ["wal", "rtu", "e2e", "mqtt_source", "peers", "etcd"]
 REF = {
     "workload": "reference"
 }  # bench_e2e's 10 units × 360 registers at 100 ms (issue 19)

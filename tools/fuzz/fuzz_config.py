@@ -567,6 +567,8 @@ def base_config(work: Path) -> Files:
     edit("endpoints.yml", "../build/demo/ttyGW", str(work / "ttyGW"))
     # Free ports (nothing listens there); in the gateway's own network namespace any port would do.
     edit("endpoints.yml", "port: 15020", f"port: {free_port()}")
+    edit("endpoints.yml", "port: 14840", f"port: {free_port()}")  # the OPC UA server
+    edit("endpoints.yml", "port: 10102", f"port: {free_port()}")  # the S7 PLC
     edit("connector.yml", "tcp://127.0.0.1:18830", f"tcp://127.0.0.1:{free_port()}")
     edit("gateway.yml", "127.0.0.1:9108", f"127.0.0.1:{free_port()}")
     edit("gateway.yml", "../build/demo/wal", str(work / "wal"))

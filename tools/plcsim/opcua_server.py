@@ -4,22 +4,36 @@
 Namespace `urn:edge-gateway:plcsim` (its index is printed), object `Plant` with one node of every
 datatype (string NodeIds `ns=<idx>;s=<Name>`), values that change every `--period` seconds, writable
 setpoints, a read-only node, a node whose status goes Bad (`Faulty`: BadSensorFailure on odd ticks),
-and one node of each other NodeId form (i=, g=, b=). Fault injection: stop
-and restart the process. Prints `READY <port> <ns>` when it listens; stops on SIGTERM.
+and one node of each other NodeId form (i=, g=, b=). Prints `READY <port> <ns>` when it listens
+(`READY <port> <ns> control=<port>` with `--control`); stops on SIGTERM.
 
-    python tools/plcsim/opcua_server.py --port 4840
+Fault injection, on a JSON-lines control socket (`--control PORT`, 127.0.0.1; 0 = a free port):
+    {"op": "slow", "ms": 500}       delay every answer of the server by 500 ms (0: back to normal)
+    {"op": "stop"} / {"op": "start"}   close the listener and every session / listen again (the
+                                        address space and its values stay)
+    {"op": "stats"}                 {"requests": N, "listening": true, "slow_ms": 0}
+`--slow MS` starts slow. A process restart (SIGTERM, start again) is the other fault.
+
+`--bench N` adds N Double nodes `ns=<idx>;s=Bench.<i>` (i = 0..N-1) that all change every
+`--bench-period` seconds, each written with its SourceTimestamp = the moment of the change, so a
+subscriber measures the latency from the change to its arrival (tools/bench/bench_opcua.py).
+
+    python tools/plcsim/opcua_server.py --port 4840 [--control 0] [--bench 1000]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
+import time
 import uuid
 from datetime import UTC, datetime
 
 from asyncua import Server, ua
+from asyncua.server.uaprocessor import UaProcessor
 
 NS_URI = "urn:edge-gateway:plcsim"
 GUID = uuid.UUID("72962b91-fa75-4ae6-8d28-b404dc7daf63")
@@ -52,6 +66,67 @@ NODES: dict[str, tuple[ua.VariantType, object, bool]] = {
     "Locked": (ua.VariantType.Double, 1.0, False),  # AccessLevel read-only
     "Faulty": (ua.VariantType.Double, 0.0, False),  # Bad on odd ticks
 }
+
+
+class Faults:
+    """The injected faults: a delay before every answer (a patch of asyncua's UaProcessor.process, the
+    one place every request of every session passes), and the listener's stop/start."""
+
+    def __init__(self, server: Server, slow_ms: float = 0.0) -> None:
+        self.server = server
+        self.slow = slow_ms / 1000
+        self.requests = 0
+        self.listening = True
+        process = UaProcessor.process
+        faults = self
+
+        async def slow_process(
+            self: UaProcessor, header: object, body: object
+        ) -> object:
+            faults.requests += 1
+            if faults.slow:
+                await asyncio.sleep(faults.slow)
+            return await process(self, header, body)
+
+        UaProcessor.process = slow_process  # type: ignore[method-assign]
+
+    async def op(self, m: dict[str, object]) -> dict[str, object]:
+        op = m.get("op")
+        if op == "slow":
+            self.slow = float(m.get("ms", 0)) / 1000  # type: ignore[arg-type]
+            return {"ok": True}
+        if op == "stop":
+            if self.listening:
+                self.listening = False
+                await self.server.bserver.stop()  # type: ignore[union-attr]
+            return {"ok": True}
+        if op == "start":
+            if not self.listening:
+                await self.server.bserver.start()  # type: ignore[union-attr]
+                self.listening = True
+            return {"ok": True}
+        if op == "stats":
+            return {
+                "requests": self.requests,
+                "listening": self.listening,
+                "slow_ms": self.slow * 1000,
+            }
+        return {"error": f"unknown op {op!r}"}
+
+    async def serve(self, port: int) -> asyncio.AbstractServer:
+        async def handle(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
+            while line := await reader.readline():
+                try:
+                    reply = await self.op(json.loads(line))
+                except Exception as e:  # noqa: BLE001 - answered to the caller
+                    reply = {"error": str(e)}
+                writer.write((json.dumps(reply) + "\n").encode())
+                await writer.drain()
+            writer.close()
+
+        return await asyncio.start_server(handle, "127.0.0.1", port)
 
 
 class _Users:
@@ -120,6 +195,30 @@ async def build(
     return server, idx, nodes
 
 
+async def add_bench(server: Server, idx: int, n: int) -> list[object]:
+    folder = await server.nodes.objects.add_object(ua.NodeId("Bench", idx), "Bench")
+    return [
+        await folder.add_variable(
+            ua.NodeId(f"Bench.{i}", idx),
+            f"Bench.{i}",
+            ua.Variant(0.0, ua.VariantType.Double),
+        )
+        for i in range(n)
+    ]
+
+
+async def bench_tick(server: Server, nodes: list[object], n: int) -> None:
+    """Every bench node changes at once, stamped with this moment (SourceTimestamp = ServerTimestamp)."""
+    now = datetime.now(UTC)
+    for i, node in enumerate(nodes):
+        dv = ua.DataValue(
+            ua.Variant(float(n * 10_000 + i), ua.VariantType.Double),
+            SourceTimestamp=now,
+            ServerTimestamp=now,
+        )
+        await server.write_attribute_value(node.nodeid, dv)  # type: ignore[attr-defined]
+
+
 async def tick(nodes: dict[str, object], n: int) -> None:
     await nodes["Temp"].write_value(
         ua.Variant(20.0 + (n % 50) / 10, ua.VariantType.Double)
@@ -143,20 +242,45 @@ async def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--period", type=float, default=0.2, help="seconds between plant ticks"
     )
+    ap.add_argument(
+        "--control", type=int, help="fault-injection control port (0: a free one)"
+    )
+    ap.add_argument(
+        "--slow", type=float, default=0.0, help="ms of delay before every answer"
+    )
+    ap.add_argument("--bench", type=int, default=0, help="N bench nodes Bench.0..N-1")
+    ap.add_argument(
+        "--bench-period", type=float, default=1.0, help="seconds between bench changes"
+    )
     args = ap.parse_args(argv)
     server, idx, nodes = await build(args.port, args.host, args.user, args.cert_dir)
+    faults = Faults(server, args.slow)
+    bench = await add_bench(server, idx, args.bench) if args.bench else []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with server:
-        print(f"READY {args.port} {idx}", flush=True)
-        n = 0
+        ready = f"READY {args.port} {idx}"
+        if args.control is not None:
+            ctl = await faults.serve(args.control)
+            ready += f" control={ctl.sockets[0].getsockname()[1]}"
+        print(ready, flush=True)
+        n = b = 0  # plant ticks, bench changes
+        next_tick = next_bench = time.monotonic()
         while not stop.is_set():
-            n += 1
-            await tick(nodes, n)
+            now = time.monotonic()
+            if now >= next_tick:
+                n += 1
+                next_tick = max(next_tick + args.period, now)
+                await tick(nodes, n)
+            if bench and now >= next_bench:
+                next_bench = max(next_bench + args.bench_period, now)
+                b += 1
+                await bench_tick(server, bench, b)
+            due = min(next_tick, next_bench) if bench else next_tick
             try:
-                await asyncio.wait_for(stop.wait(), args.period)
+                await asyncio.wait_for(stop.wait(), max(0.0, due - time.monotonic()))
             except TimeoutError:
                 pass
 

@@ -293,8 +293,10 @@ def serve_rtu(plc: Plc, path: str, baud: int, parity: str, echo: bool = False) -
     silence = 0.00175 if baud > 19200 else 3.5 * char
     buf = b""
     replies = 0
+    rtu.precise_sleeps()  # the emulated wire time is a sleep: keep it within microseconds
     while True:
         buf += os.read(fd, 512)
+        received = time.monotonic()
         while (n := request_length(buf)) is not None and len(buf) >= n:
             req, buf = buf[:n], buf[n:]
             if echo:
@@ -316,9 +318,16 @@ def serve_rtu(plc: Plc, path: str, baud: int, parity: str, echo: bool = False) -
                 adu = adu[:-1] + bytes([adu[-1] ^ 0xFF])
             if unit.garbage_every and replies % unit.garbage_every == 0:
                 adu = b"\x00\xff\x13" + adu
-            # The request's bytes, the slave's 3.5-char gap and the reply's bytes all take wire time.
-            time.sleep((len(req) + len(adu)) * char + silence)
+            # The request's bytes, the slave's 3.5-char gap and the reply's bytes all take wire time,
+            # counted from the request's arrival: the simulator's own work happens inside that time, as a
+            # device's does while the bytes are still on the wire (a unit's slow_ms still adds to it).
+            wire = (len(req) + len(adu)) * char + silence
+            wait = received + unit.slow_ms / 1000 + wire - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
             os.write(fd, adu)
+            # a second request in the same read waits behind this reply
+            received = time.monotonic()
 
 
 class _TcpHandler(socketserver.BaseRequestHandler):

@@ -11,7 +11,6 @@ change the directory and refuse while a gateway holds the WAL's lock.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 from edge_gateway.bus.cursor import Cursor
 from edge_gateway.bus.wal import Wal, WalLocked
 from edge_gateway.config import stdout
+from edge_gateway.config.clihelp import Help
 from edge_gateway.config.model import WalCfg
 from edge_gateway.config.units import parse_size
 from edge_gateway.core.frame import Frame, Kind
@@ -47,12 +47,7 @@ def frame_json(f: Frame) -> dict[str, object]:
 
 @stdout.guard
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="edge-bus",
-        description="Inspect and maintain an edge-gateway WAL directory.",
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    ap = Help(EXIT_CODES).parser("edge-bus", "Inspect and maintain an edge-gateway WAL directory.")
     ap.add_argument(
         "--wal-dir",
         required=True,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from edge_gateway.bus.record import Run
 from edge_gateway.core.frame import Frame
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ class ReadHint:
     segment: int = 0
     offset: int = 0
     seq: int = 0
-    held: list[Frame] = field(default_factory=list)
+    held: Run | None = None
 
 
 class Cursor:
@@ -50,18 +51,22 @@ class Cursor:
 
     def read(self, max_frames: int, timeout: float) -> list[Frame]:
         """Committed frames from the read position on, waiting up to `timeout` s for one."""
-        frames = self._wal.read(self._pos, max_frames, self._hint)
-        if not frames and timeout > 0 and self._wal.wait_committed(self._pos - 1, timeout):
-            frames = self._wal.read(self._pos, max_frames, self._hint)
-        if not frames and self._pos <= self._wal.committed_seq:
+        return [f for r in self.read_runs(max_frames, timeout) for f in r.frames()]
+
+    def read_runs(self, max_frames: int, timeout: float) -> list[Run]:
+        """The same frames as `read`, in their stored form (record.Run): what the uplink sends."""
+        runs = self._wal.read_runs(self._pos, max_frames, self._hint)
+        if not runs and timeout > 0 and self._wal.wait_committed(self._pos - 1, timeout):
+            runs = self._wal.read_runs(self._pos, max_frames, self._hint)
+        if not runs and self._pos <= self._wal.committed_seq:
             # Frames from pos on are gone (dropped by full_policy or corrupt): skip to what exists.
             first = self._wal.first_seq()
             if first > self._pos:
                 self._pos = first
-                frames = self._wal.read(self._pos, max_frames, self._hint)
-        if frames:
-            self._pos = frames[-1].seq + 1
-        return frames
+                runs = self._wal.read_runs(self._pos, max_frames, self._hint)
+        if runs:
+            self._pos = runs[-1].last_seq + 1
+        return runs
 
     def rewind(self) -> None:
         self._pos = self.acked + 1

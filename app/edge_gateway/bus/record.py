@@ -2,36 +2,56 @@
 
     header (24 bytes, little endian)
       magic     u16  0xE6A7
-      version   u8   1
+      version   u8   2 (written); 1 is still read
       flags     u8   0
       length    u32  bytes of payload
       crc32     u32  zlib.crc32 over first_seq, count and payload
       first_seq u64
       count     u32
-    payload: `count` frames, each
+    payload, version 2: three columns of `count` entries
+      marks     count × u8        per frame: MARK_CMD (a cloud command, never sent), MARK_DUP (its meta
+                                  says dup=possible)
+      ends      count × u32       where frame i's JSON ends in `text` (exclusive)
+      text      the frames' JSON objects (bus.framejson, ASCII) joined by ","; frame i is
+                text[ends[i-1] + 1 : ends[i]] (from 0 for the first)
+    payload, version 1 (read only): `count` frames, each
       ts u64 (ms) | kind u8 | vtype u8 | tag_len u16 | q_len u8 | meta_len u32 | tag | q | value | meta (JSON)
       value: nothing (None, bools), 8 bytes (i64, f64), or u32 length + bytes (str, bytes, big int)
 
-One CRC per batch keeps the per-frame cost to one struct.pack; the bus hands the writer
-frames with consecutive seqs, so only the first is stored. The magic is what a reader
-resynchronises on: after a header or CRC that does not check, `scan` looks for the next
-offset where the magic starts a whole record whose CRC checks. What lies between is
-corruption; a bad stretch with no valid record after it is a torn tail in the segment a
-crash interrupted (truncated on open) and corruption anywhere else (wal.py has the rules).
+Version 2 stores each frame in the JSON it is sent in, so a frame is encoded once, by the WAL writer:
+a batch of consecutive data frames is `[` + one slice of `text` + `]` (delivery.batcher), with no
+per-frame work on the uplink and no frame objects rebuilt. A read gives `Block`s (a record's columns)
+and `Run`s (a range of one block); `Block.frames` decodes them back into frames when frames are wanted.
+
+One CRC per batch; the bus hands the writer frames with consecutive seqs, so only the first is
+stored. The magic is what a reader resynchronises on: after a header or CRC that does not check,
+`scan` looks for the next offset where the magic starts a whole record whose CRC checks. What lies
+between is corruption; a bad stretch with no valid record after it is a torn tail in the segment a
+crash interrupted (truncated on open) and corruption anywhere else (wal.py has the rules). Both
+versions share the header, the CRC and these rules.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+import sys
 import zlib
+from array import array
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import accumulate
 
+from edge_gateway.bus import framejson
 from edge_gateway.core.frame import GOOD, Frame, Kind, Value
 
 MAGIC = 0xE6A7
-VERSION = 1
+VERSION = 2  # written
+VERSIONS = (1, 2)  # read
+MARK_CMD = 1
+MARK_DUP = 2
+assert list(Kind) == [Kind.DATA, Kind.CMD] and Kind.CMD == MARK_CMD  # block_of stores a frame's kind as its mark
+_BIG_ENDIAN = sys.byteorder == "big"
 HEADER = struct.Struct("<HBBIIQI")
 HEADER_SIZE = HEADER.size  # 24
 _CRC_FROM = 12  # crc covers first_seq, count (header[12:]) and the payload
@@ -48,8 +68,8 @@ _KINDS = tuple(Kind)  # indexing beats Kind(n), which is a slow enum lookup in t
 _NONE, _FALSE, _TRUE, _INT, _FLOAT, _STR, _BYTES, _BIGINT = range(8)
 
 
-def encode(frames: list[Frame]) -> bytes:
-    """One record for frames with consecutive seqs starting at frames[0].seq."""
+def encode_v1(frames: list[Frame]) -> bytes:
+    """A version 1 record (no longer written: kept so tests can make the WALs older gateways wrote)."""
     parts: list[bytes] = []
     append = parts.append
     pack = _FRAME.pack
@@ -88,7 +108,123 @@ def encode(frames: list[Frame]) -> bytes:
     payload = b"".join(parts)
     tail = struct.pack("<QI", frames[0].seq, len(frames))
     crc = zlib.crc32(payload, zlib.crc32(tail))
-    return HEADER.pack(MAGIC, VERSION, 0, len(payload), crc, frames[0].seq, len(frames)) + payload
+    return HEADER.pack(MAGIC, 1, 0, len(payload), crc, frames[0].seq, len(frames)) + payload
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Block:
+    """The frames of one record in their stored form (the version 2 columns)."""
+
+    first_seq: int
+    marks: bytes
+    ends: array  # type: ignore[type-arg]  # array("I")
+    text: bytes
+    cmds: tuple[int, ...] = field(default=())  # indices of MARK_CMD frames (commands are rare)
+    dups: tuple[int, ...] = field(default=())  # indices of MARK_DUP frames
+
+    @classmethod
+    def of(cls, first_seq: int, marks: bytes, ends: array, text: bytes) -> Block:  # type: ignore[type-arg]
+        if marks.count(0) == len(marks):
+            return cls(first_seq, marks, ends, text)
+        cmds = tuple(i for i, m in enumerate(marks) if m & MARK_CMD)
+        dups = tuple(i for i, m in enumerate(marks) if m & MARK_DUP)
+        return cls(first_seq, marks, ends, text, cmds, dups)
+
+    @property
+    def count(self) -> int:
+        return len(self.marks)
+
+    def start(self, i: int) -> int:
+        """Where frame i's JSON starts in `text`."""
+        return self.ends[i - 1] + 1 if i else 0
+
+    def json(self, lo: int, hi: int) -> bytes:
+        """The JSON of frames lo..hi-1 joined by "," (commands among them included)."""
+        return self.text[self.start(lo) : self.ends[hi - 1]]
+
+    def frames(self, lo: int = 0, hi: int | None = None) -> list[Frame]:
+        hi = self.count if hi is None else hi
+        if lo >= hi:
+            return []
+        objs = json.loads(b"[" + self.json(lo, hi) + b"]")
+        marks = self.marks
+        return [framejson.frame_of(d, _KINDS[marks[lo + k] & MARK_CMD]) for k, d in enumerate(objs)]
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """Frames lo..hi-1 of a block: what a read returns, without copying or decoding anything."""
+
+    block: Block
+    lo: int
+    hi: int
+
+    @property
+    def first_seq(self) -> int:
+        return self.block.first_seq + self.lo
+
+    @property
+    def last_seq(self) -> int:
+        return self.block.first_seq + self.hi - 1
+
+    @property
+    def count(self) -> int:
+        return self.hi - self.lo
+
+    def frames(self) -> list[Frame]:
+        return self.block.frames(self.lo, self.hi)
+
+    def tail(self, seq: int, n: int) -> Run:
+        """Up to n frames from seq on (seq within this run)."""
+        lo = seq - self.block.first_seq
+        return Run(self.block, lo, min(self.hi, lo + n))
+
+
+def block_of(frames: list[Frame]) -> Block:
+    """Frames with consecutive seqs in their stored form: each one's JSON (bus.framejson), once."""
+    first = frames[0].seq
+    if frames[-1].seq - first != len(frames) - 1:
+        raise ValueError(f"seqs {first}..{frames[-1].seq} are not consecutive for {len(frames)} frames")
+    texts = framejson.frames_json(frames)
+    ends = array("I", [e + k for k, e in enumerate(accumulate(map(len, texts)))])  # + the commas before
+    marks = bytearray([f.kind for f in frames])  # Kind.CMD == MARK_CMD
+    for i, f in enumerate(frames):
+        if f.meta and framejson.dup_marked(f):
+            marks[i] |= MARK_DUP
+    return Block.of(first, bytes(marks), ends, ",".join(texts).encode("ascii"))
+
+
+def pack(block: Block) -> bytes:
+    """The version 2 record of a block."""
+    ends = block.ends
+    if _BIG_ENDIAN:
+        ends = array("I", ends)
+        ends.byteswap()
+    payload = b"".join((block.marks, ends.tobytes(), block.text))
+    tail = struct.pack("<QI", block.first_seq, block.count)
+    crc = zlib.crc32(payload, zlib.crc32(tail))
+    return HEADER.pack(MAGIC, VERSION, 0, len(payload), crc, block.first_seq, block.count) + payload
+
+
+def encode(frames: list[Frame]) -> tuple[bytes, Block]:
+    """One record for frames with consecutive seqs starting at frames[0].seq, and its block."""
+    block = block_of(frames)
+    return pack(block), block
+
+
+def decode_block(version: int, first_seq: int, count: int, payload: bytes | memoryview) -> Block:
+    """The block of a valid record's payload; a version 1 record is decoded into frames and encoded."""
+    if version == 1:
+        return block_of(decode(first_seq, count, payload))
+    mv = memoryview(payload)
+    ends = array("I")
+    ends.frombytes(mv[count : 5 * count])
+    if _BIG_ENDIAN:
+        ends.byteswap()
+    text = bytes(mv[5 * count :])
+    if count and ends[-1] != len(text):
+        raise ValueError(f"record at seq {first_seq}: its text is {len(text)} bytes, its last frame ends at {ends[-1]}")
+    return Block.of(first_seq, bytes(mv[:count]), ends, text)
 
 
 def declared_size(buf: bytes | memoryview) -> int | None:
@@ -96,12 +232,13 @@ def declared_size(buf: bytes | memoryview) -> int | None:
     if len(buf) < HEADER_SIZE:
         return None
     magic, version, _flags, length, *_ = HEADER.unpack_from(buf, 0)
-    if magic != MAGIC or version != VERSION or length > MAX_PAYLOAD:
+    if magic != MAGIC or version not in VERSIONS or length > MAX_PAYLOAD:
         return None
     return HEADER_SIZE + int(length)
 
 
 def decode(first_seq: int, count: int, payload: bytes | memoryview) -> list[Frame]:
+    """The frames of a version 1 payload."""
     out: list[Frame] = []
     mv = memoryview(payload)
     pos = 0
@@ -152,6 +289,7 @@ class Span:
     end: int
     first_seq: int
     count: int
+    version: int = VERSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +305,7 @@ def _valid_at(buf: memoryview, off: int) -> Span | None:
     if off + HEADER_SIZE > len(buf):
         return None
     magic, version, _flags, length, crc, first_seq, count = HEADER.unpack_from(buf, off)
-    if magic != MAGIC or version != VERSION or length > MAX_PAYLOAD or count == 0:
+    if magic != MAGIC or version not in VERSIONS or length > MAX_PAYLOAD or count == 0:
         return None
     end = off + HEADER_SIZE + length
     if end > len(buf):
@@ -175,7 +313,7 @@ def _valid_at(buf: memoryview, off: int) -> Span | None:
     body = buf[off + _CRC_FROM : end]
     if zlib.crc32(body) != crc:
         return None
-    return Span(off, end, first_seq, count)
+    return Span(off, end, first_seq, count, version)
 
 
 def scan(buf: bytes | memoryview, start: int = 0) -> Iterator[Span | Damage]:

@@ -67,9 +67,10 @@ log = logging.getLogger(__name__)
 SUFFIX = ".seg"
 _SEGMENT = re.compile(r"\d{20}\.seg")
 DAMAGE_FILE = "damage.json"
-# Committed frames kept in memory for consumers close behind: every frame no consumer has acked yet,
-# up to 2 × CACHE_FRAMES (then cut to CACHE_FRAMES). A frame costs ~170 bytes in memory; a consumer
-# further behind (a backlog after an outage) reads the segment files, which is fast enough (ReadHint).
+# Committed frames kept in memory for consumers close behind, as the blocks of their records (their
+# stored JSON, record.Block): every frame no consumer has acked yet, up to 2 × CACHE_FRAMES (then cut to
+# CACHE_FRAMES; whole blocks go, so up to one record more stays). A frame costs ~100 bytes there; a
+# consumer further behind (a backlog after an outage) reads the segment files (ReadHint).
 CACHE_FRAMES = 32768
 READ_CHUNK = 1 << 20  # bytes per file read; a larger record is read whole
 
@@ -147,12 +148,13 @@ class Wal:
         self._fd: int | None = None  # active segment, opened for writing
         self._active: int | None = None
         self._seg_next = 1  # the seq the next record of the active (or recovered tail) segment starts with
-        self._pending: list[Frame] = []  # appended, not yet committed
+        self._unwritten = 0  # frames appended, not yet committed (only their records are kept)
         self._buf = bytearray()  # their records
-        self._records: list[tuple[int, int]] = []  # (bytes, frames) of each record in _buf
+        self._records: list[tuple[int, record.Block]] = []  # (bytes, block) of each record in _buf
         self._cut_pending = False
-        self._cache: list[Frame] = []  # committed frames with consecutive seqs
-        self._cache_first = 1
+        self._cache: list[record.Block] = []  # committed blocks with consecutive seqs, up to committed_seq
+        self._cache_seqs: list[int] = []  # their first seqs
+        self._cache_first = 1  # the first seq the cache serves (its first block may start below)
         self.acks: dict[str, int] = {}
         self._ack_dirty: set[str] = set()
         self._persist_failing = False
@@ -368,33 +370,34 @@ class Wal:
             raise ValueError(f"seq {frames[0].seq} already used (next is {self.next_seq})")
         if frames[0].seq != self.next_seq:
             raise ValueError(f"seq gap: {frames[0].seq} after {self.next_seq - 1}")
-        data = record.encode(frames)
+        data, block = record.encode(frames)
         self._buf += data
-        self._records.append((len(data), len(frames)))
-        self._pending.extend(frames)
+        self._records.append((len(data), block))
+        self._unwritten += len(frames)
         self.next_seq = frames[-1].seq + 1
 
     @property
     def unwritten(self) -> int:
         """Frames appended and not committed yet (held across failed commits)."""
-        return len(self._pending)
+        return self._unwritten
 
-    def commit(self) -> list[Frame]:
+    def commit(self) -> list[record.Run]:
         """Group commit: write the buffered records, fsync, make them visible; returns the frames newly
-        committed. Records go to the active segment until it reaches segment_bytes, then to a new one; each
-        segment's share is written, fsynced and published in turn. On OSError the segment is cut back to its
-        committed size and the frames stay buffered for the next call; the error propagates (and `fault`
-        names it) unless an earlier share was committed by this call: those frames are returned, and the
-        next call meets the error again."""
-        done: list[Frame] = []
-        while self._pending:
+        committed (as runs: the frame objects are dropped once encoded, so they die young). Records go to
+        the active segment until it reaches segment_bytes, then to a new one; each segment's share is
+        written, fsynced and published in turn. On OSError the segment is cut back to its committed size
+        and the frames stay buffered for the next call; the error propagates (and `fault` names it) unless
+        an earlier share was committed by this call: those frames are returned, and the next call meets
+        the error again."""
+        done: list[record.Run] = []
+        while self._records:
             try:
                 n_bytes, n_frames, n_records = self._write_share()
             except OSError as e:
                 self._cut_back()
                 metrics.WRITE_ERRORS.labels(reason=errno_name(e)).inc()
                 if done:
-                    log.warning("wal: commit cut short (%s); %d frames wait for the next one", e, len(self._pending))
+                    log.warning("wal: commit cut short (%s); %d frames wait for the next one", e, self._unwritten)
                     return done
                 self._set_fault(e)
                 raise
@@ -408,43 +411,62 @@ class Wal:
         if self._cut_pending and self._fd is not None and self._active is not None:
             os.ftruncate(self._fd, self.sizes[self._active])
             self._cut_pending = False
-        first = self._pending[0].seq
+        first = self._records[0][1].first_seq
         if self._fd is None or self.sizes[self._active or 0] >= self.cfg.segment_bytes or first != self._seg_next:
             self._roll(first)
         assert self._fd is not None and self._active is not None
         start = self.sizes[self._active]
         n_bytes = n_frames = n_records = 0
-        for size, count in self._records:
-            n_bytes, n_frames, n_records = n_bytes + size, n_frames + count, n_records + 1
+        for size, block in self._records:
+            n_bytes, n_frames, n_records = n_bytes + size, n_frames + block.count, n_records + 1
             if start + n_bytes >= self.cfg.segment_bytes:
                 break
         _pwrite_all(self._fd, self._buf[:n_bytes], start)  # a copy: _buf is cut after the write
         os.fsync(self._fd)
         return n_bytes, n_frames, n_records
 
-    def _publish(self, n_bytes: int, n_frames: int, n_records: int) -> list[Frame]:
+    def _publish(self, n_bytes: int, n_frames: int, n_records: int) -> list[record.Run]:
         """What _write_share made durable becomes visible: committed size and seq, the memory cache."""
         assert self._active is not None
-        done, self._pending = self._pending[:n_frames], self._pending[n_frames:]
+        blocks = [b for _size, b in self._records[:n_records]]
+        self._unwritten -= n_frames
         del self._buf[:n_bytes]
         del self._records[:n_records]
-        self._seg_next = done[-1].seq + 1
+        self._seg_next = blocks[-1].first_seq + blocks[-1].count
         with self._cond:
             self.sizes[self._active] += n_bytes
-            self._cache.extend(done)
-            cut = 0
+            if not self._cache:
+                self._cache_first = blocks[0].first_seq
+            self._cache.extend(blocks)
+            self._cache_seqs.extend(b.first_seq for b in blocks)
+            self.committed_seq = self._seg_next - 1
+            keep_from = self._cache_first
             if self.acks:  # what every consumer has acked is never read again (a rewind goes to ack + 1)
-                cut = min(len(self._cache), max(0, min(self.acks.values()) + 1 - self._cache_first))
-            if len(self._cache) - cut > 2 * CACHE_FRAMES:
-                cut = len(self._cache) - CACHE_FRAMES
-            if cut:
-                del self._cache[:cut]
-                self._cache_first += cut
-            self.committed_seq = done[-1].seq
+                keep_from = max(keep_from, min(self.acks.values()) + 1)
+            if self.committed_seq + 1 - keep_from > 2 * CACHE_FRAMES:
+                keep_from = self.committed_seq + 1 - CACHE_FRAMES
+            self._cut_cache(keep_from)
             self._cond.notify_all()
         metrics.COMMITTED.set(self.committed_seq)
         self._update_size_metrics()
-        return done
+        return [record.Run(b, 0, b.count) for b in blocks]
+
+    def _cut_cache(self, seq: int) -> None:
+        """The cache serves seqs from `seq` on (under _cond): whole blocks below it go."""
+        seq = min(seq, self.committed_seq + 1)
+        if seq <= self._cache_first:
+            return
+        k = bisect.bisect_right(self._cache_seqs, seq) - 1  # the block holding seq (or the last one)
+        if k > 0:
+            del self._cache[:k]
+            del self._cache_seqs[:k]
+        self._cache_first = seq
+
+    @property
+    def cached_frames(self) -> int:
+        """Committed frames the memory cache serves."""
+        with self._cond:
+            return self.committed_seq + 1 - self._cache_first if self._cache else 0
 
     def _cut_back(self) -> None:
         """After a failed write or fsync: the active segment loses what lies past its committed size (a
@@ -467,7 +489,7 @@ class Wal:
         if e is None:
             log.warning("wal: commits succeed again (after %s)", self.fault)
         else:
-            log.error("wal: commit failed (%s); %d frames held for the next try", e, len(self._pending))
+            log.error("wal: commit failed (%s); %d frames held for the next try", e, self._unwritten)
             metrics.FAULT.labels(reason=reason).set(1)
         self.fault = reason
 
@@ -571,39 +593,56 @@ class Wal:
             self._cond.notify_all()
 
     def read(self, pos: int, max_frames: int, hint: ReadHint | None = None) -> list[Frame]:
-        """Committed frames with seq >= pos (at most max_frames), from memory or from files.
-        `hint` is a sequential reader's place in the files, updated in place."""
+        """Committed frames with seq >= pos (at most max_frames), decoded (`read_runs` is the uplink's)."""
+        return [f for r in self.read_runs(pos, max_frames, hint) for f in r.frames()]
+
+    def read_runs(self, pos: int, max_frames: int, hint: ReadHint | None = None) -> list[record.Run]:
+        """Committed frames with seq >= pos (at most max_frames) as runs of stored blocks, from memory or
+        from files, in seq order. `hint` is a sequential reader's place in the files, updated in place."""
         with self._cond:
             committed = self.committed_seq
             if pos > committed:
                 return []
             if self._cache and pos >= self._cache_first:
-                i = pos - self._cache_first
-                return self._cache[i : i + min(max_frames, committed - pos + 1)]
+                return self._read_cache(pos, min(max_frames, committed - pos + 1))
             segments = list(self.segments)
             ends = None if self.readonly else dict(self.sizes)
         if hint is None:
             hint = ReadHint()
         out = self._take_held(hint, pos, max_frames, committed)
-        if len(out) >= max_frames or hint.held:
+        got = sum(r.count for r in out)
+        if got >= max_frames or hint.held is not None:
             return out
-        pos = out[-1].seq + 1 if out else pos
-        return out + self._read_files(pos, max_frames - len(out), committed, segments, ends, hint)
+        pos = out[-1].last_seq + 1 if out else pos
+        return out + self._read_files(pos, max_frames - got, committed, segments, ends, hint)
+
+    def _read_cache(self, pos: int, n: int) -> list[record.Run]:
+        """n frames from pos on, all in the cache (under _cond)."""
+        out = []
+        k = bisect.bisect_right(self._cache_seqs, pos) - 1
+        while n > 0:
+            run = record.Run(self._cache[k], 0, self._cache[k].count).tail(pos, n)
+            out.append(run)
+            n -= run.count
+            pos += run.count
+            k += 1
+        return out
 
     @staticmethod
-    def _take_held(hint: ReadHint, pos: int, max_frames: int, committed: int) -> list[Frame]:
+    def _take_held(hint: ReadHint, pos: int, max_frames: int, committed: int) -> list[record.Run]:
         """Frames from pos on out of the record the reader decoded last (its seqs are consecutive)."""
         held = hint.held
-        if not held:
+        if held is None:
             return []
-        if not held[0].seq <= pos <= held[-1].seq:
-            hint.segment, hint.offset, hint.held = 0, 0, []  # the reader moved: find its place again
+        if not held.first_seq <= pos <= held.last_seq:
+            hint.segment, hint.offset, hint.held = 0, 0, None  # the reader moved: find its place again
             return []
-        i = pos - held[0].seq
-        n = max(0, min(max_frames, committed - pos + 1, len(held) - i))
-        out = held[i : i + n]
-        hint.held = held[i + n :]
-        return out
+        n = max(0, min(max_frames, committed - pos + 1))
+        if n == 0:
+            return []
+        out = held.tail(pos, n)
+        hint.held = record.Run(held.block, out.hi, held.hi) if out.hi < held.hi else None
+        return [out]
 
     def _read_files(
         self,
@@ -613,12 +652,12 @@ class Wal:
         segments: list[int],
         ends: dict[int, int] | None,
         hint: ReadHint,
-    ) -> list[Frame]:
+    ) -> list[record.Run]:
         """Read on through the segments from pos. `ends`: each segment's committed size (None for a read-only
         view, which reads the files as they are and treats the newest one as possibly still growing)."""
-        out: list[Frame] = []
+        out: list[record.Run] = []
         i = max(0, bisect.bisect_right(segments, pos) - 1)
-        while i < len(segments) and len(out) < max_frames and not hint.held:
+        while i < len(segments) and sum(r.count for r in out) < max_frames and hint.held is None:
             first = segments[i]
             last = i == len(segments) - 1
             nxt = committed + 1 if last else segments[i + 1]
@@ -648,7 +687,7 @@ class Wal:
         pos: int,
         max_frames: int,
         hint: ReadHint,
-        out: list[Frame],
+        out: list[record.Run],
     ) -> bool:
         """Decode records of one segment from hint.offset into `out`; True once it is read to its end.
         Reads go in READ_CHUNK pieces; when a piece holds no whole record from its start (damage, or a
@@ -670,13 +709,16 @@ class Wal:
                     end = off + len(data)
                 final = not growing and off + len(data) >= end
                 for span in self._walk(first, data, off, hint, final, nxt, committed):
-                    cur = out[-1].seq + 1 if out else pos
+                    cur = out[-1].last_seq + 1 if out else pos
                     if span.first_seq + span.count <= cur:
                         continue
                     body = memoryview(data)[span.offset + record.HEADER_SIZE : span.end]
-                    hint.held = record.decode(span.first_seq, span.count, body)
-                    out.extend(self._take_held(hint, max(cur, span.first_seq), max_frames - len(out), committed))
-                    if hint.held or len(out) >= max_frames:
+                    block = record.decode_block(span.version, span.first_seq, span.count, body)
+                    hint.held = record.Run(block, 0, block.count)
+                    got = sum(r.count for r in out)
+                    taken = self._take_held(hint, max(cur, span.first_seq), max_frames - got, committed)
+                    out.extend(taken)
+                    if hint.held is not None or got + sum(r.count for r in taken) >= max_frames:
                         return False
                 if hint.offset == off:  # not one whole record from here in this piece
                     if off + len(data) >= end:
@@ -732,11 +774,8 @@ class Wal:
         with self._cond:
             self.segments.pop(0)
             size = self.sizes.pop(first)
-            keep_from = self.segments[0]
-            if self._cache and self._cache_first < keep_from:  # memory never serves what disk no longer has
-                cut = min(len(self._cache), keep_from - self._cache_first)
-                del self._cache[:cut]
-                self._cache_first += cut
+            if self._cache_first < self.segments[0]:  # memory never serves what disk no longer has
+                self._cut_cache(self.segments[0])
             for key in [k for k in self._damage if k[0] == first]:
                 del self._damage[key]
                 self._damage_dirty = True
@@ -758,14 +797,14 @@ class Wal:
     def close(self) -> None:
         if self.readonly:
             return
-        if self._pending:
+        if self._records:
             try:
                 self.commit()
             except OSError as e:
-                n = len(self._pending)
+                n = self._unwritten
                 log.error("wal: closing with %d frames that could not be written (%s): lost", n, e)
                 metrics.DROP.labels(reason="wal_error").inc(n)
-                self._pending, self._buf, self._records = [], bytearray(), []
+                self._unwritten, self._buf, self._records = 0, bytearray(), []
                 self.next_seq = self.committed_seq + 1
         if self._fd is not None:
             os.close(self._fd)  # every commit fsynced it
@@ -786,7 +825,7 @@ class Wal:
                 "committed_seq": self.committed_seq,
                 "next_seq": self.next_seq,
                 "fault": self.fault,
-                "unwritten": len(self._pending),
+                "unwritten": self._unwritten,
                 "dropped_wal_full": self.dropped_wal_full,
                 "corrupt_records": self.corrupt_records,
                 "corrupt_bytes": self.corrupt_bytes,

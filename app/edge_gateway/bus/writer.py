@@ -22,9 +22,9 @@ from collections.abc import Callable
 
 from edge_gateway.bus import metrics
 from edge_gateway.bus.framebus import FrameBus
+from edge_gateway.bus.record import Run
 from edge_gateway.bus.wal import Wal
 from edge_gateway.config.model import GatewayCfg, WalCfg
-from edge_gateway.core.frame import Frame
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ DRAIN_BATCH = 8192
 RETRY_FIRST = 0.05  # s after the first failed commit; doubles up to RETRY_MAX
 RETRY_MAX = 1.0
 _SPACE = (errno.ENOSPC, errno.EDQUOT)
-Listener = Callable[[list[Frame]], None]
+Listener = Callable[[list[Run]], None]  # the runs just committed (`Run.frames()` decodes them)
 
 
 class WalWriter(threading.Thread):
@@ -59,7 +59,7 @@ class WalWriter(threading.Thread):
         self.error: BaseException | None = None
 
     def add_listener(self, fn: Listener) -> None:
-        """`fn(frames)` runs on this thread after each commit: keep it cheap and non-blocking."""
+        """`fn(runs)` runs on this thread after each commit: keep it cheap and non-blocking."""
         self._listeners.append(fn)
 
     def remove_listener(self, fn: Listener) -> None:

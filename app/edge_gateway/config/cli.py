@@ -1,4 +1,5 @@
-"""edge-cfg: lint a config directory, print the schemas, diff two configs, list the installed plugins."""
+"""edge-cfg: lint a config directory, print the schemas, diff two configs, list the installed plugins; push,
+diff, watch, list and roll back a configuration in etcd, and show the fleet (config/etcd/cli.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import json
 import sys
 
 from edge_gateway.config import schema, stdout
+from edge_gateway.config.clihelp import Help
 from edge_gateway.config.diff import diff
+from edge_gateway.config.etcd import cli as etcd_cli
 from edge_gateway.config.loader import ConfigError, lint, load_snapshot
 from edge_gateway.config.source import printable
 from edge_gateway.core import registry
@@ -22,6 +25,15 @@ exit codes:
   141  stdout was closed before all was written (`edge-cfg schema | head`), as
        for a process killed by SIGPIPE; no traceback
 """
+
+# The top level also names the etcd commands' code 3 (their own --help has the full list).
+TOP_EXIT_CODES = EXIT_CODES.replace(
+    "  141",
+    "       etcd commands (push, diff DIR URL, watch, history, rollback, fleet\n"
+    "       status): etcd unreachable or refusing (`edge-cfg push --help`)\n"
+    "  3    push, rollback: the store changed since it was read; nothing written\n"
+    "  141",
+)
 
 LINT_HELP = """\
 Validate the five YAML files of DIR against their schemas and the rules a schema
@@ -39,54 +51,43 @@ NEW is compared as if installed in OLD's directory: a path NEW writes relative
 (wal.dir, control.socket, password_file, TLS files, a serial device) is resolved
 against OLD, so two copies of one configuration are `no change` wherever they
 sit; an absolute path compares as written.
+
+With an etcd URL as NEW (`edge-cfg diff DIR URL`): a unified diff of each table
+as etcd holds it against DIR's file (what `edge-cfg push DIR URL` would write),
+`no change (revision N)` when they agree; exit 2 when etcd cannot be read.
 """
 
 
 @stdout.guard
 def main(argv: list[str] | None = None) -> int:
-    fmt = argparse.RawDescriptionHelpFormatter
-    p = argparse.ArgumentParser(
-        prog="edge-cfg",
-        description="Check and compare edge-gateway configurations.",
-        epilog=EXIT_CODES + "  modbus scan: see `edge-cfg modbus scan --help`\n",
-        formatter_class=fmt,
+    h = Help(EXIT_CODES)
+    p = Help(TOP_EXIT_CODES).parser(
+        "edge-cfg",
+        "Check and compare edge-gateway configurations.",
+        epilog="  modbus scan: see `edge-cfg modbus scan --help`\n",
     )
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    p_lint = sub.add_parser(
-        "lint",
-        help="validate a config directory; exit 1 on any error",
-        description=LINT_HELP,
-        epilog=EXIT_CODES,
-        formatter_class=fmt,
+    h.command(sub, "lint", "validate a config directory; exit 1 on any error", LINT_HELP).add_argument(
+        "dir", metavar="DIR", help="the directory with the five YAML files"
     )
-    p_lint.add_argument("dir", metavar="DIR", help="the directory with the five YAML files")
-    p_schema = sub.add_parser(
+    h.command(
+        sub,
         "schema",
-        help="print the JSON Schema of one file (or all)",
-        description="Print the JSON Schema of one file, or of all five as one JSON object keyed by\nname.",
-        epilog=EXIT_CODES,
-        formatter_class=fmt,
-    )
-    p_schema.add_argument(
-        "name", nargs="?", choices=schema.NAMES, metavar="NAME", help=f"one of {', '.join(schema.NAMES)}"
-    )
-    p_diff = sub.add_parser(
-        "diff",
-        help="what a reload from OLD to NEW would touch",
-        description=DIFF_HELP,
-        epilog=EXIT_CODES,
-        formatter_class=fmt,
-    )
+        "print the JSON Schema of one file (or all)",
+        "Print the JSON Schema of one file, or of all five as one JSON object keyed by\nname.",
+    ).add_argument("name", nargs="?", choices=schema.NAMES, metavar="NAME", help=f"one of {', '.join(schema.NAMES)}")
+    p_diff = h.command(sub, "diff", "what a reload from OLD to NEW would touch", DIFF_HELP)
     p_diff.add_argument("old", metavar="OLD", help="the running (or current) config directory")
-    p_diff.add_argument("new", metavar="NEW", help="the edited copy")
-    sub.add_parser(
+    p_diff.add_argument("new", metavar="NEW", help="the edited copy, or an etcd URL (etcd://HOST:PORT/PREFIX)")
+    etcd_cli.add_etcd_options(p_diff)
+    h.command(
+        sub,
         "plugins",
-        help="list the installed driver and connector plugins (entry points)",
-        description="Every entry-point name of the groups edge_gateway.drivers and edge_gateway.connectors,\n"
+        "list the installed driver and connector plugins (entry points)",
+        "Every entry-point name of the groups edge_gateway.drivers and edge_gateway.connectors,\n"
         "with the object it names and the distribution it comes from.",
-        epilog=EXIT_CODES,
-        formatter_class=fmt,
     ).add_argument("--json", action="store_true", help="as JSON")
+    etcd_cli.add_parsers(sub, argparse.RawDescriptionHelpFormatter)
     # Commands a driver plugin brings (`edge-cfg modbus scan`, its own exit codes): its `cli` hook.
     plugin_cli = {}
     for name, plugin in registry.drivers().items():
@@ -98,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd in plugin_cli:
         return int(plugin_cli[args.cmd].run(args))
 
+    if args.cmd in etcd_cli.COMMANDS:
+        return etcd_cli.run(args)
+    if args.cmd == "diff" and etcd_cli.is_url(args.new):
+        return etcd_cli.diff_against_store(args)
     if args.cmd == "plugins":
         return _plugins(args.json)
     if args.cmd == "lint":

@@ -1,36 +1,39 @@
-"""What changed between two snapshots: the smallest set of things hot reload must touch."""
+"""What changed between two snapshots, entry by entry, for every driver plugin alike: endpoints, devices
+(drivers.yml entries) and their tags, the connector and gateway.yml. What a change restarts is not
+decided here: each plugin's `plan_reload` reads the impact on its own entries (`diff(old, new, plugin)`)
+and plans its steps."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from edge_gateway.config.model import Snapshot
+
+
+class Owner(Protocol):
+    """What `diff` needs of a driver plugin to tell its entries: endpoints by scheme, devices by proto."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def schemes(self) -> tuple[str, ...]: ...
 
 
 @dataclass(frozen=True)
 class Impact:
     endpoints_added: tuple[str, ...] = ()
     endpoints_removed: tuple[str, ...] = ()
-    endpoints_changed: tuple[str, ...] = ()  # reopen the line: every driver on it restarts
-    drivers_added: tuple[str, ...] = ()
+    endpoints_changed: tuple[str, ...] = ()  # the endpoint entry itself; its devices are not listed again
+    drivers_added: tuple[str, ...] = ()  # device ids; one that moved to another endpoint is removed and added
     drivers_removed: tuple[str, ...] = ()
-    drivers_changed: tuple[str, ...] = ()  # restart this driver only (on an unchanged endpoint)
-    variables_changed: tuple[str, ...] = ()  # driver ids whose tag map changed: swap it, no restart
+    drivers_changed: tuple[str, ...] = ()  # the device entry changed, on an unchanged endpoint
+    variables_changed: tuple[str, ...] = ()  # device ids whose tags changed, the device itself unchanged
     connectors_changed: tuple[str, ...] = ()
     gateway_changed: tuple[str, ...] = field(default=())  # sections of gateway.yml: bus, wal, metrics, control
-    # MQTT sources (drivers/mqtt_source), apart so the fields above only ever name Modbus lines and drivers.
-    # One client serves every driver of an MQTT endpoint: any change to the endpoint or to one of its
-    # drivers restarts that endpoint's source; a change of tags only swaps the driver's tag map.
-    mqtt_sources_added: tuple[str, ...] = ()  # endpoint ids: start a source
-    mqtt_sources_removed: tuple[str, ...] = ()  # endpoint ids: stop it
-    mqtt_sources_changed: tuple[str, ...] = ()  # endpoint ids: restart it (new session, new subscriptions)
-    mqtt_tags_changed: tuple[str, ...] = ()  # driver ids: MqttSource.update_tags, no restart
-    # Plugins on the generic tables (core/driver.py BaseDriver): endpoint ids whose endpoint, devices or
-    # tags changed (added and removed ones included); the plugin's plan_reload decides what that restarts.
-    plugin_endpoints_changed: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -52,24 +55,27 @@ def _keys(old: dict, new: dict) -> tuple[tuple[str, ...], tuple[str, ...], tuple
     return added, removed, changed
 
 
-def diff(old: Snapshot, new: Snapshot) -> Impact:
-    """What a reload from `old` to `new` touches. When they were read from two directories, `new` is
-    compared as if its files were installed in `old`'s directory (what a deployment does): a path it
-    wrote relative (`wal.dir: wal`) is resolved against `old.directory`, so two copies of one config
-    compare equal wherever they sit, and an absolute path compares as written."""
+def diff(old: Snapshot, new: Snapshot, plugin: Owner | None = None) -> Impact:
+    """What a reload from `old` to `new` touches; with `plugin`, of the entries only that plugin's
+    (endpoints of its schemes, devices of its proto, their tags). When they were read from two
+    directories, `new` is compared as if its files were installed in `old`'s directory (what a
+    deployment does): a path it wrote relative (`wal.dir: wal`) is resolved against `old.directory`,
+    so two copies of one config compare equal wherever they sit, and an absolute path compares as written."""
     if new.relative_paths and old.directory and new.directory != old.directory:
         new = installed_in(new, old.directory)
-    ep_add, ep_rm, ep_chg = _keys(old.endpoints, new.endpoints)
-    dr_add, dr_rm, dr_chg = _keys(old.drivers, new.drivers)
+    old_ep, old_dev, old_tags = _tables(old, plugin)
+    new_ep, new_dev, new_tags = _tables(new, plugin)
+    ep_add, ep_rm, ep_chg = _keys(old_ep, new_ep)
+    dr_add, dr_rm, dr_chg = _keys(old_dev, new_dev)
     reopened = set(ep_chg)
-    # A driver that moved to another endpoint is removed from one line and added to another.
-    moved = {d for d in dr_chg if old.drivers[d].endpoint_id != new.drivers[d].endpoint_id}
-    dr_chg = tuple(d for d in dr_chg if d not in moved and new.drivers[d].endpoint_id not in reopened)
-    tagmaps_changed = tuple(
+    # A device that moved to another endpoint is removed from one and added to the other.
+    moved = {d for d in dr_chg if old_dev[d].endpoint_id != new_dev[d].endpoint_id}
+    dr_chg = tuple(d for d in dr_chg if d not in moved and new_dev[d].endpoint_id not in reopened)
+    tags_changed = tuple(
         sorted(
             d
-            for d in old.drivers.keys() & new.drivers.keys()
-            if d not in dr_chg and d not in moved and old.variables_of(d) != new.variables_of(d)
+            for d in old_dev.keys() & new_dev.keys()
+            if d not in dr_chg and d not in moved and old_tags.get(d, ()) != new_tags.get(d, ())
         )
     )
     gw = tuple(s for s in ("bus", "wal") if getattr(old.gateway, s) != getattr(new.gateway, s))
@@ -81,8 +87,6 @@ def diff(old: Snapshot, new: Snapshot) -> Impact:
     if old.gateway.control_socket != new.gateway.control_socket:
         gw += ("control",)
     co_add, co_rm, co_chg = _keys(old.connectors, new.connectors)
-    m = _mqtt(old, new)
-    m["plugin_endpoints_changed"] = _plugins(old, new)
     return Impact(
         endpoints_added=ep_add,
         endpoints_removed=ep_rm,
@@ -90,47 +94,23 @@ def diff(old: Snapshot, new: Snapshot) -> Impact:
         drivers_added=tuple(sorted(set(dr_add) | moved)),
         drivers_removed=tuple(sorted(set(dr_rm) | moved)),
         drivers_changed=dr_chg,
-        variables_changed=tagmaps_changed,
+        variables_changed=tags_changed,
         connectors_changed=tuple(sorted(set(co_add) | set(co_rm) | set(co_chg))),
         gateway_changed=gw,
-        **m,
     )
 
 
-def _mqtt(old: Snapshot, new: Snapshot) -> dict[str, tuple[str, ...]]:
-    ep_add, ep_rm, ep_chg = _keys(old.mqtt_endpoints, new.mqtt_endpoints)
-    dr_add, dr_rm, dr_chg = _keys(old.mqtt_drivers, new.mqtt_drivers)
-    restart = set(ep_chg)
-    for d in (*dr_add, *dr_chg):
-        restart.add(new.mqtt_drivers[d].endpoint_id)
-    for d in (*dr_rm, *dr_chg):
-        restart.add(old.mqtt_drivers[d].endpoint_id)
-    restart -= set(ep_add) | set(ep_rm)  # started or stopped anyway
-    tags = tuple(
-        sorted(
-            d
-            for d in old.mqtt_drivers.keys() & new.mqtt_drivers.keys()
-            if d not in dr_chg
-            and new.mqtt_drivers[d].endpoint_id not in restart
-            and old.mqtt_tags_of(d) != new.mqtt_tags_of(d)
-        )
-    )
-    return {
-        "mqtt_sources_added": ep_add,
-        "mqtt_sources_removed": ep_rm,
-        "mqtt_sources_changed": tuple(sorted(restart)),
-        "mqtt_tags_changed": tags,
-    }
-
-
-def _plugins(old: Snapshot, new: Snapshot) -> tuple[str, ...]:
-    def parts(s: Snapshot, e: str) -> tuple[Any, ...]:
-        devices = tuple(sorted((d for d in s.plugin_devices.values() if d.endpoint_id == e), key=lambda d: d.id))
-        ids = {d.id for d in devices}
-        return (s.plugin_endpoints.get(e), devices, tuple(t for t in s.plugin_tags if t.driver_id in ids))
-
-    eps = set(old.plugin_endpoints) | set(new.plugin_endpoints)
-    return tuple(sorted(e for e in eps if parts(old, e) != parts(new, e)))
+def _tables(s: Snapshot, plugin: Owner | None) -> tuple[dict[str, Any], dict[str, Any], dict[str, tuple]]:
+    """(endpoints, devices, device id → its tags in file order), of one plugin when it is given."""
+    endpoints, devices = s.plugin_endpoints, s.plugin_devices
+    if plugin is not None:
+        endpoints = {k: e for k, e in endpoints.items() if e.scheme in plugin.schemes}
+        devices = {k: d for k, d in devices.items() if d.proto == plugin.name}
+    tags: dict[str, list[Any]] = {}
+    for t in s.plugin_tags:
+        if t.driver_id in devices:
+            tags.setdefault(t.driver_id, []).append(t)
+    return endpoints, devices, {d: tuple(ts) for d, ts in tags.items()}
 
 
 def installed_in(snapshot: Snapshot, directory: str) -> Snapshot:

@@ -9,24 +9,24 @@ not built, but their ids still count as known, so one typo gives one message, no
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from edge_gateway.config import schema
 from edge_gateway.config.expr import compile_for_tag
-from edge_gateway.config.model import Backoff, BusCfg, Connector, GatewayCfg, Snapshot, TlsFiles, WalCfg
-from edge_gateway.config.source import Problem, Source, positive, read, secret_file
+from edge_gateway.config.model import Backoff, BusCfg, Connector, GatewayCfg, Snapshot, WalCfg
+from edge_gateway.config.source import Problem, Source, positive, read
 from edge_gateway.config.units import parse_duration, parse_size
 from edge_gateway.core import registry
-from edge_gateway.core.driver import DeviceItem, DriverPlugin, EndpointItem, TagItem
+from edge_gateway.core.driver import Built, DeviceItem, DriverPlugin, EndpointItem, TagItem
 
 FILES = {name: f"{name}.yml" for name in schema.NAMES}
 OPTIONAL = {"gateway"}
 RESERVED_KINDS = ("wasm",)  # a driver kind named by the design, not built in this release
 
-_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+DEFAULT_KIND = "mqtt5"  # connector.yml `kind` when an entry names none
 
 
 class ConfigError(Exception):
@@ -40,8 +40,10 @@ def lint(directory: str | Path) -> list[Problem]:
     return _Build(Path(directory)).run()[1]
 
 
-def load_snapshot(directory: str | Path) -> Snapshot:
-    snapshot, problems = _Build(Path(directory)).run()
+def load_snapshot(directory: str | Path, base: str | Path | None = None) -> Snapshot:
+    """`base`: what relative paths in the files are relative to, when not their own directory (a
+    configuration store's revision directory changes with every revision; the state directory does not)."""
+    snapshot, problems = _Build(Path(directory), Path(base) if base is not None else None).run()
     errors = [p for p in problems if p.severity == "error"]
     if errors or snapshot is None:
         raise ConfigError(errors or problems)
@@ -49,22 +51,21 @@ def load_snapshot(directory: str | Path) -> Snapshot:
 
 
 class _Build:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, base: Path | None = None) -> None:
         self.dir = directory
+        self.base = base if base is not None else directory
         self.src: dict[str, Source] = {}
-        # MQTT-source parts (drivers/mqtt_source/config.py, via the registry): drivers by id, what was built
-        self._mqtt_driver_ids: set[str] = set()
-        self._mqtt_drivers: dict[str, Any] = {}
-        self._mqtt_tags: list[Any] = []
-        # The MQTT source's builders and rules, reached through the registry like every plugin's.
-        self.mqtt: Any = registry.driver("mqtt").config  # type: ignore[attr-defined]
-        self.modbus: Any = registry.driver("modbus").config  # type: ignore[attr-defined]
+        # Built-in plugins with their own builders (`plugin.config`: endpoint, device, tag, check), reached
+        # through the registry: each is handed only its own entries, and this builder as `b`.
+        self._own: dict[str, Any] = {n: p for n, p in registry.drivers().items() if not p.generic}
+        self._owner: dict[str, Any] = {}  # device id → its own-builders plugin (by the entry's proto)
         # Plugins on the generic tables (core/driver.py BaseDriver): what was built of their entries.
         self._generic = {n: p for n, p in registry.drivers().items() if p.generic}
         self._plugin_device_ids: dict[str, DriverPlugin | None] = {}
         self._plugin_devices: dict[str, DeviceItem] = {}
         self._plugin_tags: list[TagItem] = []
         self._relative: dict[str, str] = {}  # resolved → as written, for Snapshot.relative_paths
+        self._tags: list[Any] = []  # every plugin's built tags, in file order
 
     def run(self) -> tuple[Snapshot | None, list[Problem]]:
         data: dict[str, Any] = {}
@@ -106,17 +107,12 @@ class _Build:
     def _build(self, data: dict[str, Any], bad: dict[str, set[tuple]]) -> Snapshot:
         s = self.src
         gen_ep_data, ep_table = self._split_generic(data["endpoints"])
-        ep_data, mqtt_ep_data = _split(ep_table, lambda e: self.mqtt.is_mqtt_scheme(e.get("scheme")))
         plugin_endpoints = self._each(gen_ep_data, bad["endpoints"], s["endpoints"], self._plugin_endpoint)
-        endpoints = self._each(
-            ep_data, bad["endpoints"], s["endpoints"], lambda i, e, src: self.modbus.endpoint(self, i, e, src)
-        )
-        mqtt_endpoints: dict[str, Any] = self._each(
-            mqtt_ep_data, bad["endpoints"], s["endpoints"], lambda i, e, src: self.mqtt.endpoint(i, e, src, self._path)
-        )
-        known_endpoints = set(data["endpoints"])
+        endpoints: dict[str, dict[str, Any]] = {}  # plugin → its endpoints built
+        for name, p in self._own.items():
+            mine = {k: e for k, e in ep_table.items() if isinstance(e, dict) and e.get("scheme") in p.schemes}
+            endpoints[name] = self._each(mine, bad["endpoints"], s["endpoints"], partial(p.config.endpoint, self))
         drv_table, gen_drv_data = _split(data["drivers"], self._is_plugin_device)
-        drv_data, mqtt_drv_data = _split(drv_table, lambda d: d.get("proto") == "mqtt")
         self._plugin_device_ids = dict.fromkeys(gen_drv_data)
         plugin_devices = self._each(
             gen_drv_data,
@@ -125,29 +121,15 @@ class _Build:
             lambda i, d, src: self._plugin_device(i, d, src, plugin_endpoints, data["endpoints"]),
         )
         self._plugin_devices_built = set(plugin_devices)
-        self._mqtt_driver_ids = set(mqtt_drv_data)
-        for ident, d in drv_data.items():
-            if (ident,) not in bad["drivers"] and d.get("endpoint_id") in mqtt_ep_data:
-                s["drivers"].error(
-                    (ident, "endpoint_id"),
-                    f"{ident}: proto {d['proto']} needs a Modbus endpoint; {d['endpoint_id']} is an MQTT broker "
-                    f"(scheme {mqtt_ep_data[d['endpoint_id']]['scheme']})",
-                )
-        drivers = self._each(
-            drv_data,
-            bad["drivers"],
-            s["drivers"],
-            lambda i, d, src: self.modbus.device(self, i, d, src, endpoints, known_endpoints),
-        )
-        self._mqtt_drivers = self._each(
-            mqtt_drv_data,
-            bad["drivers"],
-            s["drivers"],
-            lambda i, d, src: self._mqtt_driver(i, d, src, mqtt_endpoints, data["endpoints"]),
-        )
-        self.mqtt.overlapping_subscriptions(self._mqtt_drivers.values(), s["drivers"])
-        self.modbus.unique_units(self, drivers, endpoints)
-        variables = self._variables(data["variables"], bad["variables"], drivers, set(data["drivers"]))
+        devices: dict[str, dict[str, Any]] = {}  # plugin → its devices built
+        for name, p in self._own.items():
+            mine = {k: d for k, d in drv_table.items() if isinstance(d, dict) and d.get("proto") == name}
+            self._owner.update(dict.fromkeys(mine, p))
+            build = partial(p.config.device, self, endpoints=endpoints[name], known=data["endpoints"])
+            devices[name] = self._each(mine, bad["drivers"], s["drivers"], build)
+        tags = self._variables(data["variables"], bad["variables"], devices, set(data["drivers"]))
+        for name, p in self._own.items():
+            p.config.check(self, Built(endpoints[name], devices[name], *tags[name]))
         connectors = self._each(data["connector"], bad["connector"], s["connector"], self._connector)
         if isinstance(data["connector"], dict) and len(data["connector"]) != 1 and not bad["connector"]:
             s["connector"].error((), f"exactly one connector is supported, found {len(data['connector'])}")
@@ -157,21 +139,17 @@ class _Build:
         digest = hashlib.sha256()
         for name in schema.NAMES:
             digest.update(name.encode() + b"\0" + s[name].raw + b"\0")
+        built_endpoints = {k: e for es in (plugin_endpoints, *endpoints.values()) for k, e in es.items()}
+        built_devices = {k: d for ds in (plugin_devices, *devices.values()) for k, d in ds.items()}
         return Snapshot(
-            endpoints=endpoints,
-            drivers=drivers,
-            variables=tuple(variables),
             connectors=connectors,
             gateway=gateway,
             revision=digest.hexdigest()[:12],
             directory=str(self.dir),
-            mqtt_endpoints=mqtt_endpoints,
-            mqtt_drivers=self._mqtt_drivers,
-            mqtt_tags=tuple(self._mqtt_tags),
             relative_paths=dict(self._relative),
-            plugin_endpoints=plugin_endpoints,
-            plugin_devices=plugin_devices,
-            plugin_tags=tuple(self._plugin_tags),
+            plugin_endpoints={k: built_endpoints[k] for k in data["endpoints"] if k in built_endpoints},
+            plugin_devices={k: built_devices[k] for k in data["drivers"] if k in built_devices},
+            plugin_tags=tuple(self._tags),
         )
 
     def _each(self, table: Any, bad: set[tuple], src: Source, build: Callable[[str, dict, Source], Any]) -> dict:
@@ -187,37 +165,13 @@ class _Build:
         return out
 
     def _path(self, value: str) -> str:
-        """A path from a file: relative paths are relative to the config directory."""
+        """A path from a file: relative paths are relative to the config directory (or `base`)."""
         p = Path(value)
         if p.is_absolute():
             return str(p)
-        resolved = str((self.dir / p).resolve())
+        resolved = str((self.base / p).resolve())
         self._relative[resolved] = value
         return resolved
-
-    def _mqtt_driver(
-        self, ident: str, d: dict, src: Source, endpoints: dict[str, Any], known: dict[str, Any]
-    ) -> Any | None:
-        """A `proto: mqtt` driver: an MQTT source on an mqtt/mqtts endpoint (drivers/mqtt_source/config.py)."""
-        if not self._kind_ok(ident, d, src):
-            return None
-        ok = True
-        ep = d["endpoint_id"]
-        if ep not in known:
-            src.error((ident, "endpoint_id"), f"{ident}: unknown endpoint_id {ep!r}{schema.did_you_mean(ep, known)}")
-            ok = False
-        elif isinstance(known[ep], dict) and not self.mqtt.is_mqtt_scheme(known[ep].get("scheme")):
-            src.error(
-                (ident, "endpoint_id"),
-                f"{ident}: proto mqtt needs an mqtt or mqtts endpoint; {ep} has scheme {known[ep].get('scheme')}",
-            )
-            ok = False
-        if schema.check(src, "drivers", d["cfg"], schema_ref="mqtt", base=(ident, "cfg")):
-            return None
-        cfg = self.mqtt.driver_cfg(ident, d["cfg"], src)
-        if not ok or cfg is None or ep not in endpoints:
-            return None  # a broken endpoint is reported at the endpoint
-        return self.mqtt.driver(ident, d, cfg, src)
 
     # -- kinds, and plugins on the generic tables ----------------------------------------------------------
     def _kind_ok(self, ident: str, d: dict, src: Source) -> bool:
@@ -253,11 +207,9 @@ class _Build:
         return yes, {k: v for k, v in table.items() if k not in yes}
 
     def _is_plugin_device(self, d: dict) -> bool:
-        """A device of a generic plugin, or `kind: dyn` naming one that is not installed (reported there)."""
+        """A device of a generic plugin, or naming one that is not installed (reported there)."""
         proto = d.get("proto")
-        if d.get("kind") == "dyn" and isinstance(proto, str) and not registry.is_builtin(proto):
-            return True
-        return isinstance(proto, str) and proto in self._generic  # any other type: the schema reports it
+        return isinstance(proto, str) and proto not in self._own  # any other type: the schema reports it
 
     def _plugin_endpoint(self, ident: str, e: dict, src: Source) -> EndpointItem | None:
         plugin = registry.driver_for_scheme(e["scheme"])
@@ -279,6 +231,11 @@ class _Build:
         proto = d["proto"]
         self._plugin_device_ids[ident] = None
         if not self._kind_ok(ident, d, src):
+            return None
+        if d.get("kind", "static") == "static" and proto not in registry.names(registry.DRIVERS):
+            builtin = ", ".join(n for n in registry.drivers() if registry.is_builtin(n))
+            why = f"{ident}: proto {proto!r} is not supported in this release (supported: {builtin})"
+            src.error((ident, "proto"), why)
             return None
         try:
             plugin = registry.driver(proto)
@@ -336,150 +293,50 @@ class _Build:
             tag, did, v.get("access", "R"), v["datatype"], address, scale, v.get("unit"), f"{src.name}:{src.line((i,))}"
         )
 
-    def _variables(self, items: Any, bad: set[tuple], drivers: dict[str, Any], known_drivers: set[str]) -> list[Any]:
+    def _variables(
+        self, items: Any, bad: set[tuple], devices: dict[str, dict[str, Any]], known_drivers: set[str]
+    ) -> dict[str, tuple[list[Any], dict[str, int], dict[str, int]]]:
+        """Every tag, each built by the plugin of its device; → per own-builders plugin (its tags, every
+        tag name → its line, tag → its entry index) for its `check`."""
         src = self.src["variables"]
-        out: list[Any] = []
+        own: dict[str, list[Any]] = {name: [] for name in self._own}
         tags: dict[str, int] = {}
         index: dict[str, int] = {}
+        out = {name: (own[name], tags, index) for name in self._own}
         if not isinstance(items, list):
             return out
         for i, v in enumerate(items):
             if (i,) in bad or not isinstance(v, dict):
                 continue
-            tag = v["tag"]
+            tag, did = v["tag"], v["driver_id"]
             if tag in tags:
                 src.error((i, "tag"), f"duplicate tag {tag!r} (first at line {tags[tag]})")
                 continue
             tags[tag] = src.line((i, "tag"))
-            if v["driver_id"] in self._plugin_device_ids:
-                pt = self._plugin_tag(i, v, src)
-                if pt is not None:
-                    self._plugin_tags.append(pt)
-                    index[tag] = i
+            if did not in known_drivers:
+                hint = schema.did_you_mean(did, known_drivers)
+                src.error((i, "driver_id"), f"{tag}: unknown driver_id {did!r}{hint}")
                 continue
-            if v["driver_id"] in self._mqtt_driver_ids:
-                t = self.mqtt.tag(i, v, src, self._mqtt_drivers.get(v["driver_id"]))
-                if t is not None:
-                    self._mqtt_tags.append(t)
-                    index[tag] = i
-                continue
-            var = self.modbus.variable(self, i, v, src, drivers, known_drivers)
-            if var is not None:
-                out.append(var)
+            built: Any = None
+            if did in self._plugin_device_ids:
+                built = self._plugin_tag(i, v, src)
+                if built is not None:
+                    self._plugin_tags.append(built)
+            elif did in self._owner:
+                p = self._owner[did]
+                built = p.config.tag(self, i, v, src, devices[p.name])
+                if built is not None:
+                    own[p.name].append(built)
+            if built is not None:  # a device whose entry is broken is reported there
+                self._tags.append(built)
                 index[tag] = i
-        self.modbus.overlaps(self, out, src, index)
-        self.mqtt.template_shadows(self._mqtt_tags, tags, src, index)
         return out
 
     def _connector(self, ident: str, c: dict, src: Source) -> Connector | None:
-        if c.get("kind", "mqtt5") != "mqtt5":
-            return self._plugin_connector(ident, c, src)
-        ok = True
-        m = re.match(r"^(tcp|tls)://([^/:\s]+)(?::([0-9]+))?$", c["endpoint"])
-        assert m is not None  # the schema pattern guarantees it
-        scheme: Literal["tcp", "tls"] = "tls" if m.group(1) == "tls" else "tcp"
-        host = m.group(2)
-        port = int(m.group(3)) if m.group(3) else (8883 if scheme == "tls" else 1883)
-        if not 1 <= port <= 65535:
-            src.error((ident, "endpoint"), f"{ident}: port {port} out of range 1..65535")
-            ok = False
-        if "password" in c and "password_file" in c:
-            src.error((ident, "password_file"), f"{ident}: give password or password_file, not both")
-            ok = False
-        if "password_file" in c:
-            ok = secret_file(src, (ident, "password_file"), self._path(c["password_file"])) and ok
-        backoff = c.get("backoff") or {}
-        for key in ("keepalive", "max_interval"):
-            ok = positive(src, (ident, key), c.get(key), parse_duration) and ok
-        for key in ("base", "max"):
-            ok = positive(src, (ident, "backoff", key), backoff.get(key), parse_duration) and ok
-        tls_cfg = c.get("tls")
-        if tls_cfg and scheme != "tls":
-            src.error((ident, "tls"), f"{ident}: tls settings need a tls:// endpoint")
-            ok = False
-        if tls_cfg and bool(tls_cfg.get("client_cert")) != bool(tls_cfg.get("client_key")):
-            src.error((ident, "tls"), f"{ident}: client_cert and client_key go together")
-            ok = False
-        if scheme == "tls" and not (tls_cfg or {}).get("ca"):
-            src.warn(
-                (ident, "tls") if tls_cfg else (ident, "endpoint"),
-                f"{ident}: tls:// without tls.ca: the broker is checked against the system CA store only",
-            )
-        defaults = Connector.__dataclass_fields__
-        need = {
-            "topic": {"tag"},
-            "cmd_topic": {"tag"},
-            "ack_topic": {"seq"},
-            "batch_topic": set(),
-            "status_topic": set(),
-        }
-        allowed = {"tenant", "device"}
-        for key, must in need.items():
-            text = c.get(key, defaults[key].default)
-            names = set(_PLACEHOLDER.findall(text))
-            unknown = names - allowed - must
-            if unknown:
-                src.error((ident, key), f"{ident}: {key} has unknown placeholder(s) {', '.join(sorted(unknown))}")
-                ok = False
-            if must - names:
-                src.error((ident, key), f"{ident}: {key} must contain {{{next(iter(must))}}}")
-                ok = False
-            if "+" in text or "#" in text:
-                src.error((ident, key), f"{ident}: {key} must not contain MQTT wildcards")
-                ok = False
-        if "{tenant}" not in c.get("cmd_topic", "{tenant}") or "{device}" not in c.get("cmd_topic", "{device}"):
-            src.warn(
-                (ident, "cmd_topic"),
-                f"{ident}: cmd_topic without {{tenant}} and {{device}}: all gateways on the broker run them",
-            )
-        bk = Backoff(parse_duration(backoff.get("base", "500ms")), parse_duration(backoff.get("max", "2m")))
-        if bk.base > bk.max:
-            src.error((ident, "backoff"), f"{ident}: backoff.base is larger than backoff.max")
-            ok = False
-        if not ok:
-            return None
-        tls = (
-            TlsFiles(*(self._path(tls_cfg[k]) if tls_cfg.get(k) else None for k in ("ca", "client_cert", "client_key")))
-            if tls_cfg
-            else (TlsFiles() if scheme == "tls" else None)
-        )
-        kw: dict[str, Any] = {
-            k: c[k]
-            for k in (
-                "topic",
-                "batch_topic",
-                "cmd_topic",
-                "ack_topic",
-                "status_topic",
-                "qos",
-                "batch",
-                "compression",
-                "username",
-                "password",
-                "cmd_dedup",
-            )
-            if k in c
-        }
-        return Connector(
-            id=ident,
-            kind="mqtt5",
-            scheme=scheme,
-            host=host,
-            port=port,
-            client_id=c.get("client_id", c["device"]),
-            tenant=c["tenant"],
-            device=c["device"],
-            password_file=self._path(c["password_file"]) if "password_file" in c else None,
-            max_bytes=parse_size(c.get("max_bytes", "1MiB")),
-            max_interval=parse_duration(c.get("max_interval", "1s")),
-            keepalive=parse_duration(c.get("keepalive", "30s")),
-            session_expiry=parse_duration(c.get("session_expiry", "1d")),
-            cmd_max_bytes=parse_size(c.get("cmd_max_bytes", "64KiB")),
-            backoff=bk,
-            tls=tls,
-            src=f"{src.name}:{src.line((ident,))}",
-            **kw,
-        )
+        """One connector.yml entry, by its kind's own builder (`ConnectorPlugin.build`, the MQTT 5
+        connector's) or, for a kind without one, the generic one."""
+        build = getattr(registry.connectors().get(c.get("kind", DEFAULT_KIND)), "build", None)
+        return build(self, ident, c, src) if build is not None else self._plugin_connector(ident, c, src)
 
     def _plugin_connector(self, ident: str, c: dict, src: Source) -> Connector | None:
         """A connector of another installed kind (its schema, from the plugin, is already checked):

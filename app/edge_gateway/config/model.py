@@ -6,11 +6,11 @@ converted: durations in seconds (float), sizes in bytes, rates in requests per s
 `src` fields ("variables.yml:12") point back at the YAML for runtime messages and are
 ignored by comparisons.
 
-The plugins' own dataclasses live in their folders (drivers/modbus/model.py,
-drivers/mqtt_source/model.py); config names none of them. The Snapshot holds them in generically
-typed tables: Modbus in `endpoints`, `drivers`, `variables`, the MQTT source in its own fields
-(`mqtt_endpoints`, `mqtt_drivers`, `mqtt_tags`), so code that polls Modbus never meets an endpoint or
-a driver it cannot poll.
+One set of tables holds every driver plugin's entries (`plugin_endpoints`, `plugin_devices`,
+`plugin_tags`), each in the plugin's own frozen model: the built-ins' dataclasses live in their folders
+(drivers/modbus/model.py, drivers/mqtt_source/model.py), a generic plugin's are the items of
+core/driver.py; config names none of them. A plugin tells its own entries by scheme (endpoints) and
+`proto` (devices); every item has `id`/`scheme`, `id`/`proto`/`endpoint_id`, `tag`/`driver_id`.
 """
 
 from __future__ import annotations
@@ -98,41 +98,26 @@ class GatewayCfg:
 class Snapshot:
     """One complete, validated configuration. `revision` is a digest of the five files."""
 
-    # The two built-in plugins' own tables, typed generically (config never names a plugin's classes):
-    # Modbus (drivers/modbus/model.py: Endpoint, Driver, Variable) …
-    endpoints: dict[str, Any]
-    drivers: dict[str, Any]
-    variables: tuple[Any, ...]
     connectors: dict[str, Connector]
     gateway: GatewayCfg
     revision: str = field(default="", compare=False)
     directory: str = field(default="", compare=False)
-    # … and the MQTT source (drivers/mqtt_source/model.py: MqttEndpoint, MqttDriver, MqttTag).
-    mqtt_endpoints: dict[str, Any] = field(default_factory=dict)
-    mqtt_drivers: dict[str, Any] = field(default_factory=dict)
-    mqtt_tags: tuple[Any, ...] = ()
-    # Plugins on the generic tables (core/driver.py BaseDriver): EndpointItem, DeviceItem, TagItem.
-    plugin_endpoints: dict[str, Any] = field(default_factory=dict)
-    plugin_devices: dict[str, Any] = field(default_factory=dict)
-    plugin_tags: tuple[Any, ...] = ()
+    # Every driver plugin's entries, in file order, typed generically (the plugins' own models).
+    plugin_endpoints: dict[str, Any] = field(default_factory=dict)  # endpoints.yml
+    plugin_devices: dict[str, Any] = field(default_factory=dict)  # drivers.yml
+    plugin_tags: tuple[Any, ...] = ()  # variables.yml
     # Every path the files wrote relative (resolved path → as written): `edge-cfg diff` re-resolves
     # them against the other directory, so two copies of one config in two places compare equal.
     relative_paths: dict[str, str] = field(default_factory=dict, compare=False)
 
-    def mqtt_tags_of(self, driver_id: str) -> tuple[Any, ...]:
-        return tuple(t for t in self.mqtt_tags if t.driver_id == driver_id)
+    def devices_on(self, endpoint_id: str) -> tuple[Any, ...]:
+        return tuple(d for d in self.plugin_devices.values() if d.endpoint_id == endpoint_id)
 
-    def mqtt_drivers_on(self, endpoint_id: str) -> tuple[Any, ...]:
-        return tuple(d for d in self.mqtt_drivers.values() if d.endpoint_id == endpoint_id)
+    def tags_of(self, device_id: str) -> tuple[Any, ...]:
+        return tuple(t for t in self.plugin_tags if t.driver_id == device_id)
 
-    def variables_of(self, driver_id: str) -> tuple[Any, ...]:
-        return tuple(v for v in self.variables if v.driver_id == driver_id)
-
-    def drivers_on(self, endpoint_id: str) -> tuple[Any, ...]:
-        return tuple(d for d in self.drivers.values() if d.endpoint_id == endpoint_id)
-
-    def variable(self, tag: str) -> Any | None:
-        for v in self.variables:
-            if v.tag == tag:
-                return v
+    def tag(self, name: str) -> Any | None:
+        for t in self.plugin_tags:
+            if t.tag == name:
+                return t
         return None

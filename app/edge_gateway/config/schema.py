@@ -123,6 +123,13 @@ def check(src: Source, name: str, data: Any, schema_ref: str | None = None, base
     return _errors(v, src, data, base)
 
 
+def check_with(src: Source, schema_doc: dict[str, Any], data: Any) -> set[tuple]:
+    """Validate `data` against a schema that is not one of the five files' (the bootstrap file's
+    `config_source`, config/bootstrap.py), with the same `file:line` messages."""
+    v: Draft202012Validator = _Validator(schema_doc, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    return _errors(v, src, data, ())
+
+
 def check_fragment(src: Source, name: str, fragment: dict[str, Any], data: Any, base: tuple) -> set[tuple]:
     """Validate `data` at `base` against a plugin's schema fragment (it may use the `$defs` of `name`,
     such as #/$defs/duration)."""

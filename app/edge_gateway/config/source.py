@@ -200,9 +200,122 @@ _INT_TAG = "tag:yaml.org,2002:int"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-class _ConfigLoader(_Loader):  # type: ignore[valid-type,misc]
-    """The safe loader, with every constructor failure turned into a marked YAML error: PyYAML
-    raises bare ValueError/TypeError/KeyError for `!!int x`, `!!bool x`, a date like 2026-13-45."""
+class _Mark:
+    """Where a node starts, which is all a Problem and a YAML error here use of a mark."""
+
+    __slots__ = ("line", "column")
+    name = ""
+    index = pointer = 0
+    buffer = None
+
+    def __init__(self, line: int, column: int) -> None:
+        self.line, self.column = line, column
+
+    def get_snippet(self, indent: int = 4, max_length: int = 75) -> None:
+        return None
+
+    def __str__(self) -> str:
+        return f"  line {self.line + 1}, column {self.column + 1}"
+
+
+class _Positioned:
+    """A node that keeps its line and column as two ints and makes its mark when asked. PyYAML's
+    composer gives every node two full marks (name, index, line, column, buffer, pointer): on a
+    10 000-tag variables.yml that is 260 000 objects, and the heap keeps their size after the tree
+    is gone (freed small objects stay in the interpreter's arenas)."""
+
+    line: int
+    column: int
+
+    @property
+    def start_mark(self) -> _Mark:
+        return _Mark(self.line, self.column)
+
+    end_mark = start_mark
+
+
+# PyYAML's classes, untyped here: its stubs type the composer's hooks loosely and the nodes' marks as
+# attributes, which _Positioned replaces with properties.
+_ScalarNode: Any = yaml.ScalarNode
+_SequenceNode: Any = yaml.SequenceNode
+_MappingNode: Any = yaml.MappingNode
+_Composer: Any = yaml.composer.Composer
+
+
+class _Scalar(_Positioned, _ScalarNode):  # type: ignore[misc]
+    def __init__(self, tag: str, value: str, line: int, column: int, style: str | None) -> None:
+        self.tag, self.value, self.line, self.column, self.style = tag, value, line, column, style
+
+
+class _Sequence(_Positioned, _SequenceNode):  # type: ignore[misc]
+    def __init__(self, tag: str, line: int, column: int, flow_style: bool | None) -> None:
+        self.tag, self.line, self.column, self.flow_style = tag, line, column, flow_style
+        self.value: list[yaml.Node] = []
+
+
+class _Mapping(_Positioned, _MappingNode):  # type: ignore[misc]
+    def __init__(self, tag: str, line: int, column: int, flow_style: bool | None) -> None:
+        self.tag, self.line, self.column, self.flow_style = tag, line, column, flow_style
+        self.value: list[tuple[yaml.Node, yaml.Node]] = []
+
+
+class _CompactComposer(_Composer):  # type: ignore[misc]
+    """PyYAML's composer (anchors, aliases and tag resolution unchanged) building _Positioned nodes,
+    with one str object per distinct short scalar text (`holding`, `datatype`, …) in a file."""
+
+    def compose_scalar_node(self, anchor: str | None) -> yaml.ScalarNode:
+        event = self.get_event()
+        tag = event.tag
+        if tag is None or tag == "!":
+            tag = self.resolve(yaml.ScalarNode, event.value, event.implicit)
+        value = event.value
+        if len(value) <= 32:
+            value = self.texts.setdefault(value, value)
+        mark = event.start_mark
+        node = _Scalar(tag, value, mark.line, mark.column, event.style)
+        if anchor is not None:
+            self.anchors[anchor] = node
+        return node
+
+    def compose_sequence_node(self, anchor: str | None) -> yaml.SequenceNode:
+        start = self.get_event()
+        tag = start.tag
+        if tag is None or tag == "!":
+            tag = self.resolve(yaml.SequenceNode, None, start.implicit)
+        node = _Sequence(tag, start.start_mark.line, start.start_mark.column, start.flow_style)
+        if anchor is not None:
+            self.anchors[anchor] = node
+        index = 0
+        while not self.check_event(yaml.SequenceEndEvent):
+            node.value.append(self.compose_node(node, index))
+            index += 1
+        self.get_event()
+        return node
+
+    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
+        start = self.get_event()
+        tag = start.tag
+        if tag is None or tag == "!":
+            tag = self.resolve(yaml.MappingNode, None, start.implicit)
+        node = _Mapping(tag, start.start_mark.line, start.start_mark.column, start.flow_style)
+        if anchor is not None:
+            self.anchors[anchor] = node
+        while not self.check_event(yaml.MappingEndEvent):
+            key = self.compose_node(node, None)
+            node.value.append((key, self.compose_node(node, key)))
+        self.get_event()
+        return node
+
+
+class _ConfigLoader(_CompactComposer, _Loader):  # type: ignore[valid-type,misc]
+    """The safe loader (libyaml's parser when present) with the compact composer above, and every
+    constructor failure turned into a marked YAML error: PyYAML raises bare ValueError/TypeError/
+    KeyError for `!!int x`, `!!bool x`, a date like 2026-13-45."""
+
+    def __init__(self, stream: str) -> None:
+        _Loader.__init__(self, stream)
+        self.anchors: dict[str, yaml.Node] = {}
+        self.texts: dict[str, str] = {}
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:

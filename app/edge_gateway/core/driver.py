@@ -22,9 +22,12 @@ outside the project only says what is specific: its schemes, fragments and `work
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from edge_gateway.core.frame import Value
@@ -151,7 +154,7 @@ class DriverPlugin(Protocol):
     name: str  # drivers.yml `proto`, and the entry-point name
     schemes: tuple[str, ...]  # endpoints.yml `scheme`s it owns
     status_section: str  # key of `edge-ctl status` its endpoints appear under: lines | sources
-    generic: bool  # True: the loader builds its items into Snapshot.plugin_* tables
+    generic: bool  # True: the loader builds its items (build_*); False: its `config` does (OwnBuilders)
 
     def schema(self) -> SchemaFragments: ...
 
@@ -184,6 +187,34 @@ class DriverPlugin(Protocol):
     def summary(self, workers: Mapping[str, Worker]) -> str: ...
 
 
+class OwnBuilders(Protocol):
+    """`plugin.config` of a plugin with `generic = False` (the built-ins Modbus and the MQTT source): it
+    builds its entries into its own frozen model, with the loader (`b`: its sources, `_path`, `_kind_ok`)
+    at hand. Each call gets only entries the plugin owns (endpoints by scheme, devices by proto, tags by
+    device) and the plugin's own items built so far; a problem goes to `src` at its file:line."""
+
+    def endpoint(self, b: Any, ident: str, entry: dict, src: Any) -> Any | None: ...
+
+    def device(self, b: Any, ident: str, entry: dict, src: Any, endpoints: dict, known: dict) -> Any | None: ...
+
+    def tag(self, b: Any, i: int, entry: dict, src: Any, devices: dict) -> Any | None: ...
+
+    def check(self, b: Any, built: Built) -> None:
+        """The rules across entries (overlaps, uniqueness), once everything is built."""
+        ...
+
+
+@dataclass(frozen=True)
+class Built:
+    """What the loader built of one plugin's entries, for its `OwnBuilders.check`."""
+
+    endpoints: dict[str, Any]
+    devices: dict[str, Any]
+    tags: list[Any]
+    names: dict[str, int]  # every tag of the files (any plugin's) → its line in variables.yml
+    index: dict[str, int]  # every built tag → its entry's index in variables.yml
+
+
 def freeze(value: Any) -> Any:
     """A YAML mapping/list as a hashable, comparable value (tuples of pairs), for the generic builders."""
     if isinstance(value, Mapping):
@@ -193,20 +224,37 @@ def freeze(value: Any) -> Any:
     return value
 
 
+def package_fragments(module: str) -> SchemaFragments:
+    """The `schema.json` beside a plugin's module (keys `endpoint_opts`, `cfg`, `address`), so a plugin's
+    schema lives in its folder as a data file; the permissive defaults when it has none."""
+    mod = sys.modules.get(module)
+    package = (mod.__package__ if mod is not None else None) or module.rpartition(".")[0]
+    if not package:
+        return SchemaFragments()
+    f = resources.files(package).joinpath("schema.json")
+    if not f.is_file():
+        return SchemaFragments()
+    raw = json.loads(f.read_text())
+    return SchemaFragments(**{k: raw[k] for k in ("endpoint_opts", "cfg", "address") if k in raw})
+
+
 class BaseDriver:
-    """A driver plugin over the generic tables: subclass it, set `name`, `schemes`, `fragments` and
-    implement `worker()`; override `build_*` to turn YAML into your own frozen model, `write()` to
-    accept commands. One worker per endpoint; any change to an endpoint, a device on it or one of their
-    tags restarts that endpoint's worker."""
+    """A driver plugin over the generic tables: subclass it, set `name`, `schemes`, and `fragments` or
+    ship a `schema.json` beside the module (`package_fragments`), and implement `worker()`; override
+    `build_*` to turn YAML into your own frozen model, `write()` to accept commands. One worker per
+    endpoint; any change to an endpoint, a device on it or one of their tags restarts that endpoint's
+    worker."""
 
     name = ""
     schemes: tuple[str, ...] = ()
     status_section = "lines"
     generic = True
-    fragments = SchemaFragments()
+    fragments: SchemaFragments | None = None  # None: the package's schema.json, read on first use
     stale_s = 30.0  # a worker whose heartbeat is older than this is hung
 
     def schema(self) -> SchemaFragments:
+        if self.fragments is None:
+            self.fragments = package_fragments(type(self).__module__)
         return self.fragments
 
     def build_endpoint(self, ident: str, scheme: str, opts: Mapping[str, Any]) -> Any:
@@ -295,7 +343,14 @@ class BaseDriver:
     def health(self, endpoint_id: str, entry: Mapping[str, Any]) -> list[str]:
         if entry.get("state") != "up":
             return [f"line {endpoint_id} ({entry.get('address')}) is {entry.get('state')}"]
-        return []
+        # A worker that lives but cannot reach its device (status() entries per device with a `state`).
+        drivers = entry.get("drivers")
+        return [
+            f"driver {d_id} on {endpoint_id} ({entry.get('address')}) is {d['state']}"
+            + (f": {d['last_error']}" if d.get("last_error") else "")
+            for d_id, d in (drivers.items() if isinstance(drivers, Mapping) else ())
+            if isinstance(d, Mapping) and d.get("state") not in (None, "up")
+        ]
 
     def summary(self, workers: Mapping[str, Worker]) -> str:
         up = sum(1 for w in workers.values() if w.is_alive())

@@ -159,3 +159,6 @@ class ConnectorPlugin:
     name: str  # the connector.yml kind
     factory: Factory
     schema: dict[str, Any] | None = None  # one connector.yml entry; `#/$defs/duration`, `size` are shared
+    # validated entry → config.model.Connector: build(loader, id, entry, src), problems at their file:line;
+    # None: the generic builder (the delivery keys the runner reads, every other key in `options`)
+    build: Callable[[Any, str, dict[str, Any], Any], Any] | None = None

@@ -5,11 +5,12 @@ PUBACK, and a cloud retries after a lost ack: both arrive with the same seq and 
 outcome again instead of a second Modbus write. `SeqLedger` remembers, per seq, a fingerprint of
 the command (tag + value) and its outcome, for the last `capacity` seqs (LRU by arrival).
 
-Persistence: with a `path`, every change is appended as one JSON line (`write()` only: a crashed
-process loses nothing, a power cut at most the last lines the kernel had not written back) and the
-file is rewritten by atomic replace when it holds twice `capacity` lines. A seq whose write was
-handed to a line but whose outcome never made it to the file (the process died in between) comes
-back as `interrupted`: its replay is refused rather than written a second time.
+Persistence: with a `path`, every change is appended as one JSON line and the file is rewritten by
+atomic replace when it holds twice `capacity` lines. The `pending` line, written before a write is
+handed to a line, is fdatasync'd first: a seq whose write may have reached the device but whose
+outcome never made it to the file (the process died or the power went in between) comes back as
+`interrupted`, and its replay is refused rather than written a second time. Outcome lines are only
+`write()`n: one lost to a power cut leaves the pending line, which is the safe answer.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class SeqLedger:
             self._d[seq] = entry
             while len(self._d) > self.capacity:
                 self._d.popitem(last=False)
-            self._append({"seq": seq, **entry.__dict__})
+            self._append({"seq": seq, **entry.__dict__}, durable=entry.result == PENDING)
 
     def forget(self, seq: int) -> None:
         """The command never reached a line (a transient refusal): a retry may run it."""
@@ -107,11 +108,13 @@ class SeqLedger:
         if bad:
             log.warning("command ledger %s: %d unreadable line(s) skipped", path, bad)
 
-    def _append(self, rec: dict[str, object]) -> None:
+    def _append(self, rec: dict[str, object], durable: bool = False) -> None:
         if self._fd is None:
             return
         try:
             os.write(self._fd, (json.dumps(rec, separators=(",", ":")) + "\n").encode())
+            if durable:
+                os.fdatasync(self._fd)
         except OSError as e:
             log.error("command ledger %s: %s", self._path, e)
             return

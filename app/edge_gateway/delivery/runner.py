@@ -46,6 +46,7 @@ from collections.abc import Callable
 from queue import Empty, SimpleQueue
 from typing import Any, Protocol
 
+from edge_gateway.bus.record import Run
 from edge_gateway.config.model import Connector
 from edge_gateway.core.frame import GOOD, Frame, now_ms
 from edge_gateway.delivery import metrics
@@ -71,7 +72,7 @@ class Cursor(Protocol):
     @property
     def lag(self) -> int: ...
 
-    def read(self, max_frames: int, timeout: float) -> list[Frame]: ...
+    def read_runs(self, max_frames: int, timeout: float) -> list[Run]: ...
 
     def rewind(self) -> None: ...
 
@@ -475,9 +476,9 @@ class Runner(threading.Thread):
             return  # draining for a manual reconnect
         while self.state is State.CONNECTED and not self.window.full:
             if not self._ready:
-                frames = self.cursor.read(self._read_max, 0)
-                if frames:
-                    self._ready.extend(self.batcher.add(frames))
+                runs = self.cursor.read_runs(self._read_max, 0)
+                if runs:
+                    self._ready.extend(self.batcher.add_runs(runs))
                 else:
                     due = self.batcher.take_due()
                     if due is None:
@@ -499,10 +500,13 @@ class Runner(threading.Thread):
 
     def _send(self, flight: Flight) -> None:
         b = flight.batch
-        dup = flight.qos < self.cfg.qos or any(f.meta and f.meta.get("dup") == "possible" for f in b.frames)
+        dup = flight.qos < self.cfg.qos or b.dup_marked
         if not flight.payload or flight.dup != dup:
-            parts = [frame_json(f, True) for f in b.frames] if dup else b.parts
-            raw = parts[0].encode("ascii") if self.cfg.batch == 1 else join_batch(parts)
+            # the stored JSON as it is; with dup marks (rare: a QoS downgrade, a redelivered source
+            # message) each frame is decoded and encoded again
+            raw = join_batch([frame_json(f, True) for f in b.frames]) if dup else b.json()
+            if self.cfg.batch == 1:
+                raw = raw[1:-1]  # one frame, no array
             flight.payload, flight.dup = self._compress(raw), dup
             self.raw_bytes += len(raw)
         msg = Message(
@@ -587,6 +591,3 @@ class Runner(threading.Thread):
             self.transport.close(time.monotonic() + 2.0)
         self._waker.close()
         log.info("%s %s stopped at acked seq %d", self.cfg.kind, self.cfg.id, self.cursor.acked)
-
-
-Uplink = Runner  # the name the runtime and older tests know

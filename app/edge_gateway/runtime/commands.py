@@ -3,7 +3,7 @@ requests (`edge-ctl status`, `connector.*`, `reload`).
 
 Cloud writes: the connector parses a command and hands its tag and value to `WriteRouter.resolve`,
 which asks every driver plugin (core/registry.py) whether the tag is its own; the owner validates it
-by its rules (or refuses it), and `submit` queues it on the owner's worker. The uplink imports no
+by its rules (or refuses it), and `submit` queues it on the owner's worker. Delivery imports no
 driver and no driver rule.
 """
 
@@ -75,7 +75,7 @@ def register(gw: Gateway) -> None:
 def _connector(gw: Gateway, fn: Callable[[Runner], Any]) -> Callable[[dict[str, Any]], Any]:
     def handler(req: dict[str, Any]) -> Any:
         name = req.get("name", "mqtt")
-        up = gw.uplink
+        up = gw.runner
         if up is None:
             raise ControlError("no connector is configured")
         if name not in ("mqtt", "mqtt5", up.cfg.id):

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_gateway.bus.record import Run
 from edge_gateway.core.frame import Frame
 from edge_gateway.delivery.codec import json_value
 
@@ -55,6 +56,11 @@ class TailHub:
         self._dropped: dict[int, int] = {}
         self._lock = threading.Lock()
         self.depth = depth
+
+    def publish_runs(self, runs: list[Run]) -> None:
+        """The WAL writer's listener: the runs just committed, decoded only while someone tails."""
+        if self._subs:
+            self.publish([f for r in runs for f in r.frames()])
 
     def publish(self, frames: list[Frame]) -> None:
         if not self._subs:

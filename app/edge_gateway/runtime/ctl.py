@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from edge_gateway.config.clihelp import Help
 from edge_gateway.runtime.control import request
 from edge_gateway.runtime.gwfile import DEFAULT_SOCKET, control_socket
 
@@ -57,8 +58,8 @@ def _fill(text: str) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    fmt = argparse.RawDescriptionHelpFormatter
-    p = argparse.ArgumentParser(prog="edge-ctl", description=DESCRIPTION, epilog=EXIT_CODES, formatter_class=fmt)
+    h = Help(EXIT_CODES)
+    p = h.parser("edge-ctl", DESCRIPTION)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--socket", metavar="PATH", help=f"the control socket (default {DEFAULT_SOCKET})")
     where.add_argument(
@@ -82,46 +83,42 @@ def parser() -> argparse.ArgumentParser:
         help="colour the output: auto (default) on a terminal unless NO_COLOR is set",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser(
+    h.command(
+        sub,
         "status",
-        help="health, lines and drivers, MQTT sources, bus, WAL, uplink, config revision",
-        description=_fill(
+        "health, lines and drivers, MQTT sources, bus, WAL, uplink, config revision",
+        _fill(
             "What the gateway runs and whether it does its job: health is healthy, degraded (with "
             "the reasons) or failing (a worker is dead or hung; systemd restarts the service)."
         ),
-        epilog=EXIT_CODES,
-        formatter_class=fmt,
     )
-    sub.add_parser(
+    h.command(
+        sub,
         "tail",
-        help="stream committed frames until Ctrl-C",
-        description=_fill(
+        "stream committed frames until Ctrl-C",
+        _fill(
             "Every frame as the WAL commits it: seq, time, tag, value, quality. A terminal too slow "
             "to keep up sees '... N frames not shown' instead of slowing the gateway."
         ),
-        epilog=EXIT_CODES,
-        formatter_class=fmt,
     )
-    sub.add_parser(
+    h.command(
+        sub,
         "reload",
-        help="re-read the configuration directory and apply the smallest change",
-        description=_fill(
+        "re-read the configuration directory and apply the smallest change",
+        _fill(
             "Load and validate the gateway's configuration directory and apply what changed. "
             "An invalid configuration changes nothing (its problems are printed, exit 1); a change "
             "that fails while applying is rolled back (the error is printed, exit 1)."
         ),
-        epilog=EXIT_CODES,
-        formatter_class=fmt,
     )
-    con = sub.add_parser(
+    con = h.command(
+        sub,
         "connector",
-        help="uplink commands: stats, reconnect",
-        description=_fill(
+        "uplink commands: stats, reconnect",
+        _fill(
             "stats: acked seq, backlog, in-flight batches, sizes, latency. reconnect: let in-flight "
             "batches finish, then reconnect with a fresh client (new password file, TLS files)."
         ),
-        epilog=EXIT_CODES,
-        formatter_class=fmt,
     )
     con.add_argument("name", help="mqtt (or the connector id from connector.yml)")
     con.add_argument("action", choices=("stats", "reconnect"), help="stats: figures; reconnect: fresh connection")
@@ -167,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "connector" and args.action == "reconnect":
         print(render_reconnect(r))
     elif args.command == "connector":
-        print(render_uplink_stats(r))
+        print(render_connector_stats(r))
     else:
         print(render_mapping(result))
     if args.command == "reload" and not r.get("applied"):
@@ -314,7 +311,7 @@ def render_reconnect(r: dict[str, Any]) -> str:
     )
 
 
-def render_uplink_stats(r: dict[str, Any]) -> str:
+def render_connector_stats(r: dict[str, Any]) -> str:
     shown = dict(r)
     for k in ("out_bytes",):
         if isinstance(shown.get(k), int | float):
@@ -448,6 +445,16 @@ def render_status(s: dict[str, Any], style: Style = PLAIN) -> str:
         else:
             out.append(f"liveness {style.bad('FAILING')}: " + "; ".join(live.get("problems", [])))
     out.append(f"config   {s.get('config')}  (revision {str(s.get('revision'))[:12]})")
+    src = s.get("config_source")
+    if isinstance(src, dict):  # from etcd (runtime/fleet.py)
+        link = style.good("connected") if src.get("connected") else style.bad("UNREACHABLE")
+        where = "  running on its CACHE" if src.get("from_cache") else ""
+        rev = src.get("applied_revision")
+        out.append(f"etcd     {src.get('url')} as {src.get('gateway_id')}: {link}, revision {rev}{where}")
+        rejected = src.get("rejected")
+        if isinstance(rejected, dict):
+            out.append(f"         refused revision {rejected.get('revision')} ({rejected.get('result')}):")
+            out += [f"         - {p}" for p in rejected.get("problems", [])]
     last = s.get("last_reload")
     if last:
         detail = last.get("error") or "; ".join(last.get("problems") or []) or ", ".join(last.get("changes") or [])
@@ -484,7 +491,7 @@ def render_status(s: dict[str, Any], style: Style = PLAIN) -> str:
         out.append("wal      " + render_wal(wal, style))
     up = s.get("uplink")
     if up:
-        state = uplink_state(up)
+        state = connector_state(up)
         since = f" for {duration(up['connected_for_s'])}" if up.get("connected_for_s") is not None else ""
         out.append(
             f"uplink   {up.get('connector')} {style.state(state)}{since}  {up.get('broker')}"
@@ -499,7 +506,7 @@ def render_status(s: dict[str, Any], style: Style = PLAIN) -> str:
     return "\n".join(out)
 
 
-def uplink_state(up: dict[str, Any]) -> str:
+def connector_state(up: dict[str, Any]) -> str:
     """`idle` after a failed attempt is a broker that is down (retried with backoff)."""
     state = str(up.get("state"))
     return "down" if state == "idle" and up.get("last_error") else state

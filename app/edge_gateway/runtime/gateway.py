@@ -1,9 +1,9 @@
 """The Gateway: the composition root. It builds every worker of a running edge-gateway process from
 the snapshot and the installed plugins, and owns their lifecycle.
 
-    driver workers (one thread per endpoint, by plugin) ─► FrameBus ─► WalWriter ─► WAL ─► Uplink ─► broker
+    driver workers (one thread per endpoint, by plugin) ─► FrameBus ─► WalWriter ─► WAL ─► Runner ─► connector ─► cloud
                                                                       └─► TailHub (edge-ctl tail)
-    Uplink ◄─ cloud command ─► Downlink ─► WriteRouter (runtime/commands.py) ─► owning plugin ─► worker ─► ack
+    connector ◄─ cloud command ─► Downlink ─► WriteRouter (runtime/commands.py) ─► owning plugin ─► worker ─► ack
     Reloader (file change, SIGHUP, edge-ctl reload) ─► apply(): a plan of the smallest live change
 
 The parts, each in its module: the worker table (runtime/workers.py: endpoint → plugin + thread,
@@ -11,15 +11,15 @@ copy-on-write), reload as a plan with apply and rollback (runtime/plan.py), stat
 (runtime/status.py), control and cloud commands (runtime/commands.py).
 
 `start()` brings them up in data-flow order (WAL first, so nothing a worker produces can be lost;
-the uplink last but one, then the control socket and /metrics); `stop()` takes them down in the
-order that keeps every frame: workers stop, the bus is drained into the WAL and fsynced, the uplink
-finishes its in-flight batches and says `offline`, the WAL writer closes (cursor acks persisted).
+the delivery runner last but one, then the control socket and /metrics); `stop()` takes them down in the
+order that keeps every frame: workers stop, the bus is drained into the WAL and fsynced, the delivery
+runner finishes its in-flight batches and says `offline`, the WAL writer closes (cursor acks persisted).
 The supervisor (runtime/supervisor.py) watches `watched()` and talks to systemd.
 
 `apply(new)` is hot reload's one way in (runtime/reload.py decides when): each driver plugin plans
 what its endpoints need (a changed endpoint reopens its line, a changed device restarts that unit on
 its line, a changed tag map is swapped under the running unit), a changed connector restarts the
-uplink on the same WAL cursor. If any step fails, every step is undone from the previous snapshot
+delivery runner on the same WAL cursor. If any step fails, every step is undone from the previous snapshot
 and a `sys.cfg_rollback` frame records it. The bus, the WAL and the control socket are opened once
 per process: a change there is reported as needing a restart and the running values are kept.
 """
@@ -45,7 +45,7 @@ from edge_gateway.delivery.commands import Downlink
 from edge_gateway.delivery.ledger import SeqLedger
 from edge_gateway.delivery.runner import Runner
 from edge_gateway.metrics import REGISTRY, MetricsServer
-from edge_gateway.runtime import commands, plan, status
+from edge_gateway.runtime import commands, heap, plan, status
 from edge_gateway.runtime.control import ControlServer, TailHub
 from edge_gateway.runtime.gwfile import where
 from edge_gateway.runtime.reload import ApplyError, Reloader
@@ -54,9 +54,12 @@ from edge_gateway.runtime.workers import WorkerTable
 
 log = logging.getLogger(__name__)
 
-# A reload stops and starts worker threads (each join is bounded by 5 s) and may restart the uplink
+# A reload stops and starts worker threads (each join is bounded by 5 s) and may restart the delivery runner
 # (10 s): a reload thread silent for longer than this is hung.
 RELOAD_STALE_AFTER = commands.RELOAD_TIMEOUT
+# The configuration store's threads: cfg-presence beats every few seconds; cfg-etcd may wait for a
+# reload (APPLY_TIMEOUT) or a store timeout with no beat.
+SOURCE_STALE_AFTER = 180.0
 # Opened once per process; a change in gateway.yml needs a restart (the reload answer says so).
 RESTART_ONLY = ("bus", "wal", "control_socket")
 
@@ -66,21 +69,30 @@ class BindError(OSError):
 
 
 class Gateway:
-    def __init__(self, snapshot: Snapshot, notifier: Notifier | None = None, metrics: bool = True) -> None:
+    def __init__(
+        self, snapshot: Snapshot, notifier: Notifier | None = None, metrics: bool = True, source: Any = None
+    ) -> None:
+        """`source`: a configuration store (runtime/fleet.py EtcdSource) instead of the files of
+        `snapshot.directory`; it feeds the same reload thread."""
         self.snapshot = snapshot
+        self.source = source
         self.notifier = notifier
         self.serve_metrics = metrics
         self.bus: Any = None
         self.wal: Any = None
         self.writer: Any = None
         self.table = WorkerTable()  # endpoint id → (driver plugin, worker thread): runtime/workers.py
-        self.uplink: Runner | None = None
+        self.runner: Runner | None = None
         self.downlink: Downlink | None = None
         self.tail = TailHub()
         self.control = ControlServer(snapshot.gateway.control_socket, self.tail)
         self.supervisor: Supervisor | None = None
         # Made now, so edits and SIGHUPs from this moment on are seen; its thread starts with the workers.
         self.reloader = Reloader(self, snapshot.directory) if snapshot.directory else None
+        if source is not None:
+            self.reloader = Reloader(
+                self, snapshot.directory, load=source.load, watch_files=False, store_revision=source.applied
+            )
         self._metrics_server: Any = None
         self._metrics_addr: tuple[str, int] | None = None
         self._watched: list[Watched] = []
@@ -102,19 +114,22 @@ class Gateway:
             self.bus, self.wal, self.writer = open_bus_and_wal(snap.gateway)
             if not self.writer.is_alive():
                 self.writer.start()
-            self.writer.add_listener(self.tail.publish)
+            self.writer.add_listener(self.tail.publish_runs)
             for name, plugin in registry.drivers().items():
                 for ep_id in plugin.endpoints(snap):
                     self.table.put(ep_id, name, plugin.start(ep_id, snap, self._context(snap)))
-            self._start_uplink(snap)
+            self._start_delivery(snap)
             if self.reloader is not None:
                 self.reloader.start()
+            if self.source is not None:
+                self.source.start(self)
             commands.register(self)
             self._serve_metrics(snap.gateway)  # before the control socket answers: ready means scrapeable
             self.control.start()
             self._watched = self._build_watched()
             self.supervisor = Supervisor(self.watched, self.summary, self.notifier)
             self.supervisor.start()
+            heap.settle()  # the loader's node trees are gone; the configuration is here to stay
         except (WalLocked, OSError) as e:
             # Expected at start (the WAL or a socket is another process's, a port is taken): the one-line
             # reason is the caller's "cannot start: ..."; a traceback would only bury it.
@@ -147,6 +162,8 @@ class Gateway:
             self.supervisor.stop()
         if self.downlink is not None:
             self.downlink.accepting = False
+        if self.source is not None:
+            self.source.stop()  # no new revision from now on; the presence lease is revoked
         self.control.stop()
         if self.reloader is not None and self.reloader.is_alive():
             self.reloader.stop()
@@ -156,8 +173,8 @@ class Gateway:
             except Exception:
                 log.exception("%s worker %s did not stop cleanly", entry.plugin, ep_id)
         if self.writer is not None and self.writer.is_alive():
-            self.writer.flush()  # everything the lines produced is committed before the uplink goes
-        self._stop_uplink()
+            self.writer.flush()  # everything the lines produced is committed before the runner goes
+        self._stop_delivery()
         if self.writer is not None:
             self.writer.stop()
         self._close_metrics()
@@ -186,8 +203,8 @@ class Gateway:
             plugin = registry.driver(entry.plugin)
             self.table.put(ep_id, entry.plugin, plugin.start(ep_id, self.snapshot, self._context(self.snapshot)))
 
-    # -- uplink and /metrics ----------------------------------------------------------------------------------
-    def _start_uplink(self, snap: Snapshot) -> None:
+    # -- delivery and /metrics ----------------------------------------------------------------------------------
+    def _start_delivery(self, snap: Snapshot) -> None:
         for conn in snap.connectors.values():  # the loader allows exactly one
             state = snap.gateway.wal.dir  # session and command-seq state live beside the WAL
             ledger = SeqLedger(Path(state) / "commands" / f"{conn.id}.seqs", conn.cmd_dedup)
@@ -198,28 +215,28 @@ class Gateway:
                 max_bytes=conn.cmd_max_bytes,
                 ledger=ledger,
             )
-            self.uplink = Runner(
+            self.runner = Runner(
                 conn, self.wal.cursor(conn.id), record=self.bus.publish, downlink=self.downlink, state_dir=state
             )
-            self.writer.add_listener(self.uplink.wake)
-            self.uplink.start()
+            self.writer.add_listener(self.runner.wake)
+            self.runner.start()
 
-    def _stop_uplink(self) -> None:
+    def _stop_delivery(self) -> None:
         """In-flight batches finish (bounded), `offline` is published, the cursor keeps its acks."""
-        up, self.uplink, self.downlink = self.uplink, None, None
+        up, self.runner, self.downlink = self.runner, None, None
         if up is None:
             return
         up.stop()
         if self.writer is not None:
             self.writer.remove_listener(up.wake)
 
-    def _reopen_uplink(self, snap: Snapshot) -> None:
-        was = self.uplink.cfg.id if self.uplink is not None else None
-        self._stop_uplink()
+    def _reopen_delivery(self, snap: Snapshot) -> None:
+        was = self.runner.cfg.id if self.runner is not None else None
+        self._stop_delivery()
         for conn in snap.connectors.values():
             if was is not None and was != conn.id:
                 self.wal.rename_cursor(was, conn.id)
-        self._start_uplink(snap)
+        self._start_delivery(snap)
 
     def _serve_metrics(self, g: GatewayCfg) -> None:
         """Bind the new address before closing the old one: a taken port fails here with nothing lost."""
@@ -258,14 +275,14 @@ class Gateway:
             try:
                 plan.run_steps(p.steps, new, self.table, self._context(new))
                 if p.connector_changed:
-                    self._reopen_uplink(new)
+                    self._reopen_delivery(new)
                 self._serve_metrics(new.gateway)
                 self.snapshot = new
             except Exception as e:
                 log.exception("applying configuration %s failed; restoring %s", new.revision[:12], old.revision[:12])
                 plan.rollback_steps(p, self.table, self._context(old), self._undo)
                 if p.connector_changed:
-                    self._undo("uplink", self._reopen_uplink, old)
+                    self._undo("uplink", self._reopen_delivery, old)
                 self._undo("/metrics", self._serve_metrics, old.gateway)
                 self._record_rollback(old, new, e)
                 raise ApplyError(f"{type(e).__name__}: {e}") from e
@@ -311,12 +328,15 @@ class Gateway:
             )
         flush_s = self.snapshot.gateway.wal.flush_ms / 1000
         w.append(Watched("wal", target=lambda: self.writer, stale_after=max(10.0, 50 * flush_s)))
-        if self.uplink is not None:
-            up = self.uplink
+        if self.runner is not None:
+            up = self.runner
             w.append(Watched("uplink", target=lambda: up, stale_after=up.stale_after))
         if self.reloader is not None:
             rl = self.reloader
             w.append(Watched("reload", target=lambda: rl, stale_after=RELOAD_STALE_AFTER, restart=rl.restart))
+        if self.source is not None:
+            src = self.source
+            w.append(Watched(src.name, target=lambda: src, stale_after=SOURCE_STALE_AFTER, restart=src.restart))
         return w
 
     def watched(self) -> list[Watched]:
@@ -331,10 +351,12 @@ class Gateway:
         out: list[Any] = [e.worker for e in self.table.snapshot().values()]
         if self.writer is not None:
             out.append(self.writer)
-        if self.uplink is not None:
-            out.append(self.uplink)
+        if self.runner is not None:
+            out.append(self.runner)
         if self.reloader is not None:
             out.append(self.reloader)
+        if self.source is not None:
+            out.append(self.source)
         return out
 
     # -- status (runtime/status.py) -----------------------------------------------------------------------------

@@ -26,13 +26,16 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from edge_gateway.config.loader import ConfigError, load_snapshot
+from edge_gateway.config.model import Snapshot
 from edge_gateway.metrics import REGISTRY
+from edge_gateway.runtime import heap
 
 if TYPE_CHECKING:
     from edge_gateway.runtime.gateway import Gateway
@@ -41,8 +44,9 @@ log = logging.getLogger(__name__)
 
 REVISION = Gauge(
     "cfg_revision_current",
-    "Configurations this process has run: 1 from start, +1 whenever a reload makes one with another content "
-    "hash the running one (starts again at 1 with the process); the hash is in cfg_revision_info",
+    "The running configuration's revision: from etcd, the etcd revision it was read at; from local files, "
+    "the configurations this process has run (1 from start, +1 whenever a reload makes one with another "
+    "content hash the running one; starts again at 1 with the process); the hash is in cfg_revision_info",
     registry=REGISTRY,
 )
 REVISION_INFO = Gauge(
@@ -67,11 +71,12 @@ _running_revision: str | None = None
 _generation = 0
 
 
-def record_revision(revision: str) -> int:
+def record_revision(revision: str, store_revision: int | None = None) -> int:
     """`revision` is now the running configuration: count it if it differs from the last one, and return
     the count. A number that only grows inside a process (a dashboard can draw it), with the content hash
-    as a label instead of a 2.8e14 gauge. Nothing is persisted: it restarts at 1 with the process, and
-    the configuration store's own revision will replace it when there is one."""
+    as a label instead of a 2.8e14 gauge. Nothing is persisted: it restarts at 1 with the process. With a
+    configuration store (`store_revision`, etcd's revision), the gauge is that revision instead, the
+    number the fleet compares across gateways."""
     global _running_revision, _generation
     with _revision_lock:
         if revision != _running_revision:
@@ -79,6 +84,8 @@ def record_revision(revision: str) -> int:
             REVISION_INFO.clear()
             REVISION_INFO.labels(hash=revision[:12] or "none").set(1)
             REVISION.set(_generation)
+        if store_revision is not None:
+            REVISION.set(store_revision)
         return _generation
 
 
@@ -87,6 +94,9 @@ class ApplyError(Exception):
 
 
 Signature = tuple[tuple[str, int, int, int], ...]
+# One queued reload: why, where the answer goes, and (from a configuration store) the revision directory
+# to load and the store's revision of it; None, None: the directory the gateway runs on.
+Request = tuple[str, "Future[dict[str, Any]]", str | None, int | None]
 
 
 def signature(directory: str) -> Signature:
@@ -111,19 +121,33 @@ class Reloader:
 
     name = "cfg-reload"
 
-    def __init__(self, gateway: Gateway, directory: str, poll: float = 0.5) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        directory: str,
+        poll: float = 0.5,
+        load: Callable[[str], Snapshot] | None = None,
+        watch_files: bool = True,
+        store_revision: int | None = None,
+    ) -> None:
+        """`load` (default: the loader) and `watch_files=False` are the configuration store's
+        (runtime/fleet.py): its revision directories are written once and never edited, so nothing is
+        polled, and each revision comes as `request(..., directory=, store_revision=)` from its thread."""
         self.gateway = gateway
-        self.directory = directory
+        self.directory = directory  # owned by the reload thread once it runs
         self.poll = poll
+        self.load = load
+        self.watch_files = watch_files
+        self.store_revision = store_revision
         self.heartbeat = time.monotonic()
         self.last: dict[str, Any] | None = None  # the last reload's answer, for `edge-ctl status`
-        self._requests: queue.SimpleQueue[tuple[str, Future[dict[str, Any]]] | None] = queue.SimpleQueue()
-        self._seen = signature(directory)  # what the running snapshot was loaded from (near enough)
+        self._requests: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
+        self._seen = signature(directory) if watch_files else ()  # what the running snapshot was loaded from
         self._pending: Signature | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.restarts = 0
-        record_revision(gateway.snapshot.revision)
+        record_revision(gateway.snapshot.revision, store_revision)
 
     def start(self) -> None:
         self.heartbeat = time.monotonic()
@@ -145,10 +169,13 @@ class Reloader:
         log.warning("reload thread restarted (%d so far); queued reloads are served by the new one", self.restarts)
         self.start()
 
-    def request(self, reason: str) -> Future[dict[str, Any]]:
-        """Queue a reload (SIGHUP handler, control socket); the Future gets the answer."""
+    def request(
+        self, reason: str, directory: str | None = None, store_revision: int | None = None
+    ) -> Future[dict[str, Any]]:
+        """Queue a reload (SIGHUP handler, control socket, the store's watch thread); the Future gets the
+        answer. `directory`: load that one instead, and run on it from now on if it is applied."""
         fut: Future[dict[str, Any]] = Future()
-        self._requests.put((reason, fut))
+        self._requests.put((reason, fut, directory, store_revision))
         return fut
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -167,16 +194,18 @@ class Reloader:
                 continue
             if item is None:
                 return
-            reason, fut = item
+            reason, fut, directory, store_revision = item
             if not fut.set_running_or_notify_cancel():
                 continue
             try:
-                fut.set_result(self.reload(reason))
+                fut.set_result(self.reload(reason, directory, store_revision))
             except BaseException as e:  # the thread dies (reload() itself catches every Exception)
                 fut.set_exception(ApplyError(f"the reload thread died: {type(e).__name__}: {e}"))
                 raise
 
     def _watch(self) -> None:
+        if not self.watch_files:
+            return
         sig = signature(self.directory)
         if sig == self._seen:
             self._pending = None
@@ -185,20 +214,24 @@ class Reloader:
         else:
             self.reload("file change")
 
-    def reload(self, reason: str) -> dict[str, Any]:
+    def reload(self, reason: str, directory: str | None = None, store_revision: int | None = None) -> dict[str, Any]:
         t0 = time.monotonic()
-        self._seen = signature(self.directory)  # before reading: a later edit triggers another reload
+        where = directory or self.directory
+        if store_revision is None:
+            store_revision = self.store_revision
+        if self.watch_files:
+            self._seen = signature(where)  # before reading: a later edit triggers another reload
         self._pending = None
-        log.info("reloading configuration from %s (%s)", self.directory, reason)
+        log.info("reloading configuration from %s (%s)", where, reason)
         try:
-            snapshot = load_snapshot(self.directory)
+            snapshot = self.load(where) if self.load is not None else load_snapshot(where)
         except ConfigError as e:
             return self._refused(reason, [str(p) for p in e.problems])
         except OSError as e:
-            return self._refused(reason, [f"{self.directory}: {e}"])
+            return self._refused(reason, [f"{where}: {e}"])
         except Exception as e:  # a loader bug must not end reloading: refuse this edit, keep running
-            log.exception("loading %s failed unexpectedly", self.directory)
-            return self._refused(reason, [f"{self.directory}:1: cannot load: {type(e).__name__}: {e}"])
+            log.exception("loading %s failed unexpectedly", where)
+            return self._refused(reason, [f"{where}:1: cannot load: {type(e).__name__}: {e}"])
         try:
             answer = self.gateway.apply(snapshot)
         except Exception as e:  # ApplyError: restored; anything else: apply()'s own bug, logged as one
@@ -211,7 +244,9 @@ class Reloader:
             log.error("configuration %s rolled back: %s", snapshot.revision[:12], error)
         else:
             APPLY.labels(result=answer["result"]).inc()
-            record_revision(self.gateway.snapshot.revision)
+            self.directory, self.store_revision = where, store_revision
+            record_revision(self.gateway.snapshot.revision, store_revision)
+        heap.settle()  # the load's node trees, and the old configuration if it was replaced, are garbage
         APPLY_SECONDS.observe(time.monotonic() - t0)
         answer["reason"] = reason
         self.last = answer

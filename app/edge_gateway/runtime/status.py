@@ -25,13 +25,16 @@ def _by_plugin(gw: Gateway) -> dict[str, dict[str, Any]]:
 
 
 def summary(gw: Gateway) -> str:
-    snap, up, wal = gw.snapshot, gw.uplink, gw.wal  # each read once
+    snap, up, wal = gw.snapshot, gw.runner, gw.wal  # each read once
     parts = [p for name, ws in _by_plugin(gw).items() if (p := registry.driver(name).summary(ws))]
     if up is not None:
         parts.append(f"uplink {up.state.value}")
         parts.append(f"backlog {up.cursor.lag}")
     if wal is not None and wal.fault is not None:  # commits failing (a full disk): producers held
         parts.append(f"wal FAULT {wal.fault}")
+    source = getattr(gw, "source", None)
+    if source is not None:
+        parts.append(source.summary())
     parts.append(f"rev {snap.revision[:8]}")
     return ", ".join(parts)
 
@@ -44,7 +47,7 @@ def status(gw: Gateway) -> dict[str, Any]:
     serves is not: the uplink is not connected, a line is down, a device is in Fault, an MQTT source
     is down, the WAL reports a fault, the bus is paused; every reason is listed) or `failing` (a
     worker is dead or hung: the watchdog is about to have systemd restart the service)."""
-    snap, up, bus, sup, reloader = gw.snapshot, gw.uplink, gw.bus, gw.supervisor, gw.reloader  # each read once
+    snap, up, bus, sup, reloader = gw.snapshot, gw.runner, gw.bus, gw.supervisor, gw.reloader  # each read once
     now = time.monotonic()
     sections: dict[str, dict[str, Any]] = {"lines": {}, "sources": {}}
     owner: dict[str, str] = {}
@@ -71,6 +74,9 @@ def status(gw: Gateway) -> dict[str, Any]:
         "tail_clients": gw.tail.clients,
         "last_reload": reloader.last if reloader is not None else None,
     }
+    source = getattr(gw, "source", None)
+    if source is not None:
+        out["config_source"] = source.status()
     problems = list(sup.problems) if sup is not None else []
     if sup is not None:
         out["supervisor"] = {"ready": sup.ready, "healthy": sup.healthy, "problems": problems}
@@ -95,6 +101,9 @@ def _health(gw: Gateway, st: dict[str, Any], owner: dict[str, str], sections: li
         reasons.append(f"WAL commits fail ({wal['fault']}): frames wait in memory")
     if writer is not None and getattr(writer, "error", None) is not None:
         reasons.append(f"WAL writer failed: {writer.error}")
+    source = getattr(gw, "source", None)
+    if source is not None:
+        reasons += source.health()
     if not st["liveness"]["ready"]:
         reasons.append("starting: not every worker has reported yet")
     bus = st["bus"]

@@ -12,6 +12,7 @@ import pytest
 from edge_gateway.config import cli
 from edge_gateway.config.diff import Impact, diff
 from edge_gateway.config.loader import ConfigError, lint, load_snapshot
+from edge_gateway.core import registry
 from edge_gateway.drivers.mqtt_source.model import Payload
 
 ROOT = Path(__file__).resolve().parents[3] / "config"
@@ -50,8 +51,8 @@ def line_of(path: Path, needle: str) -> int:
 def test_the_example_loads_with_no_problem() -> None:
     assert lint(EXAMPLE) == []
     s = load_snapshot(EXAMPLE)
-    assert s.endpoints == {} and s.drivers == {} and s.variables == ()
-    ep = s.mqtt_endpoints["local_broker"]
+    assert {d.proto for d in s.plugin_devices.values()} == {"mqtt"}  # the example is MQTT only
+    ep = s.plugin_endpoints["local_broker"]
     assert (ep.scheme, ep.host, ep.port, ep.client_id, ep.session_expiry) == (
         "mqtt",
         "127.0.0.1",
@@ -59,22 +60,24 @@ def test_the_example_loads_with_no_problem() -> None:
         "edge-01-src",
         3600,
     )
-    lab = s.mqtt_drivers["lab_sensors"]
+    lab = s.plugin_devices["lab_sensors"]
     assert [(x.filter, x.qos) for x in lab.cfg.subscriptions] == [("sensors/+/temp", 1), ("sensors/+/env", 1)]
     assert (lab.cfg.retained, lab.cfg.queue, lab.cfg.recover) == ("take", 1000, 5.0)
-    assert s.mqtt_drivers["energy_meters"].cfg.retained == "ignore"
-    tags = {t.tag: t for t in s.mqtt_tags}
+    assert s.plugin_devices["energy_meters"].cfg.retained == "ignore"
+    tags = {t.tag: t for t in s.plugin_tags}
     assert tags["lab.{1}.rh_pct"].payload == Payload("json", "/sample/rh")
     assert tags["meter.{1}.kwh"].scale is not None and tags["meter.{1}.kwh"].scale(1500) == 1.5
-    assert s.mqtt_drivers_on("local_broker") == (lab, s.mqtt_drivers["energy_meters"])
+    assert s.devices_on("local_broker") == (lab, s.plugin_devices["energy_meters"])
 
 
 def test_modbus_and_mqtt_in_one_config(cfg: Make) -> None:
     s = load_snapshot(cfg(mixed=True))
-    assert "plc_tcp" in s.endpoints and "local_broker" in s.mqtt_endpoints
-    assert "plc1" in s.drivers and "lab_sensors" in s.mqtt_drivers
-    assert "local_broker" not in s.endpoints and "lab_sensors" not in s.drivers  # Modbus code never sees them
-    assert len(s.mqtt_tags) == 5
+    assert "plc_tcp" in s.plugin_endpoints and "local_broker" in s.plugin_endpoints
+    assert s.plugin_devices["plc1"].proto == "modbus" and s.plugin_devices["lab_sensors"].proto == "mqtt"
+    modbus, mqtt = registry.driver("modbus"), registry.driver("mqtt")
+    assert "local_broker" not in modbus.endpoints(s) and "plc_tcp" not in mqtt.endpoints(s)  # each its own
+    mqtt_ids = {d for d, dev in s.plugin_devices.items() if dev.proto == "mqtt"}
+    assert len([t for t in s.plugin_tags if t.driver_id in mqtt_ids]) == 5
 
 
 def test_defaults_and_mqtts(cfg: Make) -> None:
@@ -89,33 +92,36 @@ def test_defaults_and_mqtts(cfg: Make) -> None:
     )
     (d / "endpoints.yml").write_text((d / "endpoints.yml").read_text() + "    ca: certs/ca.pem\n    username: gw\n")
     s = load_snapshot(d)
-    ep = s.mqtt_endpoints["local_broker"]
+    ep = s.plugin_endpoints["local_broker"]
     assert (ep.scheme, ep.port, ep.username) == ("mqtts", 8883, "gw")
     assert ep.tls is not None and ep.tls.ca == str((d / "certs/ca.pem").resolve())
-    em = s.mqtt_drivers["energy_meters"].cfg
+    em = s.plugin_devices["energy_meters"].cfg
     assert (em.retained, em.queue) == ("take", 50)
 
 
 def test_diff_of_mqtt_changes(cfg: Make) -> None:
-    """MQTT changes have their own impact fields: the Modbus ones never name an MQTT endpoint or driver."""
+    """The diff names MQTT entries like any other; the MQTT plugin's plan turns them into one action per
+    endpoint: a change of tags swaps the device's tag map, any other change restarts the source (one
+    client serves every device of an endpoint)."""
     old = load_snapshot(EXAMPLE)
-    modbus_fields = ("endpoints_changed", "drivers_changed", "drivers_added", "variables_changed")
+    mqtt = registry.driver("mqtt")
 
-    def impact(edits: dict[str, tuple[str, str]]) -> Impact:
+    def changed(edits: dict[str, tuple[str, str]]) -> tuple[Impact, list[tuple[str, str, tuple[str, ...]]]]:
         d = cfg(edits)
         try:
-            return diff(old, load_snapshot(d))
+            new = load_snapshot(d)
+            assert registry.driver("modbus").plan_reload(old, new) == []  # no Modbus line is touched
+            return diff(old, new), [(s.action, s.endpoint_id, s.devices) for s in mqtt.plan_reload(old, new)]
         finally:
             shutil.rmtree(d)
 
-    i = impact({"variables.yml": ("pointer: /sample/t }", "pointer: /sample/temp }")})
-    assert (i.mqtt_tags_changed, i.mqtt_sources_changed) == (("lab_sensors",), ())
-    assert not any(getattr(i, f) for f in modbus_fields)
-    i = impact({"drivers.yml": ('filter: "meters/#", qos: 2', 'filter: "meters/#", qos: 1')})
-    assert (i.mqtt_sources_changed, i.mqtt_tags_changed) == (("local_broker",), ())  # one client, one restart
-    i = impact({"endpoints.yml": ("keepalive: 30s", "keepalive: 10s")})
-    assert (i.mqtt_sources_changed, i.mqtt_tags_changed) == (("local_broker",), ())
-    i = impact(  # energy_meters moves to a second broker
+    i, steps = changed({"variables.yml": ("pointer: /sample/t }", "pointer: /sample/temp }")})
+    assert i.variables_changed == ("lab_sensors",) and steps == [("update", "local_broker", ("lab_sensors",))]
+    i, steps = changed({"drivers.yml": ('filter: "meters/#", qos: 2', 'filter: "meters/#", qos: 1')})
+    assert steps == [("restart", "local_broker", ())]  # one client, one restart
+    i, steps = changed({"endpoints.yml": ("keepalive: 30s", "keepalive: 10s")})
+    assert i.endpoints_changed == ("local_broker",) and steps == [("restart", "local_broker", ())]
+    i, steps = changed(  # energy_meters moves to a second broker
         {
             "endpoints.yml": (
                 "local_broker:",
@@ -124,13 +130,8 @@ def test_diff_of_mqtt_changes(cfg: Make) -> None:
             "drivers.yml": ("endpoint_id: local_broker     # a second", "endpoint_id: plant_broker     # a second"),
         }
     )
-    assert (i.mqtt_sources_added, i.mqtt_sources_changed, i.mqtt_sources_removed) == (
-        ("plant_broker",),
-        ("local_broker",),
-        (),
-    )
-    assert "mqtt sources added: plant_broker" in i.lines()
-    assert not any(getattr(i, f) for f in modbus_fields)
+    assert steps == [("restart", "local_broker", ()), ("start", "plant_broker", ())]
+    assert "endpoints added: plant_broker" in i.lines()
     assert diff(old, replace(old)).empty
 
 

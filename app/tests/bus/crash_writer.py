@@ -16,7 +16,7 @@ def main() -> None:
     cfg = GatewayCfg(bus=BusCfg(capacity=20000), wal=WalCfg(dir=wal_dir, segment_bytes=segment_bytes, flush_ms=5))
     bus, wal, writer = open_bus_and_wal(cfg)
     print(f"start {wal.next_seq}", flush=True)
-    writer.add_listener(lambda frames: print(f"committed {frames[-1].seq}", flush=True))
+    writer.add_listener(lambda runs: print(f"committed {runs[-1].last_seq}", flush=True))
     writer.start()
     n = 0
     while True:

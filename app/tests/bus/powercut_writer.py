@@ -83,7 +83,9 @@ def main() -> None:
 
     wal.append = append_and_report  # type: ignore[method-assign]
     writer.add_listener(
-        lambda frames: say(f"committed {frames[0].seq} {frames[-1].seq} {len(frames)} {time.monotonic():.6f}")
+        lambda runs: say(
+            f"committed {runs[0].first_seq} {runs[-1].last_seq} {sum(r.count for r in runs)} {time.monotonic():.6f}"
+        )
     )
     for name, lag in (("fast", 0), ("slow", SLOW_LAG)):
         threading.Thread(target=consume, args=(wal, wal.cursor(name), lag), daemon=True).start()

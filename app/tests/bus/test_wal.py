@@ -149,8 +149,8 @@ def test_a_backlog_is_read_from_files_decoding_each_record_once(tmp_path: Path, 
     wal.close()
     wal = Wal.open(cfg(tmp_path))
     decoded: list[int] = []
-    real = record.decode
-    monkeypatch.setattr(record, "decode", lambda first, n, p: decoded.append(first) or real(first, n, p))
+    real = record.decode_block
+    monkeypatch.setattr(record, "decode_block", lambda v, first, n, p: decoded.append(first) or real(v, first, n, p))
     c = wal.cursor("mqtt")
     seqs = []
     while fr := c.read(256, 0):
@@ -171,11 +171,12 @@ def test_memory_holds_only_what_a_consumer_may_still_read(tmp_path: Path) -> Non
     write(wal, 1, 1000)
     c.ack(900)
     write(wal, 1001, 10)
-    assert (wal._cache_first, len(wal._cache)) == (901, 110)
+    assert (wal._cache_first, wal.cached_frames) == (901, 110)
     c.rewind()
     assert c.read(5, 0)[0].seq == 901
     write(wal, 1011, 2 * CACHE_FRAMES, per_record=4096)  # the consumer stalls: capped
-    assert len(wal._cache) <= 2 * CACHE_FRAMES
+    assert wal.cached_frames <= 2 * CACHE_FRAMES
+    assert sum(b.count for b in wal._cache) <= 2 * CACHE_FRAMES + 4096  # whole blocks: one record more at most
     assert [f.seq for f in c.read(3, 0)] == [906, 907, 908]  # older frames come from the files
     wal.close()
 
@@ -345,3 +346,61 @@ def test_sigkill_at_random_moments_loses_no_committed_frame(tmp_path: Path) -> N
         committed_before = wal.committed_seq
         wal.close()
     assert committed_before > 0
+
+
+ODD = [
+    Frame(1, 1700000000000, "a.float", 0.1),
+    Frame(2, 1700000000001, "a.nan", float("nan")),
+    Frame(3, 1700000000002, "a.bytes", b"\x00\xff"),
+    Frame(4, 1700000000003, "a.none", None, "bad:timeout"),
+    Frame(5, 1700000000004, "a.cmd", 7, kind=Kind.CMD),
+    Frame(6, 1700000000005, "a.dup", True, meta={"dup": "possible", "topic": "x/y"}),
+    Frame(7, 1700000000006, "a.é", 1 << 70),
+    Frame(8, 1700000000007, "a.str", 's\u2603"\\'),
+    Frame(9, 1700000000008, "a.inf", -float("inf")),
+]
+
+
+def same(a: Frame, b: Frame) -> bool:
+    nan = isinstance(a.value, float) and a.value != a.value
+    return (a.seq, a.ts, a.tag, a.q, a.kind, a.meta) == (b.seq, b.ts, b.tag, b.q, b.kind, b.meta) and (
+        (nan and b.value != b.value) or (a.value == b.value and type(a.value) is type(b.value))
+    )
+
+
+def test_record_v2_gives_every_frame_back_and_marks_commands_and_dups() -> None:
+    data, block = record.encode(ODD)
+    (span,) = record.scan(data)
+    assert isinstance(span, record.Span) and span.version == 2
+    back = record.decode_block(2, span.first_seq, span.count, memoryview(data)[record.HEADER_SIZE :])
+    assert all(same(a, b) for a, b in zip(ODD, back.frames(), strict=True))
+    assert back.cmds == (4,) and back.dups == (5,)
+    assert back.json(0, 1) == b'{"seq":1,"ts":1700000000000,"tag":"a.float","value":0.1,"q":"good"}'
+
+
+def test_version_1_records_are_still_read_and_appended_to(tmp_path: Path) -> None:
+    """A WAL an older gateway wrote (version 1 records) opens, reads, and goes on with version 2."""
+    d = tmp_path / "wal"
+    d.mkdir()
+    (d / seg_name(1)).write_bytes(record.encode_v1(ODD[:5]) + record.encode_v1(ODD[5:]))
+    wal = Wal.open(cfg(d))
+    assert wal.next_seq == 10
+    wal.append([Frame(10, 1, "b", 2.5), Frame(11, 1, "b", 3.5)])
+    wal.commit()
+    wal.close()
+    wal = Wal.open(cfg(d))
+    c = wal.cursor("mqtt")
+    got = c.read(100, 0)
+    assert [f.seq for f in got] == list(range(1, 12))
+    assert all(same(a, b) for a, b in zip(ODD, got[:9], strict=True))
+    versions = [s.version for s in record.scan((d / seg_name(1)).read_bytes()) if isinstance(s, record.Span)]
+    assert versions == [1, 1, 2]
+    wal.close()
+
+
+def test_the_writers_fast_encoding_is_frame_json() -> None:
+    """frames_json formats the common frame inline; every frame still gets exactly frame_json's bytes."""
+    from edge_gateway.bus.framejson import frame_json, frames_json
+
+    frames = [*ODD, Frame(10, 1, 'q"uote', 2, "bad:timeout"), Frame(11, 1, "i", -5), Frame(12, 1, "z", 1e300)]
+    assert frames_json(frames) == [frame_json(f) for f in frames]

@@ -160,4 +160,4 @@ def test_relative_paths_are_resolved_against_the_config_directory(demo_copy) -> 
     assert snap.gateway.wal.dir == str((d / "../build/demo/wal").resolve())
     assert snap.gateway.control_socket == str((d / "../build/demo/control.sock").resolve())
     assert snap.connectors["mqtt_cloud"].password_file == str((d / "secrets/mqtt.pass").resolve())
-    assert snap.endpoints["rs485_0"].host == str((d / "../build/demo/ttyGW").resolve())
+    assert snap.plugin_endpoints["rs485_0"].host == str((d / "../build/demo/ttyGW").resolve())

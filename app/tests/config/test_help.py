@@ -44,12 +44,24 @@ def entries(help_text: str) -> dict[str, str]:
     return out
 
 
+ETCD_OPTS = ["--etcd-ca", "--etcd-cert", "--etcd-key", "--etcd-user", "--etcd-password-file", "--timeout"]
 HELP = [
-    ((EDGE_CFG,), ["-h", "COMMAND"], ["0", "1", "2", "141"]),
+    ((EDGE_CFG,), ["-h", "COMMAND"], ["0", "1", "2", "3", "141"]),
     ((EDGE_CFG, "lint"), ["-h", "DIR"], ["0", "1", "2", "141"]),
     ((EDGE_CFG, "schema"), ["-h", "NAME"], ["0", "1", "2", "141"]),
-    ((EDGE_CFG, "diff"), ["-h", "OLD", "NEW"], ["0", "1", "2", "141"]),
+    ((EDGE_CFG, "diff"), ["-h", "OLD", "NEW", "--etcd-ca", "--etcd-user"], ["0", "1", "2", "141"]),
     ((EDGE_CFG, "plugins"), ["-h", "--json"], ["0", "1", "2", "141"]),
+    # config/etcd/cli.py: every etcd command takes the URL and the TLS/credential options
+    *(
+        ((EDGE_CFG, *cmd), ["-h", *names, "URL", *ETCD_OPTS], ["0", "1", "2", "3", "141"])
+        for cmd, names in (
+            (("push",), ["DIR", "--message", "--max-request-bytes"]),
+            (("watch",), ["--from-revision", "--count", "--json"]),
+            (("history",), ["--limit", "--json"]),
+            (("rollback",), ["TABLE", "--to", "--no-lint"]),
+            (("fleet", "status"), ["--json"]),
+        )
+    ),
     ((EDGE_GATEWAY,), ["-h", "--version", "COMMAND"], ["0", "1", "2", "141"]),
     ((EDGE_GATEWAY, "run"), ["-h", "--config", "--log-level", "--log-format"], ["0", "1", "2", "141"]),
 ]

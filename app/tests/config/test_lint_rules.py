@@ -482,7 +482,7 @@ def test_suspicious_config_warns_at_the_line(case, demo_copy, capsys) -> None:
 
 def test_octal_ref_is_read_as_written(demo_copy) -> None:
     d = demo_copy({"variables.yml": ("address: { type: coil, addr: 0 }", "address: { ref: 000010 }")})
-    pump = load_snapshot(d).variable("plant.pump_on")
+    pump = load_snapshot(d).tag("plant.pump_on")
     assert pump is not None and (pump.address.type, pump.address.addr) == ("coil", 9)
 
 
@@ -577,3 +577,16 @@ def test_any_wrong_value_anywhere_is_a_problem_not_a_crash(fname, demo_copy) -> 
         (d / fname).write_text(yaml.safe_dump(data))
         problems = lint(d)  # must not raise
         assert all(p.line >= 1 for p in problems), path  # some "wrong" values are legal (wal.dir: x)
+
+
+def test_modbus_device_on_another_plugins_endpoint_is_an_error(demo_copy) -> None:
+    """A Modbus device put on an OPC UA endpoint was silently dropped (no line polled it, lint clean)."""
+    d = demo_copy()
+    with open(d / "endpoints.yml", "a") as f:
+        f.write("opc_wrong:\n  scheme: opc.tcp\n  host: 127.0.0.1\n  port: 4840\n")
+    with open(d / "drivers.yml", "a") as f:
+        f.write("wrong_dev:\n  kind: static\n  endpoint_id: opc_wrong\n  proto: modbus\n  cfg: { unit_id: 3 }\n")
+    msgs = [str(p) for p in lint(d) if p.severity == "error"]
+    line = line_of(d / "drivers.yml", "endpoint_id: opc_wrong")
+    want = f"{d / 'drivers.yml'}:{line}: wrong_dev: proto modbus needs a Modbus endpoint; opc_wrong is not"
+    assert any(m.startswith(want) for m in msgs), msgs

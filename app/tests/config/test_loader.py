@@ -15,14 +15,14 @@ from .conftest import DEMO
 
 def test_demo_snapshot() -> None:
     s = load_snapshot(DEMO)
-    assert set(s.endpoints) == {"plc_tcp", "rs485_0"}
-    rs = s.endpoints["rs485_0"]
+    assert set(s.plugin_endpoints) == {"plc_tcp", "rs485_0", "plant_ua", "plc_s7"}
+    rs = s.plugin_endpoints["rs485_0"]
     assert rs.is_serial and rs.rtu_framing and rs.baud == 19200 and rs.parity == "E"
     assert rs.timeout == 0.3 and rs.rate == 50.0 and rs.turnaround == pytest.approx(0.005)
     assert rs.host == str((DEMO / "../build/demo/ttyGW").resolve())
-    assert s.endpoints["plc_tcp"].port == 15020 and not s.endpoints["plc_tcp"].rtu_framing
-    assert [d.id for d in s.drivers_on("rs485_0")] == ["meter1", "meter2"]
-    m2 = s.drivers["meter2"].modbus
+    assert s.plugin_endpoints["plc_tcp"].port == 15020 and not s.plugin_endpoints["plc_tcp"].rtu_framing
+    assert [d.id for d in s.devices_on("rs485_0")] == ["meter1", "meter2"]
+    m2 = s.plugin_devices["meter2"].modbus
     assert (m2.unit_id, m2.polling, m2.retry, m2.max_regs_per_req, m2.word_order) == (
         2,
         1.0,
@@ -30,19 +30,19 @@ def test_demo_snapshot() -> None:
         120,
         "little",
     )
-    v = s.variable("meter2.voltage_v")
+    v = s.tag("meter2.voltage_v")
     assert v is not None and v.word_order == "little" and v.endian == "big"
-    runtime = s.variable("plant.runtime_s")
+    runtime = s.tag("plant.runtime_s")
     assert runtime is not None and (runtime.address.type, runtime.address.addr, runtime.address.len) == (
         "holding",
         6,
         2,
     )
-    name = s.variable("plant.batch_name")
+    name = s.tag("plant.batch_name")
     assert name is not None and name.address.len == 4
-    pump = s.variable("plant.pump_on")
+    pump = s.tag("plant.pump_on")
     assert pump is not None and pump.writable and pump.address.len == 1
-    flow = s.variable("plant.flow_m3h")
+    flow = s.tag("plant.flow_m3h")
     assert flow is not None and flow.scale is not None and flow.scale(123) == pytest.approx(12.3)
     c = s.connectors["mqtt_cloud"]
     assert (c.scheme, c.host, c.port, c.qos, c.batch, c.max_bytes) == (
@@ -66,9 +66,9 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
     (tmp_path / "variables.yml").write_text("- tag: t\n  driver_id: d\n  address: { ref: 30001 }\n  datatype: int16\n")
     (tmp_path / "connector.yml").write_text("c:\n  kind: mqtt5\n  endpoint: tls://broker\n  tenant: a\n  device: b\n")
     s = load_snapshot(tmp_path)
-    assert s.endpoints["p"].timeout == 1.0 and s.endpoints["p"].rate is None
-    assert s.drivers["d"].kind == "static" and s.drivers["d"].modbus.polling == 1.0
-    v = s.variables[0]
+    assert s.plugin_endpoints["p"].timeout == 1.0 and s.plugin_endpoints["p"].rate is None
+    assert s.plugin_devices["d"].kind == "static" and s.plugin_devices["d"].modbus.polling == 1.0
+    v = s.plugin_tags[0]
     assert (v.access, v.address.type, v.address.addr, v.address.len, v.scale) == ("R", "input", 0, 1, None)
     c = s.connectors["c"]
     assert (c.port, c.client_id, c.qos, c.compression) == (8883, "b", 2, "zstd")
@@ -163,7 +163,7 @@ def test_len_defaults_from_the_datatype_and_the_table(tmp_path: Path) -> None:
     )
     (tmp_path / "connector.yml").write_text("c: { kind: mqtt5, endpoint: 'tcp://h', tenant: t, device: d }\n")
     s = load_snapshot(tmp_path)
-    got = {v.tag: (v.address.type, v.address.addr, v.address.len, v.endian, v.word_order) for v in s.variables}
+    got = {v.tag: (v.address.type, v.address.addr, v.address.len, v.endian, v.word_order) for v in s.plugin_tags}
     assert got == {
         "a": ("holding", 100, 4, "little", "little"),
         "b": ("coil", 2, 1, "little", "little"),
@@ -178,7 +178,7 @@ def test_empty_and_missing_gateway_file(tmp_path: Path, demo_copy) -> None:
     (d / "gateway.yml").unlink()
     assert load_snapshot(d).gateway.metrics_port == 9100  # gateway.yml is optional
     (d / "variables.yml").write_text("# no tags yet\n")
-    assert load_snapshot(d).variables == ()
+    assert load_snapshot(d).plugin_tags == ()
 
 
 def test_merge_keys_work_and_hostile_yaml_is_refused(demo_copy, monkeypatch) -> None:
@@ -195,7 +195,7 @@ def test_merge_keys_work_and_hostile_yaml_is_refused(demo_copy, monkeypatch) -> 
     (d / "drivers.yml").write_text(
         (d / "drivers.yml").read_text() + "meter3:\n  <<: *meter\n  cfg: { unit_id: 3, polling: 2s }\n"
     )
-    assert load_snapshot(d).drivers["meter3"].modbus.polling == 2.0
+    assert load_snapshot(d).plugin_devices["meter3"].modbus.polling == 2.0
     gw = d / "gateway.yml"
     base = gw.read_text()
     monkeypatch.setattr(source, "MAX_NODES", 10_000)

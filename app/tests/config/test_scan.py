@@ -151,8 +151,8 @@ def test_rtu_scan_out_dir_is_a_configuration_that_lints_clean(
     assert lint(out) == []
     assert edge_cfg(["lint", str(out)]) == 0
     snap = load_snapshot(out)
-    assert sorted(d.modbus.unit_id for d in snap.drivers.values()) == [1, 3]
-    assert {(v.driver_id, v.address.type, v.address.addr) for v in snap.variables} >= {
+    assert sorted(d.modbus.unit_id for d in snap.plugin_devices.values()) == [1, 3]
+    assert {(v.driver_id, v.address.type, v.address.addr) for v in snap.plugin_tags} >= {
         ("unit_1", "holding", 0),
         ("unit_1", "holding", 4),
         ("unit_3", "input", 0),
@@ -173,10 +173,10 @@ def test_tcp_scan_of_plcsim(rtu_line: tuple[PtyPair, Sim], tmp_path: Path, capsy
     assert rc == 0, err
     assert lint(out) == []
     snap = load_snapshot(out)
-    [ep] = snap.endpoints.values()
+    [ep] = snap.plugin_endpoints.values()
     assert (ep.scheme, ep.host, ep.port) == ("tcp", "127.0.0.1", sim.port)
-    assert sorted(d.modbus.unit_id for d in snap.drivers.values()) == [1, 3]
-    assert {(v.driver_id, v.address.type, v.address.addr) for v in snap.variables} == {
+    assert sorted(d.modbus.unit_id for d in snap.plugin_devices.values()) == [1, 3]
+    assert {(v.driver_id, v.address.type, v.address.addr) for v in snap.plugin_tags} == {
         *{("unit_1", "holding", a) for a in range(5)},
         *{("unit_1", "discrete", a) for a in range(4)},
         *{("unit_3", "discrete", a) for a in range(4)},

@@ -3,7 +3,9 @@ OPC UA plugin's worker on a recording bus."""
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,16 +26,21 @@ NS_URI = "urn:edge-gateway:plcsim"
 
 
 class OpcuaSim:
-    def __init__(self, port: int | None = None, user: str | None = None, cert_dir: Path | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, user: str | None = None, cert_dir: Path | None = None, *extra: str
+    ) -> None:
         self.port = port or free_port()
         self.user = user
         self.cert_dir = cert_dir
+        self.extra = extra  # more command-line options (--bench N, --slow MS…)
         self.proc: subprocess.Popen[str] | None = None
         self.ns = 0
+        self.control = 0  # the fault-injection control port (op())
 
     def start(self) -> OpcuaSim:
         self.proc = subprocess.Popen(
             [sys.executable, str(SERVER), "--host", LOOPBACK, "--port", str(self.port), "--period", "0.1",
+             "--control", "0", *self.extra,
              *(["--user", self.user] if self.user else []),
              *(["--cert-dir", str(self.cert_dir)] if self.cert_dir else [])],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -42,7 +49,16 @@ class OpcuaSim:
         line = self.proc.stdout.readline()
         assert line.startswith("READY "), line
         self.ns = int(line.split()[2])
+        self.control = int(line.split()[3].removeprefix("control="))
         return self
+
+    def op(self, **msg: Any) -> dict[str, Any]:
+        """One fault-injection command: slow (ms), stop, start, stats."""
+        with socket.create_connection((LOOPBACK, self.control), timeout=10) as s:
+            s.sendall((json.dumps(msg) + "\n").encode())
+            reply: dict[str, Any] = json.loads(s.makefile().readline())
+        assert "error" not in reply, reply
+        return reply
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

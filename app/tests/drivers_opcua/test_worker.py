@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,7 +92,7 @@ def test_bad_status_is_a_quality_and_subscriptions_deliver_changes(sim: OpcuaSim
     assert bus.wait(lambda b: {f.q for f in b.of("s.faulty")} >= {"good", "bad:BadSensorFailure"})
     assert all(f.value is None for f in bus.of("s.faulty") if f.q != "good")
     assert bus.wait(lambda b: len(b.of("p.counter")) >= 2)
-    st = w.status()
+    st = w.session_status()
     assert st["subscribed"] == 2 and st["notifications"] > 0 and st["reads"] > 0
 
 
@@ -116,7 +117,7 @@ def test_writes_with_the_node_type_and_refusals(sim: OpcuaSim, run: list[OpcuaWo
     for value in ("x", True, 2**40):
         with pytest.raises(Refused):
             w.write(tags[1], value)
-    assert w.status()["writes"] == 3  # the refused ones never reached the server
+    assert w.session_status()["writes"] == 3  # the refused ones never reached the server
     assert all(f.value == 1.0 for f in bus.of("w.locked"))
 
 
@@ -131,39 +132,84 @@ def test_server_restart_marks_disconnected_once_and_subscriptions_come_back(run:
         assert bus.wait(lambda b: all(any(f.q == "bad:disconnected" for f in b.of(t)) for t in ("r.temp", "r.counter")))
         sim.start()  # same port, a fresh server: its Counter starts again from 0
         n = len(bus.frames)
-        assert bus.wait(lambda b: any(f.q == "good" for f in b.frames[n:] if f.tag == "r.temp"), 60), w.status()
+        assert bus.wait(lambda b: any(f.q == "good" for f in b.frames[n:] if f.tag == "r.temp"), 60), w.session_status()
         assert bus.wait(lambda b: any(f.q == "good" for f in b.frames[n:] if f.tag == "r.counter"), 30)
         for t in ("r.temp", "r.counter"):
             assert sum(1 for f in bus.of(t) if f.q == "bad:disconnected") == 1
-        assert w.status()["connects"] == 2
+        assert w.session_status()["connects"] == 2
     finally:
         sim.stop()
 
 
-def test_username_and_password(tmp_path, run: list[OpcuaWorker]) -> None:  # type: ignore[no-untyped-def]
+def test_slow_answers_and_a_stopped_listener_are_bad_quality_then_recovered(run: list[OpcuaWorker]) -> None:
+    """The simulator's fault injection: answers slower than the endpoint's `timeout` (1 s) are a lost
+    session (every tag `bad:disconnected` once, the worker alive, backing off), and so is a listener that
+    stops; once the server answers in time again the worker reconnects and the values are good."""
+    sim = OpcuaSim().start()
+    try:
+        tags = [tag("s.counter", f"ns={sim.ns};s=Counter", "uint32")]
+        bus = Bus()
+        w = OpcuaWorker(endpoint(sim.port, timeout=1), [device(polling=100)], tags, bus)
+        w.start()
+        run.append(w)
+        assert bus.wait(lambda b: any(f.q == "good" for f in b.of("s.counter"))), w.session_status()
+        sim.op(op="slow", ms=3000)
+        assert bus.wait(lambda b: any(f.q == "bad:disconnected" for f in b.of("s.counter"))), w.session_status()
+        assert bus.wait(lambda b: w.session_status()["attempts"] >= 2, 30), w.session_status()  # it retried
+        assert w.is_alive() and "Timeout" in w.session_status()["last_error"], w.session_status()
+        assert sum(f.q == "bad:disconnected" for f in bus.of("s.counter")) == 1
+        sim.op(op="slow", ms=0)
+        n = len(bus.frames)
+        assert bus.wait(lambda b: any(f.q == "good" for f in b.frames[n:]), 60), w.session_status()
+
+        sim.op(op="stop")  # the listener and its sessions close; the process and its values stay
+        m = len(bus.frames)
+        assert bus.wait(lambda b: any(f.q == "bad:disconnected" for f in b.frames[m:]), 30), w.session_status()
+        sim.op(op="start")
+        k = len(bus.frames)
+        assert bus.wait(lambda b: any(f.q == "good" for f in b.frames[k:]), 60), w.session_status()
+        assert w.session_status()["disconnects"] == 2 and w.is_alive()
+    finally:
+        sim.stop()
+
+
+def _accepted_and_refused(
+    run: list[OpcuaWorker], sim: OpcuaSim, ok: dict[str, object], refused: dict[str, object], error: str
+) -> None:
+    """Two workers on one server, endpoint opts `ok` and `refused`: the first reads good values; the
+    second gets one clear last_error (containing `error`), lives on, backs off (a handful of attempts,
+    no retry storm) and marks its tags `bad:disconnected` once, however many attempts it makes."""
+    tags = [tag("x.count", f"ns={sim.ns};s=Counter", "uint32")]
+    workers = []
+    for opts in (ok, refused):
+        bus = Bus()
+        w = OpcuaWorker(endpoint(sim.port, **opts), [device(polling=100)], tags, bus)
+        w.start()
+        run.append(w)
+        workers.append((w, bus))
+    (w, bus), (bad_w, bad_bus) = workers
+    assert bus.wait(lambda b: any(f.q == "good" for f in b.of("x.count"))), w.session_status()
+    assert bad_bus.wait(lambda b: error in bad_w.session_status()["last_error"]), bad_w.session_status()["last_error"]
+    time.sleep(3)  # room for a retry storm, if there were one
+    st = bad_w.session_status()
+    assert bad_w.is_alive() and st["state"] in ("connecting", "reconnecting") and st["connects"] == 0, st
+    assert st["attempts"] <= 5, st  # backoff 0.5 s·2ⁿ: a handful of attempts in these seconds
+    assert [f.q for f in bad_bus.of("x.count")] == ["bad:disconnected"]
+
+
+def test_username_and_password(tmp_path: Path, run: list[OpcuaWorker]) -> None:
     sim = OpcuaSim(user="operator:s3cret").start()
     try:
         good, wrong = tmp_path / "good", tmp_path / "wrong"
         good.write_text("s3cret\n")
         wrong.write_text("guess\n")
-        tags = [tag("u.count", f"ns={sim.ns};s=Counter", "uint32")]
-        workers = {}
-        for name, path in (("good", good), ("wrong", wrong)):
-            bus = Bus()
-            w = OpcuaWorker(
-                endpoint(sim.port, username="operator", password_file=str(path)), [device(polling=100)], tags, bus
-            )
-            w.start()
-            run.append(w)
-            workers[name] = (w, bus)
-        w, bus = workers["good"]
-        assert bus.wait(lambda b: any(f.q == "good" for f in b.of("u.count"))), w.status()
-        w, bus = workers["wrong"]
-        assert bus.wait(lambda b: "BadUserAccessDenied" in w.status()["last_error"]), w.status()
-        st = w.status()
-        assert w.is_alive() and st["state"] == "reconnecting" and st["connects"] == 0
-        assert st["attempts"] <= 5  # backoff: no retry storm
-        assert [f.q for f in bus.of("u.count")] == ["bad:disconnected"]  # once, however many attempts
+        _accepted_and_refused(
+            run,
+            sim,
+            {"username": "operator", "password_file": str(good)},
+            {"username": "operator", "password_file": str(wrong)},
+            "BadUserAccessDenied",
+        )
     finally:
         sim.stop()
 
@@ -181,28 +227,48 @@ def _client_cert(d: Path, name: str = "client") -> tuple[Path, Path]:
     return cert, key
 
 
+def _secure(d: Path) -> dict[str, object]:
+    cert, key = _client_cert(d)
+    return {"security_policy": "Basic256Sha256", "security_mode": "SignAndEncrypt",
+            "certificate": str(cert), "private_key": str(key)}  # fmt: skip
+
+
 def test_basic256sha256_sign_and_encrypt(tmp_path: Path, run: list[OpcuaWorker]) -> None:
+    """`server_certificate` naming a file: the session is encrypted to it; a server whose certificate is
+    another one is refused."""
     sim = OpcuaSim(cert_dir=tmp_path).start()
     try:
-        cert, key = _client_cert(tmp_path)
+        secure = _secure(tmp_path)
         other, _ = _client_cert(tmp_path, "stranger")  # not the server's certificate
-        tags = [tag("e.count", f"ns={sim.ns};s=Counter", "uint32")]
-        secure = {"security_policy": "Basic256Sha256", "security_mode": "SignAndEncrypt",
-                  "certificate": str(cert), "private_key": str(key)}  # fmt: skip
-        workers = {}
-        for name, server_cert in (("trusted", tmp_path / "server.der"), ("untrusted", other)):
-            bus = Bus()
-            ep = endpoint(sim.port, server_certificate=str(server_cert), **secure)
-            w = OpcuaWorker(ep, [device(polling=100)], tags, bus)
-            w.start()
-            run.append(w)
-            workers[name] = (w, bus)
-        w, bus = workers["trusted"]
-        assert bus.wait(lambda b: any(f.q == "good" for f in b.of("e.count"))), w.status()
-        w, bus = workers["untrusted"]
-        assert bus.wait(lambda b: w.status()["last_error"] != "" and w.status()["attempts"] >= 1), w.status()
-        st = w.status()
-        assert w.is_alive() and st["connects"] == 0 and st["attempts"] <= 5, st
-        assert [f.q for f in bus.of("e.count")] == ["bad:disconnected"]
+        _accepted_and_refused(
+            run,
+            sim,
+            {"server_certificate": str(tmp_path / "server.der"), **secure},
+            {"server_certificate": str(other), **secure},
+            "CertificateMismatch: the server's certificate is not server_certificate",
+        )
+    finally:
+        sim.stop()
+
+
+def test_a_trust_directory_accepts_its_server_and_refuses_others(tmp_path: Path, run: list[OpcuaWorker]) -> None:
+    """`server_certificate` naming a directory: the server's certificate must be in it (or be issued by one
+    in it); otherwise one clear last_error (BadCertificateUntrusted), the worker lives and backs off."""
+    sim = OpcuaSim(cert_dir=tmp_path).start()
+    try:
+        trusted, untrusted = tmp_path / "trusted", tmp_path / "untrusted"
+        trusted.mkdir()
+        untrusted.mkdir()
+        (trusted / "plcsim.der").write_bytes((tmp_path / "server.der").read_bytes())
+        _client_cert(untrusted, "stranger")  # a certificate, but not the server's
+        (untrusted / "notes.txt").write_text("not a certificate, not read\n")
+        secure = _secure(tmp_path)
+        _accepted_and_refused(
+            run,
+            sim,
+            {"server_certificate": str(trusted), **secure},
+            {"server_certificate": str(untrusted), **secure},
+            "BadCertificateUntrusted",
+        )
     finally:
         sim.stop()

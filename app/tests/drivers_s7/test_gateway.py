@@ -5,34 +5,28 @@ hot reload of the S7 device restarts only its endpoint."""
 from __future__ import annotations
 
 import json
-import signal
 import struct
-import subprocess
-import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from edge_gateway.testkit import LOOPBACK, Mosquitto, free_port
+from edge_gateway.testkit import LOOPBACK, Mosquitto
 from tests.consumer import BatchSubscriber
 from tests.drivers_s7.conftest import S7Sim
-
-BIN = Path(sys.executable).parent
+from tests.runtime.plant import Gateway, write_config
 
 
 def _config(d: Path, s7_port: int, broker_port: int) -> Path:
-    d.mkdir(parents=True, exist_ok=True)
-    files = {
-        "endpoints.yml": f"plc:\n  scheme: s7\n  host: {LOOPBACK}\n  port: {s7_port}\n  opts: {{ rack: 0, slot: 1 }}\n",
-        "drivers.yml": textwrap.dedent(
+    return write_config(
+        d,
+        broker_port,
+        endpoints=f"plc:\n  scheme: s7\n  host: {LOOPBACK}\n  port: {s7_port}\n  opts: {{ rack: 0, slot: 1 }}\n",
+        drivers=textwrap.dedent(
             """\
             s7a: { kind: static, endpoint_id: plc, proto: s7, cfg: { polling: 100ms, enable_write: true } }
             s7ro: { kind: static, endpoint_id: plc, proto: s7, cfg: { polling: 200ms } }
             """
         ),
-        "variables.yml": textwrap.dedent(
+        variables=textwrap.dedent(
             """\
             - { tag: s7.counter, driver_id: s7a, datatype: int32, address: { area: DB, db: 10, start: 6 } }
             - { tag: s7.sp, driver_id: s7a, datatype: float32, access: RW, address: { area: DB, db: 10, start: 48 } }
@@ -43,53 +37,17 @@ def _config(d: Path, s7_port: int, broker_port: int) -> Path:
             - { tag: s7.iw, driver_id: s7ro, datatype: uint16, access: RW, address: { area: I, start: 2 } }
             """
         ),
-        "connector.yml": textwrap.dedent(
-            f"""\
-            cloud:
-              kind: mqtt5
-              endpoint: "tcp://{LOOPBACK}:{broker_port}"
-              tenant: t
-              device: d
-              max_interval: 100ms
-            """
-        ),
-        "gateway.yml": f"wal: {{ dir: {d / 'wal'} }}\ncontrol: {{ socket: {d / 'control.sock'} }}\n"
-        f"metrics: {{ listen: 127.0.0.1:{free_port()} }}\n",
-    }
-    for name, text in files.items():
-        (d / name).write_text(text)
-    return d
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(workdir=tmp_path / "broker").start()
-    try:
-        yield b
-    finally:
-        b.stop()
-
-
-def _ctl(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "edge-ctl"), "--config", str(cfg), "--json", *args], capture_output=True, text=True, check=False
     )
 
 
-def test_s7_through_the_gateway(s7sim: S7Sim, broker: Mosquitto, tmp_path: Path) -> None:
-    cfg = _config(tmp_path / "cfg", s7sim.port, broker.port)
-    lint = subprocess.run([str(BIN / "edge-cfg"), "lint", str(cfg)], capture_output=True, text=True, check=False)
-    assert lint.returncode == 0, lint.stdout + lint.stderr
-    log = open(tmp_path / "gateway.log", "wb")  # noqa: SIM115 - the child owns it
-    with BatchSubscriber(LOOPBACK, broker.port) as sub:
-        gw = subprocess.Popen(
-            [str(BIN / "edge-gateway"), "run", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT
-        )
+def test_s7_through_the_gateway(s7sim: S7Sim, mosquitto: Mosquitto, tmp_path: Path) -> None:
+    gw = Gateway(_config(tmp_path / "cfg", s7sim.port, mosquitto.port), tmp_path / "gateway.log")
+    gw.lint()
+    with BatchSubscriber(LOOPBACK, mosquitto.port) as sub:
+        gw.start()
         try:
             tags = {"s7.counter", "s7.sp", "s7.isp", "s7.cmd", "s7.label", "s7.iw"}
-            assert sub.wait_for(lambda s: tags <= {f["tag"] for f in s.frames() if f["q"] == "good"}, 30), (
-                tmp_path / "gateway.log"
-            ).read_text()[-3000:]
+            assert sub.wait_for(lambda s: tags <= {f["tag"] for f in s.frames() if f["q"] == "good"}, 30), gw.log_tail()
             got = {f["tag"]: f["value"] for f in sub.frames()}
             assert got["s7.sp"] == 21.5 and got["s7.label"] == "hello s7" and got["s7.iw"] == 4242
             sub.publish("/edge/t/d/cmd/s7.sp", json.dumps({"seq": 1, "value": 55.5}).encode())
@@ -107,19 +65,16 @@ def test_s7_through_the_gateway(s7sim: S7Sim, broker: Mosquitto, tmp_path: Path)
             assert struct.unpack(">h", s7sim.get("DB", 52, 2, db=10))[0] == 100  # the refused ones never reached it
             assert struct.unpack(">H", s7sim.get("I", 2, 2))[0] == 4242
             assert sub.wait_for(lambda s: any(f["tag"] == "s7.sp" and f["value"] == 55.5 for f in s.frames()), 10)
-            st = _ctl(cfg, "status")
-            assert st.returncode == 0, st.stderr
-            line = json.loads(st.stdout)["lines"]["plc"]
+            line = gw.status()["lines"]["plc"]
             assert line["alive"] and line["drivers"]["s7a"]["state"] == "up", line
             assert line["drivers"]["s7a"]["requests_per_cycle"] == 1, line
             # Hot reload: a new tag on the S7 device restarts its endpoint with it.
-            v = cfg / "variables.yml"
+            v = gw.cfg / "variables.yml"
             v.write_text(
                 v.read_text() + "- { tag: s7.mw, driver_id: s7a, datatype: int16, address: { area: M, start: 2 } }\n"
             )
-            r = _ctl(cfg, "reload")
+            r = gw.tool("edge-ctl", "reload")
             assert r.returncode == 0, r.stdout + r.stderr  # (the file watcher may have applied it first)
             assert sub.wait_for(lambda s: any(f["tag"] == "s7.mw" and f["value"] == 777 for f in s.frames()), 20)
         finally:
-            gw.send_signal(signal.SIGTERM)
-            assert gw.wait(20) == 0
+            assert gw.stop() == 0, gw.log_tail()

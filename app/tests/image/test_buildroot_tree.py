@@ -32,6 +32,7 @@ BR_NAMES = {
     "sdnotify": "python-sdnotify",
     "python-snap7": "python-snap7",
     "asyncua": "python-opcua-asyncio",
+    "etcd3gw": "python-etcd3gw",
 }
 
 
@@ -71,10 +72,16 @@ def test_added_packages_are_pinned_like_the_lock_file() -> None:
     assert _mk_var("python-zstandard", "PYTHON_ZSTANDARD_VERSION") == pins["zstandard"]
     assert _mk_var("python-prometheus-client", "PYTHON_PROMETHEUS_CLIENT_VERSION") == pins["prometheus-client"]
     assert _mk_var("python-snap7", "PYTHON_SNAP7_VERSION") == pins["python-snap7"]
+    assert _mk_var("python-etcd3gw", "PYTHON_ETCD3GW_VERSION") == pins["etcd3gw"]
+    assert _mk_var("python-futurist", "PYTHON_FUTURIST_VERSION") == pins["futurist"]
+    assert _mk_var("python-debtcollector", "PYTHON_DEBTCOLLECTOR_VERSION") == pins["debtcollector"]
     for package, source in (
         ("python-zstandard", "zstandard"),
         ("python-prometheus-client", "prometheus_client"),
         ("python-snap7", "python_snap7"),
+        ("python-etcd3gw", "etcd3gw"),
+        ("python-futurist", "futurist"),
+        ("python-debtcollector", "debtcollector"),
     ):
         hashes = (BR / "package" / package / f"{package}.hash").read_text()
         assert re.search(rf"^sha256  [0-9a-f]{{64}}  {source}-[0-9.]+\.tar\.gz$", hashes, re.M)

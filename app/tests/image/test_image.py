@@ -203,7 +203,8 @@ def test_staged_app_runs_and_its_config_lints(image: Path) -> None:
     assert (site / "edge_gateway" / "REVISION").read_text().strip() == head.stdout.strip()
 
 
-TEST_ONLY = ("edge_gateway/testkit.py",)  # the reference consumer lives in app/tests/ (not in the package at all)
+# The reference consumer lives in app/tests/ (not in the package at all).
+TEST_ONLY = ("edge_gateway/testkit.py", "edge_gateway/testkit_etcd.py")
 
 
 def _module_name(site: Path, path: Path) -> str:

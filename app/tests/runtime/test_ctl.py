@@ -153,7 +153,8 @@ def test_status_of_a_healthy_plant_for_people_and_as_json(plant: Plant) -> None:
     plant.wait_ready()
     st = wait_status(plant, "healthy", lambda s: s["health"]["state"] == "healthy")
     assert st["health"]["reasons"] == [] and st["liveness"]["ok"]
-    assert {ep: line["state"] for ep, line in st["lines"].items()} == {"plc_tcp": "up", "rs485_0": "up"}
+    lines = {ep: line["state"] for ep, line in st["lines"].items()}
+    assert lines == {"plc_tcp": "up", "rs485_0": "up", "plant_ua": "up", "plc_s7": "up"}
     assert isinstance(st["wal"]["bytes"], int) and isinstance(st["time_ms"], int)  # --json keeps raw numbers
 
     # piped: plain text, ages, uptime and sizes, aligned columns
@@ -240,12 +241,20 @@ def test_a_failed_reload_names_the_address_and_the_gateway_yml_line(plant: Plant
 def test_no_broker_and_devices_in_fault_is_degraded_not_healthy(plant: Plant) -> None:
     plant.broker.stop()
     plant.sim.stop()  # the Modbus/TCP PLC refuses connections, the RS-485 meters never answer
+    plant.ua.stop()  # nothing answers on the OPC UA and S7 endpoints either
+    plant.s7.stop()
     plant.start_gateway()
     plant.wait_ready()
 
     def broken(s: dict[str, Any]) -> bool:
-        drivers = {d: e["state"] for line in s["lines"].values() for d, e in line["drivers"].items()}
-        return s["lines"]["plc_tcp"]["state"] == "down" and drivers == dict.fromkeys(drivers, "fault")
+        lines = s["lines"]
+        modbus = {d: e["state"] for ep in ("plc_tcp", "rs485_0") for d, e in lines[ep]["drivers"].items()}
+        return (
+            lines["plc_tcp"]["state"] == "down"
+            and modbus == dict.fromkeys(modbus, "fault")
+            and lines["plant_ua"]["drivers"]["ua1"]["state"] in ("connecting", "reconnecting")
+            and lines["plc_s7"]["drivers"]["s7plc"]["state"] == "down"
+        )
 
     st = wait_status(plant, "every device in Fault", broken)
     health = st["health"]
@@ -253,6 +262,8 @@ def test_no_broker_and_devices_in_fault_is_degraded_not_healthy(plant: Plant) ->
     reasons = "\n".join(health["reasons"])
     assert "line plc_tcp" in reasons and "is down" in reasons and "(in Fault: plc1)" in reasons, reasons
     assert "driver meter1 on rs485_0 in Fault" in reasons and "driver meter2 on rs485_0 in Fault" in reasons
+    assert re.search(r"driver ua1 on plant_ua \(127\.0\.0\.1:\d+\) is (re)?connecting", reasons), reasons
+    assert re.search(r"driver s7plc on plc_s7 \(127\.0\.0\.1:\d+\) is down: \S", reasons), reasons
     assert "uplink mqtt_cloud is not connected" in reasons, reasons
     assert st["lines"]["rs485_0"]["state"] == "up"  # the serial port is open; the devices behind it are not
 

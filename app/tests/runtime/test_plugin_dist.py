@@ -7,19 +7,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from edge_gateway.testkit import LOOPBACK, Mosquitto, free_port
+from edge_gateway.testkit import LOOPBACK, Mosquitto
 from tests.consumer import BatchSubscriber
 
-BIN = Path(sys.executable).parent
+from .plant import BIN, Gateway, write_config
 
 PLUGIN = '''
 """A counter driver: one thread per endpoint publishes every tag's counter each `period`."""
@@ -128,41 +126,18 @@ def _env(site: Path) -> dict[str, str]:
 
 
 def _config(d: Path, broker_port: int, kind: str = "dyn", proto: str = "counter") -> Path:
-    d.mkdir(parents=True, exist_ok=True)
-    files = {
-        "endpoints.yml": "cnt:\n  scheme: counter\n  host: local\n  opts: { period_ms: 50 }\n",
-        "drivers.yml": f"c1: {{ kind: {kind}, endpoint_id: cnt, proto: {proto}, cfg: {{ step: 2 }} }}\n",
-        "variables.yml": textwrap.dedent(
+    return write_config(
+        d,
+        broker_port,
+        endpoints="cnt:\n  scheme: counter\n  host: local\n  opts: { period_ms: 50 }\n",
+        drivers=f"c1: {{ kind: {kind}, endpoint_id: cnt, proto: {proto}, cfg: {{ step: 2 }} }}\n",
+        variables=textwrap.dedent(
             """\
             - { tag: c.a, driver_id: c1, datatype: int32, address: { start: 10 } }
             - { tag: c.b, driver_id: c1, datatype: int32, access: RW, address: { start: 1000 } }
             """
         ),
-        "connector.yml": textwrap.dedent(
-            f"""\
-            cloud:
-              kind: mqtt5
-              endpoint: "tcp://{LOOPBACK}:{broker_port}"
-              tenant: t
-              device: d
-              max_interval: 100ms
-            """
-        ),
-        "gateway.yml": f"wal: {{ dir: {d / 'wal'} }}\ncontrol: {{ socket: {d / 'control.sock'} }}\n"
-        f"metrics: {{ listen: 127.0.0.1:{free_port()} }}\n",
-    }
-    for name, text in files.items():
-        (d / name).write_text(text)
-    return d
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(workdir=tmp_path / "broker").start()
-    try:
-        yield b
-    finally:
-        b.stop()
+    )
 
 
 def test_edge_cfg_plugins_lists_the_installed_plugin(site: Path) -> None:
@@ -174,22 +149,13 @@ def test_edge_cfg_plugins_lists_the_installed_plugin(site: Path) -> None:
     assert bare.returncode == 0 and "counter" not in bare.stdout and "modbus" in bare.stdout
 
 
-def test_a_pip_installed_driver_is_polled_end_to_end(site: Path, broker: Mosquitto, tmp_path: Path) -> None:
-    cfg = _config(tmp_path / "cfg", broker.port)
-    lint = subprocess.run([str(BIN / "edge-cfg"), "lint", str(cfg)], capture_output=True, text=True, env=_env(site))
-    assert lint.returncode == 0, lint.stdout + lint.stderr
-    log = open(tmp_path / "gateway.log", "wb")  # noqa: SIM115 - the child owns it
-    with BatchSubscriber(LOOPBACK, broker.port) as sub:
-        gw = subprocess.Popen(
-            [str(BIN / "edge-gateway"), "run", "--config", str(cfg)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=_env(site),
-        )
+def test_a_pip_installed_driver_is_polled_end_to_end(site: Path, mosquitto: Mosquitto, tmp_path: Path) -> None:
+    gw = Gateway(_config(tmp_path / "cfg", mosquitto.port), tmp_path / "gateway.log", env=_env(site))
+    gw.lint()
+    with BatchSubscriber(LOOPBACK, mosquitto.port) as sub:
+        gw.start()
         try:
-            assert sub.wait_for(lambda s: {"c.a", "c.b"} <= {f["tag"] for f in s.frames()}, 30), (
-                tmp_path / "gateway.log"
-            ).read_text()[-3000:]
+            assert sub.wait_for(lambda s: {"c.a", "c.b"} <= {f["tag"] for f in s.frames()}, 30), gw.log_tail()
             values = sorted(f["value"] for f in sub.frames() if f["tag"] == "c.a")
             assert values[0] >= 10 and all(v % 2 == 0 for v in values)  # step 2 from 10
             sub.publish("/edge/t/d/cmd/c.b", json.dumps({"seq": 1, "value": 77}).encode())
@@ -197,29 +163,17 @@ def test_a_pip_installed_driver_is_polled_end_to_end(site: Path, broker: Mosquit
             assert sub.wait_for(lambda s: {"1", "2"} <= s.acks.keys(), 15), sub.acks
             assert sub.acks["1"]["result"] == "ok" and sub.acks["2"]["result"] == "fail"
             assert sub.wait_for(lambda s: any(f["tag"] == "c.b" and f["value"] == 77 for f in s.frames()), 10)
-            st = subprocess.run(
-                [str(BIN / "edge-ctl"), "--config", str(cfg), "--json", "status"],
-                capture_output=True, text=True, env=_env(site), check=False,
-            )  # fmt: skip
-            assert st.returncode == 0, st.stderr
-            line = json.loads(st.stdout)["lines"]["cnt"]
+            line = gw.status()["lines"]["cnt"]
             assert line["alive"] and line["drivers"]["ticks"] > 0
             # Hot reload: a new tag on the plugin's device restarts that endpoint's worker with it.
-            v = cfg / "variables.yml"
+            v = gw.cfg / "variables.yml"
             v.write_text(v.read_text() + "- { tag: c.z, driver_id: c1, datatype: int32, address: { start: 500 } }\n")
-            r = subprocess.run(
-                [str(BIN / "edge-ctl"), "--config", str(cfg), "--json", "reload"],
-                capture_output=True, text=True, env=_env(site), check=False,
-            )  # fmt: skip
+            r = gw.tool("edge-ctl", "reload")
             assert r.returncode == 0, r.stdout + r.stderr  # (the file watcher may have applied it first)
             assert sub.wait_for(lambda s: any(f["tag"] == "c.z" and f["value"] >= 500 for f in s.frames()), 15)
         finally:
-            gw.send_signal(signal.SIGTERM)
-            assert gw.wait(15) == 0
-    stats = subprocess.run(
-        [str(BIN / "edge-bus"), "--wal-dir", str(cfg / "wal"), "stats", "--json"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+            assert gw.stop() == 0, gw.log_tail()
+    stats = gw.tool("edge-bus", "--wal-dir", str(gw.cfg / "wal"), "stats", "--json")
     assert stats.returncode == 0, stats.stderr  # the frames went through the WAL: it holds them
     assert "committed" in stats.stdout, stats.stdout
 

@@ -140,7 +140,7 @@ def test_status_and_summary_read_the_uplink_once(gateway: tuple[Gateway, Any]) -
     """A reload that restarts the connector sets `uplink` to None and back: a reader that checks it
     and then reads it again gets None the second time."""
     gw, _ = gateway
-    real = gw.uplink
+    real = gw.runner
     reads = [0]
 
     class Swapping(type(gw)):  # type: ignore[misc]
@@ -168,10 +168,10 @@ def test_a_tag_map_swapped_while_the_unit_is_polled_keeps_the_cycle_accounting(
 ) -> None:
     in_poll, release = threading.Event(), threading.Event()
 
-    def transact(self: Any, unit: Any, request: bytes, attempts: int) -> list[int]:
+    def transact(self: Any, unit: Any, request: bytes, attempts: int) -> bytes:
         in_poll.set()
         assert release.wait(10)
-        return [7] * 125
+        return b"\x00\x07" * 125  # a register read's data bytes (pdu.parse_raw): 125 registers of 7
 
     monkeypatch.setattr(line_module.ModbusLine, "_transact", transact)
     bus, published = _Bus(), []
@@ -248,13 +248,13 @@ def test_cursor_skips_dropped_frames_under_the_wal_lock(tmp_path: Path) -> None:
         writer.stop()
     assert wal.segments[0] > 1  # drop_oldest took frames the slow cursor never read
     wal.segments = _LockedList(list(wal.segments), wal, threading.current_thread())
-    real_read, calls = wal.read, []
+    real_read, calls = wal.read_runs, []
 
-    def read(pos: int, max_frames: int, hint: Any = None) -> list[Frame]:
+    def read(pos: int, max_frames: int, hint: Any = None) -> list[Any]:
         calls.append(pos)  # the first read finds nothing at pos (dropped under it): the cursor skips ahead
         return [] if len(calls) == 1 else real_read(pos, max_frames, hint)
 
-    wal.read = read
+    wal.read_runs = read  # type: ignore[method-assign]
     got = slow.read(1000, 0)
     assert len(calls) == 2, "the cursor never looked for the oldest frame still held"
     assert got and got[0].seq == list.__getitem__(wal.segments, 0)

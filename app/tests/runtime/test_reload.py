@@ -24,7 +24,7 @@ from edge_gateway.runtime.supervisor import Notifier, Supervisor, Watched
 from edge_gateway.testkit import LOOPBACK
 from tests.consumer import BatchSubscriber
 
-from .plant import BIN, ROOT, TAGS, Plant, latest, no_gaps
+from .plant import BIN, ROOT, TAGS, Plant, latest, no_gaps, wait
 
 NEW_TAG = """
 - tag: plant.level_raw
@@ -32,21 +32,6 @@ NEW_TAG = """
   address: { type: holding, addr: 30 }
   datatype: uint16
 """
-
-
-def drivers(plant: Plant) -> dict[str, dict[str, Any]]:
-    """driver id → its status entry (state, polls, since_ms…) across every line."""
-    status = plant.ctl("status")
-    return {d: entry for line in status["lines"].values() for d, entry in line["drivers"].items()}
-
-
-def wait(predicate: Any, timeout: float, what: str, plant: Plant) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}\n{plant.log_tail()}")
 
 
 def edge_ctl(plant: Plant, *args: str) -> subprocess.CompletedProcess[str]:
@@ -60,7 +45,7 @@ def test_added_tag_appears_while_the_other_line_keeps_polling(plant: Plant) -> N
         plant.start_gateway()
         assert sub.wait_for(lambda s: len(latest(s)) == TAGS, 30), plant.log_tail()
         plant.wait_ready()
-        before = drivers(plant)
+        before = plant.drivers()
         lines_before = {ep: line["heartbeat_age_s"] for ep, line in plant.ctl("status")["lines"].items()}
 
         plant.sim.ctl(op="set", unit=1, table="holding", addr=30, value=777)
@@ -68,7 +53,7 @@ def test_added_tag_appears_while_the_other_line_keeps_polling(plant: Plant) -> N
         assert sub.wait_for(lambda s: "plant.level_raw" in latest(s), 30), plant.log_tail()
         assert latest(sub)["plant.level_raw"]["value"] == 777
         assert plant.metric("cfg_apply_total", {"result": "ok"}) == 1
-        after = drivers(plant)
+        after = plant.drivers()
         # A tag map swap restarts nothing: every unit keeps its start time and its poll count grows.
         for d in ("plc1", "meter1", "meter2"):
             assert after[d]["since_ms"] == before[d]["since_ms"], d
@@ -84,8 +69,8 @@ def test_added_tag_appears_while_the_other_line_keeps_polling(plant: Plant) -> N
 def test_changed_driver_restarts_only_that_driver(plant: Plant) -> None:
     plant.start_gateway()
     plant.wait_ready()
-    wait(lambda: all(d["polls"] > 2 for d in drivers(plant).values()), 20, "polls", plant)
-    before = drivers(plant)
+    wait(lambda: all(d["polls"] > 2 for d in plant.drivers().values()), 20, "polls", plant)
+    before = plant.drivers()
 
     plant.edit("drivers.yml", ("cfg: { unit_id: 2, polling: 200ms", "cfg: { unit_id: 2, polling: 300ms"))
     done = edge_ctl(plant, "reload")  # races the file watcher: one of them applies it, the other finds no change
@@ -93,12 +78,12 @@ def test_changed_driver_restarts_only_that_driver(plant: Plant) -> None:
     assert plant.metric("cfg_apply_total", {"result": "ok"}) == 1
     changes = [r["changes"] for r in [plant.ctl("status")["last_reload"]] if r["result"] == "ok"]
     assert changes in ([], [["drivers changed: meter2"]]), changes
-    after = drivers(plant)
+    after = plant.drivers()
     assert after["meter2"]["since_ms"] > before["meter2"]["since_ms"]
     assert after["meter1"]["since_ms"] == before["meter1"]["since_ms"]  # same line, untouched
     assert after["plc1"]["since_ms"] == before["plc1"]["since_ms"]
     assert after["meter1"]["polls"] >= before["meter1"]["polls"]
-    wait(lambda: drivers(plant)["meter2"]["polls"] > 2, 20, "meter2 polling again", plant)
+    wait(lambda: plant.drivers()["meter2"]["polls"] > 2, 20, "meter2 polling again", plant)
 
     again = edge_ctl(plant, "reload")  # nothing changed since
     assert again.returncode == 0 and again.stdout.startswith("unchanged"), again.stdout
@@ -109,12 +94,12 @@ def test_changed_endpoint_reopens_only_that_line(plant: Plant) -> None:
         plant.start_gateway()
         plant.wait_ready()
         assert sub.wait_for(lambda s: len(latest(s)) == TAGS, 30), plant.log_tail()
-        before = drivers(plant)
+        before = plant.drivers()
 
         plant.edit("endpoints.yml", ("timeout: 1000ms", "timeout: 800ms"))  # the TCP PLC's line
         wait(lambda: plant.metric("cfg_apply_total", {"result": "ok"}) == 1, 20, "the reload", plant)
         assert "endpoints changed: plc_tcp" in plant.ctl("status")["last_reload"]["changes"]
-        after = drivers(plant)
+        after = plant.drivers()
         assert after["plc1"]["since_ms"] > before["plc1"]["since_ms"]  # its line was drained and reopened
         for d in ("meter1", "meter2"):  # the RS-485 line was not touched
             assert after[d]["since_ms"] == before[d]["since_ms"], d
@@ -140,8 +125,8 @@ def test_invalid_edit_keeps_the_running_config_and_is_counted(plant: Plant) -> N
     status = plant.ctl("status")
     assert status["revision"] == revision
     assert status["last_reload"]["result"] == "invalid"
-    polls = drivers(plant)["meter2"]["polls"]
-    wait(lambda: drivers(plant)["meter2"]["polls"] > polls, 20, "meter2 still polled", plant)
+    polls = plant.drivers()["meter2"]["polls"]
+    wait(lambda: plant.drivers()["meter2"]["polls"] > polls, 20, "meter2 still polled", plant)
     assert plant.gw.poll() is None
 
 
@@ -153,7 +138,7 @@ def test_failure_while_applying_rolls_back(plant: Plant) -> None:
         plant.wait_ready()
         assert sub.wait_for(lambda s: len(latest(s)) == TAGS, 30), plant.log_tail()
         revision = plant.ctl("status")["revision"]
-        before = drivers(plant)
+        before = plant.drivers()
 
         # A driver change (applied first) and a /metrics address that cannot be bound (applied last).
         plant.edit(
@@ -170,13 +155,13 @@ def test_failure_while_applying_rolls_back(plant: Plant) -> None:
         assert plant.metric("cfg_apply_total", {"result": "ok"}) == 0
         status = plant.ctl("status")
         assert status["revision"] == revision
-        after = drivers(plant)
+        after = plant.drivers()
         assert after["meter2"]["since_ms"] > before["meter2"]["since_ms"]  # restarted twice: new, then old
         assert after["plc1"]["since_ms"] == before["plc1"]["since_ms"]  # untouched by the reload
         assert sub.wait_for(lambda s: "sys.cfg_rollback" in latest(s), 15)
         frame = latest(sub)["sys.cfg_rollback"]
         assert frame["value"] != revision
-        wait(lambda: drivers(plant)["meter2"]["polls"] > 2, 20, "meter2 polling again", plant)
+        wait(lambda: plant.drivers()["meter2"]["polls"] > 2, 20, "meter2 polling again", plant)
         assert no_gaps(sub.seqs())
 
 
@@ -228,8 +213,8 @@ def test_sighup_into_each_bad_config_keeps_the_process_and_the_running_config(pl
         path.write_bytes(good)
     assert plant.metric("cfg_invalid_total") >= 2 * len(BAD_CONFIGS)
     assert plant.metric("cfg_apply_total", {"result": "ok"}) == 0
-    polls = drivers(plant)["meter2"]["polls"]
-    wait(lambda: drivers(plant)["meter2"]["polls"] > polls, 20, "meter2 still polled on the old config", plant)
+    polls = plant.drivers()["meter2"]["polls"]
+    wait(lambda: plant.drivers()["meter2"]["polls"] > polls, 20, "meter2 still polled on the old config", plant)
 
     plant.edit("drivers.yml", ("cfg: { unit_id: 2, polling: 200ms", "cfg: { unit_id: 2, polling: 300ms"))
     plant.gw.send_signal(signal.SIGHUP)

@@ -60,9 +60,9 @@ class Pipeline:
             self.writer.start()
         snap = self.commands
         downlink = Downlink(self.conn.id, WriteRouter(lambda: snap), self.bus.publish) if snap is not None else None
-        self.uplink = Runner(self.conn, self.wal.cursor(self.conn.id), record=self.bus.publish, downlink=downlink)
-        self.writer.add_listener(self.uplink.wake)
-        self.uplink.start()
+        self.runner = Runner(self.conn, self.wal.cursor(self.conn.id), record=self.bus.publish, downlink=downlink)
+        self.writer.add_listener(self.runner.wake)
+        self.runner.start()
         return self
 
     def publish(self, n: int, tag: str = "line.t", start_value: int = 0) -> list[Frame]:
@@ -72,17 +72,17 @@ class Pipeline:
         return frames
 
     def close(self) -> None:
-        if self.uplink is not None:
-            self.uplink.stop()
+        if self.runner is not None:
+            self.runner.stop()
         if self.writer is not None:
             self.writer.stop()
 
     def wait_acked(self, seq: int, timeout: float = 20.0) -> bool:
-        assert self.uplink is not None
+        assert self.runner is not None
         deadline = time.monotonic() + timeout
-        while self.uplink.cursor.acked < seq and time.monotonic() < deadline:
+        while self.runner.cursor.acked < seq and time.monotonic() < deadline:
             time.sleep(0.02)
-        return self.uplink.cursor.acked >= seq
+        return self.runner.cursor.acked >= seq
 
 
 @pytest.fixture

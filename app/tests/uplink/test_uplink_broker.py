@@ -61,7 +61,7 @@ def test_batches_arrive_in_order_with_properties(
         raw = [len(json.dumps(m.frames, separators=(",", ":"))) for m in sub.messages]
         assert max(raw) <= 4096  # max_bytes bounds the uncompressed JSON
     assert sub.status[0] == b"online"
-    stats = p.uplink.stats() if p.uplink else {}
+    stats = p.runner.stats() if p.runner else {}
     assert stats["frames"] == 700 and stats["lag"] == 0 and stats["inflight"] == 0
     p.close()
     assert sub.wait_for(lambda s: s.status[-1:] == [b"offline"], 5)  # published before a clean stop
@@ -85,7 +85,7 @@ def test_broker_outage_wal_grows_then_everything_is_delivered(
     broker = persistent_mosquitto
     sub = subscriber(broker.port, client_id="cloud-consumer", session_expiry=3600)
     p = pipeline(connector(broker.port))
-    assert p.uplink is not None
+    assert p.runner is not None
     stop = threading.Event()
 
     def produce() -> None:
@@ -101,9 +101,9 @@ def test_broker_outage_wal_grows_then_everything_is_delivered(
         deadline = time.monotonic() + 3.0  # a short outage; hil-tests do the 30 s one
         lags = []
         while time.monotonic() < deadline:
-            lags.append(p.uplink.cursor.lag)
+            lags.append(p.runner.cursor.lag)
             time.sleep(0.2)
-        assert not p.uplink.connected
+        assert not p.runner.connected
         assert lags[-1] > lags[0] > 0  # the WAL holds what the broker cannot take
         broker.start()
         time.sleep(0.5)
@@ -113,7 +113,7 @@ def test_broker_outage_wal_grows_then_everything_is_delivered(
     assert p.wait_acked(p.published[-1], 30)
     assert sub.wait_for(lambda s: first_occurrences(s.seqs())[-1:] == p.published[-1:], 20)
     assert first_occurrences(sub.seqs()) == p.published  # nothing lost, nothing out of order
-    assert p.uplink.connections >= 2 and metric("connector_retry_total", {"connector": "cloud", "what": "connect"})
+    assert p.runner.connections >= 2 and metric("connector_retry_total", {"connector": "cloud", "what": "connect"})
 
 
 def test_restart_resumes_from_the_ack_cursor(
@@ -126,9 +126,9 @@ def test_restart_resumes_from_the_ack_cursor(
     assert first.wait_acked(first.published[-1])
     mosquitto.stop()
     first.publish(300, start_value=100)  # committed, never sent: the broker is gone
-    assert first.uplink is not None
+    assert first.runner is not None
     deadline = time.monotonic() + 5
-    while first.uplink.cursor.lag < 300 and time.monotonic() < deadline:
+    while first.runner.cursor.lag < 300 and time.monotonic() < deadline:
         time.sleep(0.02)
     first.close()  # the process ends with 300 unacknowledged frames in the WAL
     mosquitto.start()
@@ -150,7 +150,7 @@ def test_qos1_only_broker_downgrades_and_marks_dup(
         p = pipeline(connector(broker.port, qos=2))
         p.publish(100)
         assert p.wait_acked(p.published[-1])
-        assert p.uplink is not None and p.uplink.qos == 1 and p.uplink.connections == 1
+        assert p.runner is not None and p.runner.qos == 1 and p.runner.connections == 1
         assert sub.wait_for(lambda s: set(p.published) <= set(s.seqs()), 10)
         assert metric("connector_qos_downgrade_total", {"connector": "cloud"}) == before + 1
         data = [f for f in sub.frames() if f["tag"] != "sys.qos_downgrade"]
@@ -185,18 +185,18 @@ def test_mutual_tls_with_password_file_and_manual_reconnect(
         tls = TlsFiles(pki.ca, pki.cert("client"), pki.key("client"))
         conn = connector(tls_broker.port, scheme="tls", username="edge", password_file=str(secret), tls=tls)
         p = pipeline(conn)
-        assert p.uplink is not None
+        assert p.runner is not None
         deadline = time.monotonic() + 10
-        while "Not authorized" not in str(p.uplink.last_error) and time.monotonic() < deadline:
+        while "Not authorized" not in str(p.runner.last_error) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert "Not authorized" in str(p.uplink.last_error)  # TLS is up, the password is refused: retried
+        assert "Not authorized" in str(p.runner.last_error)  # TLS is up, the password is refused: retried
         p.publish(50)
         secret.write_text("s3cret\n")  # read again at the next attempt: rotation needs no restart
         assert p.wait_acked(p.published[-1])  # PUBCOMPs came back over mutual TLS
-        p.uplink.reconnect()  # a fresh client: credentials and TLS files are read again
+        p.runner.reconnect()  # a fresh client: credentials and TLS files are read again
         p.publish(50, start_value=50)
         assert p.wait_acked(p.published[-1])
-        assert p.uplink.connections == 2 and p.uplink.connected
+        assert p.runner.connections == 2 and p.runner.connected
     finally:
         tls_broker.stop()
 
@@ -209,9 +209,9 @@ def test_commands_are_acked_through_the_broker(
     sub = subscriber(mosquitto.port)
     conn = connector(mosquitto.port, cmd_topic="/edge/cmd/{tag}", ack_topic="/edge/ack/{seq}")
     p = pipeline(conn, commands=load_snapshot(CONFIG))
-    assert p.uplink is not None
+    assert p.runner is not None
     deadline = time.monotonic() + 10
-    while not p.uplink.connected and time.monotonic() < deadline:
+    while not p.runner.connected and time.monotonic() < deadline:
         time.sleep(0.02)
     time.sleep(0.3)  # let the SUBACK arrive before the commands
     sent: dict[str, tuple[str, Any]] = {
@@ -239,7 +239,7 @@ def test_hostile_and_retained_commands_through_the_broker_never_stop_the_uplink(
     way (no retain-as-published) and was executed."""
     sub = subscriber(mosquitto.port)
     p = pipeline(connector(mosquitto.port), commands=load_snapshot(CONFIG))
-    assert p.uplink is not None
+    assert p.runner is not None
     cmd = "/edge/t1/gw1/cmd/plant.setpoint_c"
     deadline = time.monotonic() + 10
     while "9" not in sub.acks and time.monotonic() < deadline:  # the subscription is up once a probe is acked
@@ -255,6 +255,6 @@ def test_hostile_and_retained_commands_through_the_broker_never_stop_the_uplink(
     assert "retained" in sub.acks["3"]["error"]  # not "no line accepts writes": it never got that far
     assert all(a["result"] == "fail" for a in sub.acks.values())
     sub.publish(cmd, b"", retain=True)  # clear the retained command
-    assert p.uplink.is_alive()
+    assert p.runner.is_alive()
     p.publish(20)
     assert p.wait_acked(p.published[-1])  # still delivering

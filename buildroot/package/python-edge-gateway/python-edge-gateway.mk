@@ -35,7 +35,7 @@ endef
 
 # The image carries only what the runtime imports: the test kit is for tests, benchmarks and `make demo`
 # (same list as tools/image/build-image; the reference consumer is app/tests/consumer.py, outside the package).
-PYTHON_EDGE_GATEWAY_TEST_ONLY = edge_gateway/testkit.py
+PYTHON_EDGE_GATEWAY_TEST_ONLY = edge_gateway/testkit.py edge_gateway/testkit_etcd.py
 
 define PYTHON_EDGE_GATEWAY_REMOVE_TEST_ONLY
 	rm -f $(addprefix $(TARGET_DIR)/usr/lib/python$(PYTHON3_VERSION_MAJOR)/site-packages/,$(PYTHON_EDGE_GATEWAY_TEST_ONLY))

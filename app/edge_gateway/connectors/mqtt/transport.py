@@ -41,9 +41,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_gateway.config.model import Connector
+from edge_gateway.connectors.mqtt import config
 from edge_gateway.connectors.mqtt.topics import Topics
 from edge_gateway.delivery.contract import ConnectorPlugin, Events, Message, Poll, Session
-from edge_gateway.net.mqtt import new_client, read_secret
+from edge_gateway.net.mqtt import PackedProperties, defer_writes, new_client, pack_properties, read_secret
 from edge_gateway.net.session import Options, SessionState
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class MqttTransport:
         cl.on_unsubscribe = self._on_unsubscribe
         cl.max_inflight_messages_set(min(self._receive_max, self._window_cfg + ACK_RESERVE))
         cl.max_queued_messages_set(0)
+        defer_writes(cl)  # written by io() on the runner's select, the window's publishes together
         cl.will_set(self.topics.status, b"offline", qos=min(1, self.granted_qos), retain=True)
         return cl
 
@@ -167,9 +169,7 @@ class MqttTransport:
     def publish(self, msg: Message) -> int:
         cl = self._client
         assert cl is not None
-        props = Properties(PacketTypes.PUBLISH)
-        props.ContentType = msg.content_type
-        props.UserProperty = msg.properties
+        props = PackedProperties(pack_properties(msg.content_type, msg.properties))
         topic = self.topics.frame_topic(msg.tag) if msg.tag is not None else self.topics.batch
         try:
             info = cl.publish(topic, msg.payload, qos=msg.qos, properties=props)
@@ -326,5 +326,8 @@ def factory(cfg: Connector, **kw: Any) -> MqttTransport:
 
 
 PLUGIN = ConnectorPlugin(
-    "mqtt5", factory, schema=json.loads(resources.files(__package__).joinpath("schema.json").read_text())
+    "mqtt5",
+    factory,
+    schema=json.loads(resources.files(__package__).joinpath("schema.json").read_text()),
+    build=config.build,
 )

@@ -1,8 +1,9 @@
 """The Modbus parts of the five files → the frozen model (model.py): endpoints (serial, tcp,
 tls+tcp, rtu+tcp), devices (`proto: modbus` units) and their register tags, with the rules a schema
 cannot say (Modicon refs, `len` against the datatype, overlapping addresses, one unit id per line, the
-write rules of writes.py). The loader reaches these through the registry (`PLUGIN.config`), passing
-itself as `b` (its sources, path resolution and kind rules)."""
+write rules of writes.py). The loader reaches these through the registry (`PLUGIN.config`: `endpoint`,
+`device`, `tag` for each entry the plugin owns, `check` for the rules across entries), passing itself as
+`b` (its sources, path resolution and kind rules)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ from edge_gateway.config.expr import Scale, compile_for_tag
 from edge_gateway.config.model import TlsFiles
 from edge_gateway.config.source import Source, positive
 from edge_gateway.config.units import parse_duration, parse_rate
+from edge_gateway.core.driver import Built
 from edge_gateway.drivers.modbus import writes
 from edge_gateway.drivers.modbus.codec import FMT
 from edge_gateway.drivers.modbus.model import (
     BIT_TYPES,
     DATATYPE_REGS,
+    SCHEMES,
     Address,
     Driver,
     Endpoint,
@@ -29,6 +32,9 @@ from edge_gateway.drivers.modbus.model import (
     RegType,
     Variable,
 )
+
+BROKER_SCHEMES = ("mqtt", "mqtts")  # the MQTT source's endpoints: named in the message of a device put there
+MQTT_ONLY = ("topic", "payload")  # the MQTT source's tag keys
 
 # What registers and bits can hold: the datatypes drivers/modbus/codec.py decodes.
 MODBUS_DATATYPES = frozenset(FMT) | {"bool", "string", "binary"}
@@ -123,7 +129,16 @@ def endpoint(b: Any, ident: str, e: dict, src: Source) -> Endpoint | None:
     )
 
 
-def device(b: Any, ident: str, d: dict, src: Source, endpoints: dict[str, Endpoint], known: set[str]) -> Driver | None:
+def device(b: Any, ident: str, d: dict, src: Source, endpoints: dict[str, Endpoint], known: dict) -> Driver | None:
+    """A `proto: modbus` device; `endpoints` are the Modbus ones built, `known` every endpoints.yml entry."""
+    ep = d["endpoint_id"]
+    scheme = known[ep].get("scheme") if isinstance(known.get(ep), dict) else None
+    if isinstance(scheme, str) and scheme not in SCHEMES:  # an endpoint of another plugin
+        what = "is an MQTT broker" if scheme in BROKER_SCHEMES else "is not a Modbus line"
+        src.error(
+            (ident, "endpoint_id"),
+            f"{ident}: proto {d['proto']} needs a Modbus endpoint; {ep} {what} (scheme {scheme})",
+        )
     if not b._kind_ok(ident, d, src):
         return None
     ok = True
@@ -183,12 +198,11 @@ def unique_units(b: Any, drivers: dict[str, Driver], endpoints: dict[str, Endpoi
             b.src["drivers"].warn((d.id, "cfg", "polling"), f"{d.id}: polling is shorter than the endpoint timeout")
 
 
-def variable(b: Any, i: int, v: dict, src: Source, drivers: dict[str, Driver], known: set[str]) -> Variable | None:
+def tag(b: Any, i: int, v: dict, src: Source, drivers: dict[str, Driver]) -> Variable | None:
+    """A variables.yml entry of a Modbus device; `drivers` are the Modbus devices built (a broken one is
+    missing: the entry is still checked, but not built)."""
     tag, did = v["tag"], v["driver_id"]
-    if did not in known:
-        src.error((i, "driver_id"), f"{tag}: unknown driver_id {did!r}{schema.did_you_mean(did, known)}")
-        return None
-    if not b.mqtt.misplaced_mqtt_keys(i, v, src):
+    if not _no_mqtt_keys(i, v, src):
         return None
     if "address" not in v:
         src.error((i,), f"{tag}: missing required key 'address' (driver {did} is a Modbus driver)")
@@ -313,6 +327,25 @@ def overlaps(b: Any, variables: list[Variable], src: Source, index: dict[str, in
                 )
             if reach is None or v.address.end > reach.address.end:
                 reach = v
+
+
+def _no_mqtt_keys(i: int, v: dict, src: Source) -> bool:
+    """A Modbus tag with the MQTT source's keys (topic/payload) or a tag template: reported here."""
+    ok = True
+    for k in MQTT_ONLY:
+        if k in v:
+            src.error((i, k), f"{v['tag']}: {k} is for MQTT source tags; driver {v['driver_id']} is a Modbus driver")
+            ok = False
+    if "{" in v["tag"] or "}" in v["tag"]:
+        src.error((i, "tag"), f"{v['tag']}: placeholders like {{1}} are for MQTT source tags (captured topic levels)")
+        ok = False
+    return ok
+
+
+def check(b: Any, built: Built) -> None:
+    """The rules across entries: one unit id per line, no overlapping addresses on a device."""
+    unique_units(b, built.devices, built.endpoints)
+    overlaps(b, built.tags, b.src["variables"], built.index)
 
 
 # The Modbus `address` as its schema.json ships it: checked here once a generic plugin has made the

@@ -238,6 +238,7 @@ class ModbusLine(threading.Thread):
         attempts = 1 if unit.state == "fault" else unit.driver.modbus.retry + 1
         frames: list[Frame] = []
         failed = 0
+        good = 0  # frames with a value: the decoder's, less those its conversions refused
         error = ""
         i = 0
         # Every Unit field is read and written under the line's lock: a reload (update_variables,
@@ -247,7 +248,7 @@ class ModbusLine(threading.Thread):
         while i < len(reads) and not self._stop_evt.is_set():
             read = reads[i]
             try:
-                values = self._transact(unit, pdu.read_request(read.fc, read.start, read.count), attempts)
+                values = self._transact(unit, read.request, attempts)
             except DeviceException as e:
                 with self._lock:  # the planner is shared with update_variables
                     split = e.code == 2 and unit.planner.forbid(read)
@@ -271,23 +272,16 @@ class ModbusLine(threading.Thread):
                 error = str(e)
                 i += 1
                 continue
-            ts = now_ms()
             assert values is not None
-            for v in read.variables:
-                off = v.address.addr - read.start
-                chunk = values[off : off + v.address.len]
-                try:
-                    frames.append(Frame(0, ts, v.tag, codec.decode(v, chunk)))
-                except (ArithmeticError, ValueError, struct_error) as exc:
-                    frames.append(
-                        Frame(0, ts, v.tag, None, bad("scale" if isinstance(exc, ArithmeticError) else "decode"))
-                    )
+            decoded = read.decoder.frames(values, now_ms())
+            frames += decoded
+            good += len(decoded) if read.decoder.plain else sum(1 for f in decoded if f.q == GOOD)
             i += 1
         with self._lock:
             unit.polls += 1
         if frames:
             self.bus.publish(frames)
-            metrics.POINTS.labels(driver_id=unit.id).inc(sum(1 for f in frames if f.q == GOOD))
+            metrics.POINTS.labels(driver_id=unit.id).inc(good)
         self._account(unit, failed == len(reads) and failed > 0, error)
 
     def _account(self, unit: Unit, cycle_failed: bool, error: str) -> None:
@@ -317,7 +311,7 @@ class ModbusLine(threading.Thread):
         ts = now_ms()
         return [Frame(0, ts, v.tag, None, bad(reason)) for v in read.variables]
 
-    def _transact(self, unit: Unit, request: bytes, attempts: int) -> list[int] | list[bool] | None:
+    def _transact(self, unit: Unit, request: bytes, attempts: int) -> bytes | list[bool] | None:
         func = pdu.FC_NAME.get(request[0], str(request[0]))
         last: ModbusError = ModbusError("not attempted")
         for _ in range(attempts):
@@ -340,7 +334,7 @@ class ModbusLine(threading.Thread):
                         log.info("%s: reconnected", self.endpoint.id)
                     self._connected, self._reconnect_backoff = True, 0.0
                 response = self.transport.transact(unit.driver.modbus.unit_id, request)
-                values = pdu.parse(request, response)
+                values = pdu.parse_raw(request, response)
             except Disconnected as e:
                 self._disconnected(e)
                 metrics.PDU.labels(driver_id=unit.id, func=func, result="disconnected").inc()
@@ -410,9 +404,6 @@ class ModbusLine(threading.Thread):
                 w.future.set_exception(WriteError(str(e)))
             else:
                 w.future.set_result(None)
-
-
-from struct import error as struct_error  # noqa: E402  (kept beside its single use above)
 
 
 def start_line(

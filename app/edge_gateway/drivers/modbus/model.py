@@ -1,6 +1,7 @@
 """The Modbus parts of the snapshot as frozen dataclasses: endpoints (serial, tcp, tls+tcp, rtu+tcp),
 `proto: modbus` drivers (units) and register-addressed variables. Built by drivers/modbus/config.py,
-held by the generic Snapshot (config/model.py) in its `endpoints`, `drivers` and `variables` tables."""
+held by the generic Snapshot (config/model.py) in its `plugin_endpoints`, `plugin_devices` and
+`plugin_tags` tables."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ RegType = Literal["holding", "input", "coil", "discrete"]
 Access = Literal["R", "W", "RW"]
 Order = Literal["big", "little"]
 # Registers a datatype occupies; None = `len` must be given (string/binary: registers of 2 bytes).
+SCHEMES = ("tcp", "tls+tcp", "rtu+tcp", "serial")  # endpoints.yml schemes of a Modbus line
 DATATYPE_REGS = SIZE_WORDS
 BIT_TYPES = ("coil", "discrete")  # one bit per address, datatype bool only
 WORD_TYPES = ("holding", "input")  # 16-bit registers
@@ -79,7 +81,7 @@ class Driver:
     src: str = field(default="", compare=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per tag: no __dict__
 class Address:
     type: RegType
     addr: int  # 0-based PDU address
@@ -91,7 +93,7 @@ class Address:
         return self.addr + self.len
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per tag: no __dict__
 class Variable:
     tag: str
     driver_id: str

@@ -90,6 +90,15 @@ def mask_write(addr: int, and_mask: int, or_mask: int) -> bytes:
 
 def parse(request: bytes, response: bytes) -> list[int] | list[bool] | None:
     """Check a response PDU against its request; return registers or bits for reads."""
+    data = parse_raw(request, response)
+    if isinstance(data, bytes):
+        return list(struct.unpack(f">{len(data) // 2}H", data))
+    return data
+
+
+def parse_raw(request: bytes, response: bytes) -> bytes | list[bool] | None:
+    """Check a response PDU against its request; return a register read's data bytes as they came
+    (big-endian registers, for codec.BlockDecoder), the bits of a coil/discrete read, None for writes."""
     fc = request[0]
     if not response:
         raise ModbusError("empty response")
@@ -110,7 +119,7 @@ def parse(request: bytes, response: bytes) -> list[int] | list[bool] | None:
             raise ModbusError(f"response carries {carried} data bytes after a byte count of {want}")
         data = response[2:]
         if fc in (3, 4):
-            return list(struct.unpack(f">{count}H", data))
+            return data
         return [bool(data[i // 8] >> (i % 8) & 1) for i in range(count)]
     if response[:5] != request[:5]:
         raise ModbusError("write response does not echo the request")

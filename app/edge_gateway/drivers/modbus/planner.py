@@ -16,10 +16,12 @@ The plan is deterministic: the same variables give the same requests.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from edge_gateway.drivers.modbus import rtu
+from edge_gateway.drivers.modbus.codec import BlockDecoder
 from edge_gateway.drivers.modbus.model import Endpoint, Variable
-from edge_gateway.drivers.modbus.pdu import MAX_BITS, TABLE_FC
+from edge_gateway.drivers.modbus.pdu import MAX_BITS, TABLE_FC, read_request
 
 TCP_REQUEST_COST = 250.0  # bytes: a LAN round trip costs far more than reading a few spare registers
 RTU_REQUEST_BYTES = 8  # unit, fc, addr, count, crc
@@ -32,6 +34,16 @@ class Read:
     start: int
     count: int
     variables: tuple[Variable, ...]
+
+    @cached_property
+    def decoder(self) -> BlockDecoder:
+        """The answer → frames, compiled on the read's first answer and kept as long as the plan."""
+        return BlockDecoder(self.start, self.variables, self.fc in (1, 2))
+
+    @cached_property
+    def request(self) -> bytes:
+        """The request PDU, the same on every poll."""
+        return read_request(self.fc, self.start, self.count)
 
     def describe(self) -> dict[str, object]:
         return {"fc": self.fc, "start": self.start, "count": self.count, "tags": [v.tag for v in self.variables]}

@@ -15,15 +15,16 @@ from edge_gateway.core.driver import ReloadStep, RuntimeContext, SchemaFragments
 from edge_gateway.core.frame import Value
 from edge_gateway.drivers.modbus import writes
 from edge_gateway.drivers.modbus.line import ModbusLine
+from edge_gateway.drivers.modbus.model import SCHEMES
 
 
 class ModbusPlugin:
     name = "modbus"
-    schemes = ("tcp", "tls+tcp", "rtu+tcp", "serial")
+    schemes = SCHEMES
     status_section = "lines"
     # Its parts of the file schemas (schema.json beside this file), merged by config/schema.py.
     file_schema = json.loads(resources.files(__package__).joinpath("schema.json").read_text())
-    generic = False  # its tables are Snapshot.endpoints / drivers / variables
+    generic = False  # its own builders (config.py) fill the generic tables with its own model
 
     def schema(self) -> SchemaFragments:
         from edge_gateway.config import schema
@@ -55,36 +56,39 @@ class ModbusPlugin:
 
     # -- workers ----------------------------------------------------------------------------------------
     def endpoints(self, snap: Snapshot) -> list[str]:
-        return [e for e in snap.endpoints if snap.drivers_on(e)]
+        return [e for e, ep in snap.plugin_endpoints.items() if ep.scheme in self.schemes and snap.devices_on(e)]
 
     def start(self, endpoint_id: str, snap: Snapshot, ctx: RuntimeContext) -> ModbusLine | None:
-        devices = snap.drivers_on(endpoint_id)
+        devices = snap.devices_on(endpoint_id)
         if not devices:
             return None
         ids = {d.id for d in devices}
         line = ModbusLine(
-            snap.endpoints[endpoint_id], devices, tuple(v for v in snap.variables if v.driver_id in ids), ctx.bus
+            snap.plugin_endpoints[endpoint_id],
+            devices,
+            tuple(v for v in snap.plugin_tags if v.driver_id in ids),
+            ctx.bus,
         )
         line.start()
         return line
 
     def plan_reload(self, old: Snapshot, new: Snapshot) -> list[ReloadStep]:
         """Endpoint changes reopen the line; device and tag changes on an open line are done in place."""
-        impact = diff(old, new)
+        impact = diff(old, new, self)
         steps: dict[str, ReloadStep] = {}
         for e in impact.endpoints_removed:
             steps[e] = ReloadStep(self.name, e, "stop")
         for e in (*impact.endpoints_changed, *impact.endpoints_added):
-            steps[e] = ReloadStep(self.name, e, "restart" if e in old.endpoints else "start")
+            steps[e] = ReloadStep(self.name, e, "restart" if e in old.plugin_endpoints else "start")
         touched: dict[str, set[str]] = {}
         for d in impact.drivers_removed:
-            touched.setdefault(old.drivers[d].endpoint_id, set()).add(d)
+            touched.setdefault(old.plugin_devices[d].endpoint_id, set()).add(d)
         for d in (*impact.drivers_added, *impact.drivers_changed, *impact.variables_changed):
-            touched.setdefault(new.drivers[d].endpoint_id, set()).add(d)
+            touched.setdefault(new.plugin_devices[d].endpoint_id, set()).add(d)
         for e, devices in touched.items():
             if e in steps:
                 continue  # reopened with all its devices anyway
-            if not old.drivers_on(e):
+            if not old.devices_on(e):
                 steps[e] = ReloadStep(self.name, e, "start")  # no line until now: open it with all of them
             else:
                 steps[e] = ReloadStep(self.name, e, "update", tuple(sorted(devices)))
@@ -96,21 +100,21 @@ class ModbusPlugin:
     ) -> ModbusLine | None:
         """Make the endpoint's line match `snap` (the new snapshot, or the old one in a rollback)."""
         ep_id = step.endpoint_id
-        in_place = step.action == "update" and line is not None and line.endpoint == snap.endpoints.get(ep_id)
+        in_place = step.action == "update" and line is not None and line.endpoint == snap.plugin_endpoints.get(ep_id)
         if not in_place:
             if line is not None:
                 line.stop()
             return None if step.action == "stop" else self.start(ep_id, snap, ctx)
         assert line is not None
         for d in step.devices:
-            dev = snap.drivers.get(d)
+            dev = snap.plugin_devices.get(d)
             if dev is None or dev.endpoint_id != ep_id:
                 line.remove_driver(d)
             elif line.device(d) == dev:
-                line.update_variables(d, snap.variables_of(d))  # same device: swap its tag map
+                line.update_variables(d, snap.tags_of(d))  # same device: swap its tag map
             else:
-                line.restart_driver(dev, snap.variables_of(d))
-        if not snap.drivers_on(ep_id):
+                line.restart_driver(dev, snap.tags_of(d))
+        if not snap.devices_on(ep_id):
             line.stop()  # its last device went away
             return None
         return line
@@ -118,8 +122,8 @@ class ModbusPlugin:
     def stale_after(self, endpoint_id: str, snap: Snapshot, line: Any) -> float:
         """A poll cycle may take one polling period plus, when units are dead, a full timeout ×
         (retry+1) for each of its requests; beyond that (+ margin) the line is hung."""
-        ep = snap.endpoints[endpoint_id]
-        devices = snap.drivers_on(endpoint_id)
+        ep = snap.plugin_endpoints[endpoint_id]
+        devices = snap.devices_on(endpoint_id)
         try:
             requests = max(1, len(line.plan())) if line is not None else len(devices)
         except Exception:  # noqa: BLE001 - plan() is informative only
@@ -130,10 +134,10 @@ class ModbusPlugin:
 
     # -- writes -----------------------------------------------------------------------------------------
     def resolve_write(self, snap: Snapshot, tag: str, value: Value) -> WriteTarget | None:
-        var = snap.variable(tag)
-        if var is None:
+        var = snap.tag(tag)
+        driver = snap.plugin_devices.get(var.driver_id) if var is not None else None
+        if var is None or driver is None or driver.proto != self.name:
             return None
-        driver = snap.drivers.get(var.driver_id)
         writes.check_command(var, driver, value)
         return WriteTarget(self.name, driver.endpoint_id if driver else "", tag, var)
 
@@ -142,7 +146,7 @@ class ModbusPlugin:
 
     # -- status -----------------------------------------------------------------------------------------
     def status(self, endpoint_id: str, snap: Snapshot, line: Any, now: float) -> dict[str, Any]:
-        ep = snap.endpoints[endpoint_id]
+        ep = snap.plugin_endpoints[endpoint_id]
         entry: dict[str, Any] = {
             "scheme": ep.scheme,
             "address": ep.host if ep.port is None else f"{ep.host}:{ep.port}",

@@ -8,7 +8,12 @@ quiet for the silent interval plus the configured turnaround.
 
 from __future__ import annotations
 
+import sys
+
 from edge_gateway.drivers.modbus.model import Endpoint
+
+PR_SET_TIMERSLACK = 29  # <linux/prctl.h>
+TIMER_SLACK_NS = 1000
 
 
 def _table() -> list[int]:
@@ -66,3 +71,19 @@ def response_length(pdu_head: bytes) -> int | None:
     if fc == 0x16:
         return 10
     return None
+
+
+def precise_sleeps() -> bool:
+    """Ask Linux for 1 µs timer slack on the calling thread (the line thread owning an RTU wire).
+
+    The default slack (50 µs) lets every sleep overshoot by that much; the sleep for the silent interval
+    before each request is on the wire's critical path, so at 115 200 baud (a 1.75 ms silence, ~9 ms per
+    poll) the default alone costs about 0.6 % of the line. Returns False where the call is unavailable."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes  # only RTU lines need it
+
+    try:
+        return bool(ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, TIMER_SLACK_NS, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False

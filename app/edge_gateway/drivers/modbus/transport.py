@@ -205,6 +205,7 @@ class RtuTransport(_Connected):
         self.quiet_since = 0.0  # when the line last went quiet
 
     def _make_wire(self) -> _Wire:
+        rtu.precise_sleeps()  # opened on the line thread, which sleeps out the silences
         return SerialWire(self.ep) if self.ep.is_serial else SocketWire(self.ep)
 
     def transact(self, unit: int, pdu: bytes) -> bytes:
@@ -217,6 +218,7 @@ class RtuTransport(_Connected):
         self.bytes_out += len(adu)
         # The request occupies the wire for len × char time; the answer cannot start before that.
         deadline = time.monotonic() + len(adu) * self.char + self.ep.timeout
+        answered = False
         try:
             if self.ep.echo:
                 echo = wire.read(len(adu), deadline)
@@ -229,6 +231,8 @@ class RtuTransport(_Connected):
             if total is None or total > 256:
                 raise ModbusError(f"unit {unit}: unexpected bytes {head.hex()} on the line")
             rest = wire.read(total - 3, deadline + total * self.char)
+            # The silence before the next request counts from the last byte seen, not from after the checks.
+            self.quiet_since = time.monotonic()
             resp = head + rest
             self.bytes_in += len(resp)
             if len(resp) < total:
@@ -238,6 +242,7 @@ class RtuTransport(_Connected):
             if resp[0] != unit:
                 raise Mismatch("unit", f"answer from unit {resp[0]} to a request for unit {unit}")
             _check_function(unit, pdu, resp[1])
+            answered = True
             return resp[1:-2]
         except ModbusError as e:
             if not isinstance(e, Disconnected):
@@ -247,7 +252,8 @@ class RtuTransport(_Connected):
                 wire.discard()
             raise
         finally:
-            self.quiet_since = time.monotonic()
+            if not answered:
+                self.quiet_since = time.monotonic()
 
 
 def _check_function(unit: int, pdu: bytes, fc: int) -> None:

@@ -1,8 +1,9 @@
 """The MQTT-source parts of a configuration: mqtt/mqtts endpoints, `proto: mqtt` drivers and
 topic-mapped tags in variables.yml.
 
-Kept beside the loader rather than inside it: the loader calls in here for the entries that
-belong to an MQTT source, and the rules about topic filters, tag templates and JSON pointers
+The loader reaches these through the registry (`PLUGIN.config`: `endpoint`, `device`, `tag` for each
+entry the plugin owns, `check` for the rules across entries), passing itself as `b` (its sources, path
+resolution and kind rules). The rules about topic filters, tag templates and JSON pointers
 come from the source itself (`drivers.mqtt_source`), so lint and the running driver agree.
 """
 
@@ -12,10 +13,12 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from edge_gateway.config import schema
 from edge_gateway.config.expr import Scale, compile_for_tag
 from edge_gateway.config.model import Backoff, TlsFiles
 from edge_gateway.config.source import Source, secret_file
 from edge_gateway.config.units import parse_duration
+from edge_gateway.core.driver import Built
 from edge_gateway.drivers.mqtt_source import topics
 from edge_gateway.drivers.mqtt_source.mapping import PLACEHOLDER, Template, TemplateError
 from edge_gateway.drivers.mqtt_source.model import (
@@ -32,15 +35,11 @@ SCHEMES = ("mqtt", "mqtts")
 
 TLS_KEYS = ("ca", "client_cert", "client_key")
 MODBUS_ONLY = ("address", "endian", "word_order")
-MQTT_ONLY = ("topic", "payload")
-
-
-def is_mqtt_scheme(scheme: object) -> bool:
-    return scheme in SCHEMES
 
 
 # -- endpoints.yml ------------------------------------------------------------------------------------
-def endpoint(ident: str, e: dict[str, Any], src: Source, path: Callable[[str], str]) -> MqttEndpoint | None:
+def endpoint(b: Any, ident: str, e: dict[str, Any], src: Source) -> MqttEndpoint | None:
+    path: Callable[[str], str] = b._path
     scheme, opts = e["scheme"], e.get("opts") or {}
     ok = True
     tls = None
@@ -106,6 +105,32 @@ def endpoint(ident: str, e: dict[str, Any], src: Source, path: Callable[[str], s
 
 
 # -- drivers.yml --------------------------------------------------------------------------------------
+def device(
+    b: Any, ident: str, d: dict, src: Source, endpoints: dict[str, MqttEndpoint], known: dict
+) -> MqttDriver | None:
+    """A `proto: mqtt` device: an MQTT source on an mqtt/mqtts endpoint; `endpoints` are the MQTT ones
+    built, `known` every endpoints.yml entry."""
+    if not b._kind_ok(ident, d, src):
+        return None
+    ok = True
+    ep = d["endpoint_id"]
+    if ep not in known:
+        src.error((ident, "endpoint_id"), f"{ident}: unknown endpoint_id {ep!r}{schema.did_you_mean(ep, known)}")
+        ok = False
+    elif isinstance(known[ep], dict) and known[ep].get("scheme") not in SCHEMES:
+        src.error(
+            (ident, "endpoint_id"),
+            f"{ident}: proto mqtt needs an mqtt or mqtts endpoint; {ep} has scheme {known[ep].get('scheme')}",
+        )
+        ok = False
+    if schema.check(src, "drivers", d["cfg"], schema_ref="mqtt", base=(ident, "cfg")):
+        return None
+    cfg = driver_cfg(ident, d["cfg"], src)
+    if not ok or cfg is None or ep not in endpoints:
+        return None  # a broken endpoint is reported at the endpoint
+    return driver(ident, d, cfg, src)
+
+
 def driver_cfg(ident: str, c: dict[str, Any], src: Source) -> MqttSourceCfg | None:
     """`cfg:` of a `proto: mqtt` driver (already checked against drivers.json $defs/mqtt)."""
     ok = True
@@ -169,10 +194,11 @@ def overlapping_subscriptions(drivers: Iterable[MqttDriver], src: Source) -> Non
 
 
 # -- variables.yml ------------------------------------------------------------------------------------
-def tag(i: int, v: dict[str, Any], src: Source, drv: MqttDriver | None) -> MqttTag | None:
-    """A variables.yml entry whose driver is an MQTT source. `drv` is None when that driver is
-    itself broken (already reported): the entry is still checked, but not built."""
+def tag(b: Any, i: int, v: dict[str, Any], src: Source, drivers: dict[str, MqttDriver]) -> MqttTag | None:
+    """A variables.yml entry whose driver is an MQTT source. When that driver is itself broken
+    (already reported, not in `drivers`), the entry is still checked, but not built."""
     name, did = v["tag"], v["driver_id"]
+    drv = drivers.get(did)
     ok = True
     for k in MODBUS_ONLY:
         if k in v:
@@ -248,17 +274,11 @@ def _delivered(i: int, name: str, filt: topics.Levels, drv: MqttDriver, src: Sou
     return False
 
 
-def misplaced_mqtt_keys(i: int, v: dict[str, Any], src: Source) -> bool:
-    """A Modbus tag with topic/payload, or a tag template on a Modbus tag: reported here."""
-    ok = True
-    for k in MQTT_ONLY:
-        if k in v:
-            src.error((i, k), f"{v['tag']}: {k} is for MQTT source tags; driver {v['driver_id']} is a Modbus driver")
-            ok = False
-    if "{" in v["tag"] or "}" in v["tag"]:
-        src.error((i, "tag"), f"{v['tag']}: placeholders like {{1}} are for MQTT source tags (captured topic levels)")
-        ok = False
-    return ok
+def check(b: Any, built: Built) -> None:
+    """The rules across entries: overlapping subscriptions on one broker, tag templates that can produce
+    another configured tag."""
+    overlapping_subscriptions(built.devices.values(), b.src["drivers"])
+    template_shadows(built.tags, built.names, b.src["variables"], built.index)
 
 
 def template_shadows(tags: Iterable[MqttTag], names: dict[str, int], src: Source, index: dict[str, int]) -> None:

@@ -1,6 +1,6 @@
 """The MQTT-source parts of the snapshot as frozen dataclasses: endpoints of scheme mqtt | mqtts,
 `proto: mqtt` drivers and topic-mapped tags. Built by drivers/mqtt_source/config.py, held by the
-generic Snapshot (config/model.py) in its `mqtt_endpoints`, `mqtt_drivers` and `mqtt_tags` tables."""
+generic Snapshot (config/model.py) in its `plugin_endpoints`, `plugin_devices` and `plugin_tags` tables."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ class MqttSourcePlugin:
     status_section = "sources"
     # Its parts of the file schemas (schema.json beside this file), merged by config/schema.py.
     file_schema = json.loads(resources.files(__package__).joinpath("schema.json").read_text())
-    generic = False  # its tables are Snapshot.mqtt_endpoints / mqtt_drivers / mqtt_tags
+    generic = False  # its own builders (config.py) fill the generic tables with its own model
 
     def schema(self) -> SchemaFragments:
         from edge_gateway.config import schema
@@ -55,26 +55,34 @@ class MqttSourcePlugin:
 
     # -- workers ----------------------------------------------------------------------------------------
     def endpoints(self, snap: Snapshot) -> list[str]:
-        return [e for e in snap.mqtt_endpoints if snap.mqtt_drivers_on(e)]
+        return [e for e, ep in snap.plugin_endpoints.items() if ep.scheme in self.schemes and snap.devices_on(e)]
 
     def start(self, endpoint_id: str, snap: Snapshot, ctx: RuntimeContext) -> MqttSource | None:
-        devices = snap.mqtt_drivers_on(endpoint_id)
+        devices = snap.devices_on(endpoint_id)
         if not devices:
             return None
         ids = {d.id for d in devices}
-        tags = tuple(t for t in snap.mqtt_tags if t.driver_id in ids)
-        return start_source(snap.mqtt_endpoints[endpoint_id], devices, tags, ctx.bus, state_dir=ctx.state_dir)
+        tags = tuple(t for t in snap.plugin_tags if t.driver_id in ids)
+        return start_source(snap.plugin_endpoints[endpoint_id], devices, tags, ctx.bus, state_dir=ctx.state_dir)
 
     def plan_reload(self, old: Snapshot, new: Snapshot) -> list[ReloadStep]:
         """Any change to an endpoint or one of its devices restarts that endpoint's source (one client
         serves them all); a change of tags only swaps the device's tag map."""
-        impact = diff(old, new)
-        steps = [ReloadStep(self.name, e, "stop") for e in impact.mqtt_sources_removed]
-        steps += [ReloadStep(self.name, e, "restart") for e in impact.mqtt_sources_changed]
-        steps += [ReloadStep(self.name, e, "start") for e in impact.mqtt_sources_added]
+        impact = diff(old, new, self)
+        started_or_stopped = {*impact.endpoints_added, *impact.endpoints_removed}
+        restart = set(impact.endpoints_changed)
+        for d in (*impact.drivers_added, *impact.drivers_changed):
+            restart.add(new.plugin_devices[d].endpoint_id)
+        for d in (*impact.drivers_removed, *impact.drivers_changed):
+            restart.add(old.plugin_devices[d].endpoint_id)
+        restart -= started_or_stopped
+        steps = [ReloadStep(self.name, e, "stop") for e in impact.endpoints_removed]
+        steps += [ReloadStep(self.name, e, "restart") for e in sorted(restart)]
+        steps += [ReloadStep(self.name, e, "start") for e in impact.endpoints_added]
         by_ep: dict[str, list[str]] = {}
-        for d in impact.mqtt_tags_changed:
-            by_ep.setdefault(new.mqtt_drivers[d].endpoint_id, []).append(d)
+        for d in impact.variables_changed:
+            if new.plugin_devices[d].endpoint_id not in restart:
+                by_ep.setdefault(new.plugin_devices[d].endpoint_id, []).append(d)
         steps += [ReloadStep(self.name, e, "update", tuple(sorted(ds))) for e, ds in sorted(by_ep.items())]
         return steps
 
@@ -82,13 +90,13 @@ class MqttSourcePlugin:
         self, step: ReloadStep, src: MqttSource | None, snap: Snapshot, ctx: RuntimeContext
     ) -> MqttSource | None:
         ep_id = step.endpoint_id
-        if step.action == "update" and src is not None and src.endpoint == snap.mqtt_endpoints.get(ep_id):
+        if step.action == "update" and src is not None and src.endpoint == snap.plugin_endpoints.get(ep_id):
             for d in step.devices:
-                src.update_tags(d, snap.mqtt_tags_of(d))
+                src.update_tags(d, snap.tags_of(d))
             return src
         if src is not None:
             src.stop()
-        if step.action == "stop" or ep_id not in snap.mqtt_endpoints:
+        if step.action == "stop" or ep_id not in snap.plugin_endpoints:
             return None
         return self.start(ep_id, snap, ctx)
 
@@ -97,7 +105,8 @@ class MqttSourcePlugin:
 
     # -- writes -----------------------------------------------------------------------------------------
     def resolve_write(self, snap: Snapshot, tag: str, value: Value) -> WriteTarget | None:
-        if any(may_produce(t.tag, tag) for t in snap.mqtt_tags):
+        mine = {d for d, dev in snap.plugin_devices.items() if dev.proto == self.name}
+        if any(may_produce(t.tag, tag) for t in snap.plugin_tags if t.driver_id in mine):
             raise Refused("read_only", f"{tag} comes from an MQTT source: not writable")
         return None
 

@@ -4,10 +4,8 @@ polling with the Read service and/or subscriptions; writes with the node's own v
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
-from importlib import resources
 from typing import Any
 
 from edge_gateway.core.driver import (
@@ -16,7 +14,6 @@ from edge_gateway.core.driver import (
     EndpointItem,
     Refused,
     RuntimeContext,
-    SchemaFragments,
     TagItem,
     Worker,
     WriteTarget,
@@ -25,15 +22,10 @@ from edge_gateway.core.frame import Value
 from edge_gateway.drivers.opcua import config
 
 
-def _fragments() -> SchemaFragments:
-    raw = json.loads(resources.files("edge_gateway.drivers.opcua").joinpath("schema.json").read_text())
-    return SchemaFragments(endpoint_opts=raw["endpoint_opts"], cfg=raw["cfg"], address=raw["address"])
-
-
 class OpcuaPlugin(BaseDriver):
     name = "opcua"
     schemes = ("opc.tcp",)
-    fragments = _fragments()
+    # fragments: schema.json beside this file (BaseDriver reads it)
     # The worker stamps its heartbeat at least every second, except inside one request (at most the
     # endpoint's `timeout`, 300 s by the schema) or a connect: beyond the longest of them it is hung.
     stale_s = 30.0

@@ -113,6 +113,10 @@ class OpcuaWorker(threading.Thread):
         self._wake: asyncio.Event | None = None
         self._client: Client | None = None
         self._disconnected_marked = False
+        self.since_ms = now_ms()  # when this worker (and so every device on it) was (re)started
+        self._polls = {d: 0 for d in self.devices}  # Read cycles per device (owned by the thread)
+        self._requests = {d: 0 for d in self.devices}  # Read requests of the device's last cycle
+        self._last_ok = {d: 0 for d in self.devices}  # epoch ms of its last answered cycle
 
     # -- the thread ---------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -206,19 +210,33 @@ class OpcuaWorker(threading.Thread):
         client.session_timeout = max((d.session_timeout for d in self.devices.values()), default=60_000)
         if o.security_policy != "None":
             assert o.certificate and o.private_key and o.security_mode
+            trust_dir = o.server_certificate if o.server_certificate and Path(o.server_certificate).is_dir() else None
+            pinned = None if trust_dir else o.server_certificate
             await client.set_security_string(
-                ",".join(
-                    x
-                    for x in (o.security_policy, o.security_mode, o.certificate, o.private_key, o.server_certificate)
-                    if x
-                )
+                ",".join(x for x in (o.security_policy, o.security_mode, o.certificate, o.private_key, pinned) if x)
             )
+            if trust_dir:
+                client.certificate_validator = TrustDir(Path(trust_dir))
+            elif pinned:
+                await self._check_pinned(Path(pinned))
         if o.username is not None and o.password_file is not None:
             client.set_user(o.username)
             client.set_password(Path(o.password_file).read_text().strip())
         self._client = client
         await client.connect()
         return client
+
+    async def _check_pinned(self, path: Path) -> None:
+        """A pinned `server_certificate` that is not the server's would only show as a timeout (the server
+        cannot decrypt what was encrypted to another key): ask the endpoints first, and say so."""
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        pinned = load_certificate(path.read_bytes()).public_bytes(Encoding.DER)
+        probe = Client(self.url, timeout=self.opts.timeout)
+        endpoints = await probe.connect_and_get_server_endpoints()
+        offered = [bytes(e.ServerCertificate or b"") for e in endpoints]
+        if not any(c.startswith(pinned) for c in offered if c):
+            raise CertificateMismatch(f"the server's certificate is not server_certificate {path}")
 
     async def _resolve(self, client: Client) -> None:
         uris: dict[str, int] = {}
@@ -277,12 +295,16 @@ class OpcuaWorker(threading.Thread):
                 handler = _Handler(self, {st.node_id: st for st in subs if st.node_id is not None})
                 sub = await client.create_subscription(dev.publishing_interval, handler)
                 sample = {s.node.text: s.sample for s in dev.subscriptions}
+                by_interval: dict[float, list[Any]] = {}
                 for st in subs:
                     iv = sample.get(st.ref.text)
-                    await sub.subscribe_data_change(
-                        client.get_node(st.node_id),
-                        sampling_interval=float(iv if iv is not None else dev.publishing_interval),
-                    )
+                    interval = float(iv if iv is not None else dev.publishing_interval)
+                    by_interval.setdefault(interval, []).append(client.get_node(st.node_id))
+                for interval, nodes in by_interval.items():  # one CreateMonitoredItems per sampling interval
+                    # A queue for every sample of one publishing interval: a value that changes faster than
+                    # the server publishes is delivered change by change, not only its last value.
+                    queue = max(1, math.ceil(dev.publishing_interval / max(interval, 1.0)) + 1)
+                    await sub.subscribe_data_change(nodes, sampling_interval=interval, queuesize=queue)
         polled: dict[str, list[TagState]] = {}
         for st in self.tags.values():
             if not st.subscribed:
@@ -295,18 +317,24 @@ class OpcuaWorker(threading.Thread):
                 if now >= due[dev_id]:
                     dev = self.devices[dev_id]
                     due[dev_id] = now + dev.polling / 1000
-                    await self._poll(sts, dev.max_nodes_per_read)
+                    self._requests[dev_id] = await self._poll(sts, dev.max_nodes_per_read)
+                    self._polls[dev_id] += 1
+                    self._last_ok[dev_id] = now_ms()
             if not polled or all(v > time.monotonic() for v in due.values()):
                 await client.check_connection()
             nxt = min(due.values(), default=time.monotonic() + KEEPALIVE_S)
             await self._sleep(max(0.0, min(nxt - time.monotonic(), KEEPALIVE_S)))
 
-    async def _poll(self, sts: list[TagState], batch: int) -> None:
+    async def _poll(self, sts: list[TagState], batch: int) -> int:
+        """One Read cycle of a device's polled tags; returns how many requests it took."""
+        n = 0
         for i in range(0, len(sts), batch):
+            n += 1
             part = sts[i : i + batch]
             res = await self._read([st.node_id for st in part], ua.AttributeIds.Value)  # type: ignore[misc]
             self.stats.reads += 1
             self.publish([(st, dv) for st, dv in zip(part, res, strict=True)])
+        return n
 
     def publish(self, pairs: list[tuple[TagState, ua.DataValue]]) -> None:
         frames = []
@@ -368,6 +396,24 @@ class OpcuaWorker(threading.Thread):
             raise RuntimeError(code.name)
 
     def status(self) -> dict[str, Any]:
+        """`edge-ctl status`: one entry per device, as every line shows them (the session's fields in
+        each, since the devices of an endpoint share it)."""
+        session = self.session_status()
+        return {
+            dev: {
+                **session,
+                "polls": self._polls[dev],
+                "requests": self._requests[dev],
+                "since_ms": self.since_ms,
+                "last_ok_ms": self._last_ok[dev],
+                "tags": sum(1 for t in self.tags.values() if t.device == dev),
+                "subscribed": sum(1 for t in self.tags.values() if t.device == dev and t.subscribed),
+            }
+            for dev in self.devices
+        }
+
+    def session_status(self) -> dict[str, Any]:
+        """The endpoint's session: state, attempts, counters, last error."""
         s = self.stats
         return {
             "url": self.url,
@@ -413,6 +459,53 @@ def check_value(datatype: str, value: Value) -> None:
         raise Refused("invalid_value", f"{type(value).__name__} {value!r} is not a {datatype}")
 
 
+class CertificateMismatch(Exception):
+    pass
+
+
+def load_certificate(raw: bytes) -> Any:
+    """A PEM or DER X.509 certificate (ValueError if it is neither)."""
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(raw) if b"-----BEGIN" in raw else x509.load_der_x509_certificate(raw)
+
+
+class TrustDir:
+    """asyncua's certificate validator over a trust directory: the server's certificate must be one of
+    the DER/PEM certificates there, or be issued by one of them, and be within its validity dates.
+    Read at every connect, so a certificate dropped into the directory is trusted on the next attempt."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def certificates(self) -> list[Any]:
+        out = []
+        for f in sorted(self.path.iterdir()):
+            if f.suffix.lower() not in (".der", ".pem", ".crt", ".cer"):
+                continue
+            try:
+                out.append(load_certificate(f.read_bytes()))
+            except ValueError:
+                log.warning("opcua trust directory %s: %s is not a certificate", self.path, f.name)
+        return out
+
+    async def __call__(self, cert: Any, app_description: Any) -> None:
+        from asyncua.common.utils import ServiceError
+
+        now = datetime.now(UTC)
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            raise ServiceError(ua.StatusCodes.BadCertificateTimeInvalid)
+        for ca in self.certificates():
+            if ca == cert:
+                return
+            try:
+                cert.verify_directly_issued_by(ca)
+                return
+            except Exception:  # noqa: BLE001 - not signed by this one (InvalidSignature, another key type)
+                continue
+        raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+
+
 class _Handler:
     """asyncua's subscription handler: data-change notifications, on the worker's own loop."""
 
@@ -424,6 +517,7 @@ class _Handler:
         if st is None:
             return
         self.worker.stats.notifications += 1
+        self.worker._last_ok[st.device] = now_ms()  # noqa: SLF001 - on the worker's own loop
         self.worker.publish([(st, data.monitored_item.Value)])
 
     def status_change_notification(self, status: Any) -> None:

@@ -45,6 +45,7 @@ class DeviceState:
     requests: int = 0  # requests of the last cycle
     errors: int = 0
     last_error: str | None = None
+    last_ok_ms: int = 0  # the end of its last cycle with at least one good value
 
 
 class S7Line(threading.Thread):
@@ -66,6 +67,7 @@ class S7Line(threading.Thread):
         self._stop_evt = threading.Event()
         self._marked_down = False
         self._lock = threading.Lock()  # guards the status fields read by other threads
+        self.since_ms = now_ms()  # when this worker (and so every device on it) was (re)started
 
     # -- other threads -------------------------------------------------------------------------------
     def submit(self, tag: TagItem, value: Value) -> Future[None]:
@@ -84,7 +86,11 @@ class S7Line(threading.Thread):
                     "state": self.state,
                     "pdu": self.pdu,
                     "cycles": d.cycles,
+                    "polls": d.cycles,  # the name edge-ctl status shows for every line
                     "requests_per_cycle": d.requests,
+                    "requests": d.requests,
+                    "since_ms": self.since_ms,
+                    "last_ok_ms": d.last_ok_ms,
                     "errors": d.errors,
                     "last_error": d.last_error or self.last_error,
                     "connects": self.connects,
@@ -223,6 +229,8 @@ class S7Line(threading.Thread):
         with self._lock:
             d.cycles += 1
             d.requests = len(d.plan)
+            if any(f.q == GOOD for f in frames):
+                d.last_ok_ms = now_ms()
         if frames:
             self.bus.publish(frames)
 

@@ -16,54 +16,12 @@ from edge_gateway.core.driver import (
     EndpointItem,
     Refused,
     RuntimeContext,
-    SchemaFragments,
     TagItem,
     Worker,
     WriteTarget,
 )
 from edge_gateway.core.frame import Value
 from edge_gateway.drivers.s7 import codec
-
-TSAP = {
-    "oneOf": [
-        {"type": "integer", "minimum": 0, "maximum": 0xFFFF},
-        {"type": "string", "pattern": "^(0x[0-9A-Fa-f]{1,4}|[0-9A-Fa-f]{2}\\.[0-9A-Fa-f]{2})$"},
-    ]
-}
-DURATION = {"oneOf": [{"type": "string"}, {"type": "number", "exclusiveMinimum": 0}]}
-FRAGMENTS = SchemaFragments(
-    endpoint_opts={
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "rack": {"type": "integer", "minimum": 0, "maximum": 7},
-            "slot": {"type": "integer", "minimum": 0, "maximum": 31},
-            "tsap": TSAP,
-            "timeout": DURATION,
-        },
-    },
-    cfg={
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "polling": DURATION,
-            "enable_write": {"type": "boolean"},
-            "max_pdu": {"type": "integer", "minimum": 240, "maximum": 960},
-        },
-    },
-    address={
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["area", "start"],
-        "properties": {
-            "area": {"enum": list(codec.AREAS)},
-            "db": {"type": "integer", "minimum": 1, "maximum": 65535},
-            "start": {"type": "integer", "minimum": 0, "maximum": 65535},
-            "size": {"type": "integer", "minimum": 1, "maximum": 65535},
-            "bit": {"type": "integer", "minimum": 0, "maximum": 7},
-        },
-    },
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -109,7 +67,7 @@ def raw_value(tag: TagItem, value: Value) -> Value:
 class S7Plugin(BaseDriver):
     name = "s7"
     schemes = ("s7",)
-    fragments = FRAGMENTS
+    # fragments: schema.json beside this file (BaseDriver reads it)
     stale_s = 30.0
 
     def build_endpoint(self, ident: str, scheme: str, opts: Mapping[str, Any]) -> S7Endpoint:

@@ -14,7 +14,7 @@ import threading
 
 import paho.mqtt.client as mqtt
 import sdnotify
-from edge_gateway.uplink.codec import decode_payload
+from edge_gateway.delivery.codec import decode_payload
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 OUT = "/data/vm-test/ledger.jsonl"

@@ -1,0 +1,142 @@
+"""A frame's JSON object (SPEC §5): the form a frame is stored in (WAL record v2) and sent in.
+
+One frame is `{"seq":…, "ts":…, "tag":…, "value":…, "q":…}` plus, when present, `"dup":"possible"`
+(the frame may have been delivered before: QoS downgrade) and `"meta":{…}` (the frame's context, e.g.
+the source topic of an MQTT-source tag). JSON has no bytes and no NaN, so:
+  * bytes values (and bytes inside meta) are `{"b64": "<standard base64>"}`;
+  * non-finite floats are `{"float": "NaN" | "Infinity" | "-Infinity"}`.
+Both markers are objects with exactly one key, so no real value can be mistaken for them, and
+`frame_of` gives the frame back (meta excepted: its bytes and non-finite floats come back as markers).
+
+It lives in the bus, below delivery, because the WAL writer encodes each frame once, here, and
+the uplink sends those bytes as they are (delivery.batcher, delivery.codec).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from typing import Any
+
+from edge_gateway.core.frame import Frame, Kind, Value
+
+B64 = "b64"  # the marker key of a bytes value
+FLOAT = "float"  # the marker key of a non-finite float
+DUP = "possible"
+_NONFINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
+
+
+def _default(o: object) -> object:
+    if isinstance(o, bytes | bytearray | memoryview):
+        return {B64: base64.b64encode(bytes(o)).decode("ascii")}
+    return str(o)  # meta is free-form context: an odd object is shown, never allowed to stop a batch
+
+
+_encode = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False, default=_default).encode
+
+
+def _clean(o: Any) -> Any:
+    """Meta with non-finite floats anywhere inside (rare): map them to the float marker."""
+    if isinstance(o, float):
+        return json_value(o)
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_clean(v) for v in o]
+    return o
+
+
+def json_value(v: Value) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return {FLOAT: "NaN" if math.isnan(v) else _NONFINITE[v]}
+    if isinstance(v, bytes):
+        return {B64: base64.b64encode(v).decode("ascii")}
+    return v
+
+
+def decode_value(v: Any) -> Value:
+    """Inverse of `json_value`, for consumers that want the original Python value back."""
+    if isinstance(v, dict) and set(v) == {B64}:
+        return base64.b64decode(v[B64])
+    if isinstance(v, dict) and set(v) == {FLOAT}:
+        return float(v[FLOAT].replace("Infinity", "inf"))
+    return v  # type: ignore[no-any-return]
+
+
+_tag_json: dict[str, str] = {}
+_q_json: dict[str, str] = {}
+_TAG_CACHE_MAX = 100_000
+
+
+def _quoted(cache: dict[str, str], s: str) -> str:
+    j = cache.get(s)
+    if j is None:
+        if len(cache) >= _TAG_CACHE_MAX:
+            cache.clear()
+        j = cache[s] = _encode(s)
+    return j
+
+
+def dup_marked(f: Frame) -> bool:
+    """The frame's own meta says it may have been delivered before (an MQTT-source redelivery)."""
+    return bool(f.meta) and f.meta.get("dup") == DUP  # type: ignore[union-attr]
+
+
+def frame_json(f: Frame, dup_possible: bool = False) -> str:
+    """One frame as compact ASCII JSON (len() == its size in bytes)."""
+    v = f.value
+    tv = type(v)
+    if f.meta is None and (tv is int or (tv is float and math.isfinite(v)) or tv is bool):  # type: ignore[arg-type]
+        vj = ("true" if v else "false") if tv is bool else repr(v)
+        dup = ',"dup":"possible"' if dup_possible else ""
+        return (
+            f'{{"seq":{f.seq},"ts":{f.ts},"tag":{_quoted(_tag_json, f.tag)},"value":{vj},'
+            f'"q":{_quoted(_q_json, f.q)}{dup}}}'
+        )
+    d: dict[str, Any] = {"seq": f.seq, "ts": f.ts, "tag": f.tag, "value": json_value(f.value), "q": f.q}
+    meta = f.meta
+    if dup_possible or (meta and meta.get("dup") == DUP):
+        d["dup"] = DUP
+    if meta:
+        d["meta"] = meta
+    try:
+        return _encode(d)
+    except ValueError:  # a NaN/Infinity inside meta
+        d["meta"] = _clean(meta)
+        return _encode(d)
+
+
+_tag_fields: dict[str, str] = {}  # tag → `,"tag":"<tag>","value":`
+_q_fields: dict[str, str] = {}  # quality → `,"q":"<q>"}`
+
+
+def _field(cache: dict[str, str], s: str, fmt: str) -> str:
+    if len(cache) >= _TAG_CACHE_MAX:
+        cache.clear()
+    j = cache[s] = fmt % _encode(s)
+    return j
+
+
+def frames_json(frames: list[Frame]) -> list[str]:
+    """`frame_json` of each frame, the common frame (an int or finite float, no meta) formatted inline
+    from the cached text around its value: this runs once per frame on the WAL writer, the only place
+    a frame is encoded (`x - x == 0.0` is false for NaN and ±inf, so those take `frame_json`)."""
+    tags, qs = _tag_fields, _q_fields
+    out: list[str] = []
+    append = out.append
+    for f in frames:
+        v = f.value
+        tv = type(v)
+        if f.meta is None and (tv is float and v - v == 0.0 or tv is int):  # type: ignore[operator]
+            t = tags.get(f.tag) or _field(tags, f.tag, ',"tag":%s,"value":')
+            q = qs.get(f.q) or _field(qs, f.q, ',"q":%s}')
+            append(f'{{"seq":{f.seq},"ts":{f.ts}{t}{v!r}{q}')
+        else:
+            append(frame_json(f))
+    return out
+
+
+def frame_of(d: dict[str, Any], kind: Kind = Kind.DATA) -> Frame:
+    """The frame a decoded JSON object stands for (kind is not on the wire: the WAL keeps it apart)."""
+    return Frame(d["seq"], d["ts"], d["tag"], decode_value(d["value"]), d["q"], kind, d.get("meta"))
