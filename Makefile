@@ -13,6 +13,8 @@ APT_TEST_PKGS  := mosquitto mosquitto-clients socat systemd etcd-server
 APT_IMAGE_PKGS := genimage rauc squashfs-tools dosfstools mtools fdisk e2fsprogs openssl
 # `make vm-image` / `make vm-test` (tools/vm/README.md): the Debian userland, GRUB EFI, OVMF, QEMU/KVM.
 APT_VM_PKGS    := mmdebstrap grub-efi-amd64-bin grub-common ovmf qemu-system-x86
+# `make bench` only: Node-RED (tools/peers/node-red, npm ci into build/peers/) for the peer comparison.
+APT_BENCH_PKGS := nodejs npm
 
 .PHONY: help venv test lint demo fleet-demo bench fuzz hil soak powercut image vm-image vm-test buildroot-check systemd-check clean
 
@@ -62,8 +64,10 @@ demo: venv
 fleet-demo: venv
 	$(PY) tools/fleet_demo.py
 
+# Full run about 25 min (measured: bench_e2e 3.3 min, bench_peers 12.5 min); `make bench BENCH_ARGS=--quick` 8 min.
 BENCH_ARGS ?=
 bench: venv
+	@tools/ensure-debian-packages $(APT_BENCH_PKGS)
 	@mkdir -p build/bench
 	@for b in tools/bench/bench_*.py; do echo "== $$b"; $(PY) $$b --out build/bench $(BENCH_ARGS) || exit 1; done
 	$(PY) tools/bench/report.py build/bench

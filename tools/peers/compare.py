@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
-"""Side by side on the same work: edge-gateway and ThingsBoard IoT Gateway 3.8.5 polling the same PLC
-simulator (10 units x 360 holding registers, Modbus/TCP) and publishing to the same local Mosquitto.
+"""Side by side on the same work: edge-gateway, ThingsBoard IoT Gateway 3.8.5 and Node-RED 4.1.8 +
+node-red-contrib-modbus 5.23.3 polling the same PLC simulator (10 units x 360 holding registers,
+Modbus/TCP) and publishing to the same local Mosquitto, one after the other in one run.
 
 For each gateway and poll period it measures, over a steady window after a warm-up: datapoints/s
-delivered to an independent subscriber, the share of what was offered, CPU (% of one core, from
-/proc/PID/stat) and resident memory (VmRSS) of the gateway process. Then, at the 1 s period, a
+delivered to an independent subscriber, the share of what was offered, CPU (% of one core, and ms
+per 1 000 delivered datapoints, from /proc/PID/stat) of the gateway, the simulator, the broker and
+the subscriber (this process) by PID, and resident memory (VmRSS) of the gateway process. Then, at the 1 s period, a
 broker outage: how many poll cycles of the outage window never reach the subscriber (counted the
 same way for both: distinct sample timestamps per device; edge-gateway also by seq gaps).
 
 ThingsBoard needs its own venv (build/peers/tb-venv, created on first use: PyPI `thingsboard-gateway`
 plus what its Modbus connector would pip-install at run time) and, against a plain Mosquitto, a stub
 that answers its `getSessionLimits` RPC (see ../../../shared PEERS notes in tools/peers/README.md).
+Node-RED is installed by this script from tools/peers/node-red/package-lock.json (`npm ci`) into
+build/peers/node-red; where node/npm or the npm registry is missing it is skipped with the reason.
 Everything listens on 127.0.0.1; every process started here is ended by its PID.
 """
 
@@ -45,6 +49,11 @@ TB_VENV = ROOT / "build" / "peers" / "tb-venv"
 # What TB's Modbus connector pip-installs when it loads (PEERS.md): pre-installed so it never tries.
 TB_EXTRAS = ["pymodbus==3.9.2", "pyserial", "pyserial-asyncio"]
 HZ = os.sysconf("SC_CLK_TCK")
+NR_LOCK = (
+    ROOT / "tools" / "peers" / "node-red"
+)  # package.json + package-lock.json (npm generated)
+NR_DIR = ROOT / "build" / "peers" / "node-red"
+NR_MAIN = NR_DIR / "node_modules" / "node-red" / "red.js"
 
 
 def tb_ready() -> str | None:
@@ -76,6 +85,35 @@ def tb_ready() -> str | None:
         shutil.rmtree(TB_VENV, ignore_errors=True)
         detail = getattr(e, "stderr", "") or str(e)
         return f"cannot install thingsboard-gateway {TB_VERSION}: {detail.strip().splitlines()[-1:]}"
+    return None
+
+
+def node_red_ready() -> str | None:
+    """`npm ci` from the lock file into build/peers/node-red if needed; None when ready, else why not."""
+    lock = (NR_LOCK / "package-lock.json").read_bytes()
+    stamp = NR_DIR / ".installed-lock"
+    if NR_MAIN.exists() and stamp.exists() and stamp.read_bytes() == lock:
+        return None
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        return "node/npm not installed (Debian: apt-get install -y nodejs npm)"
+    NR_DIR.mkdir(parents=True, exist_ok=True)
+    for f in ("package.json", "package-lock.json"):
+        shutil.copyfile(NR_LOCK / f, NR_DIR / f)
+    try:
+        subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--omit=dev"],
+            cwd=NR_DIR,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
+        detail = getattr(e, "stderr", "") or str(e)
+        last = [x for x in detail.strip().splitlines() if x.strip()][-2:]
+        return f"npm ci of node-red + node-red-contrib-modbus 5.23.3 failed (registry unreachable?): {last}"
+    stamp.write_bytes(lock)
     return None
 
 
@@ -312,6 +350,146 @@ class ThingsBoard:
         self.log.close()
 
 
+# -- Node-RED + node-red-contrib-modbus ------------------------------------------------------------------------
+class NodeRed:
+    name = "Node-RED 4.1.8 + node-red-contrib-modbus 5.23.3"
+    READS = tuple(
+        (a, min(125, REGS - a)) for a in range(0, REGS, 125)
+    )  # 0+125, 125+125, 250+110
+
+    def __init__(
+        self, workdir: Path, sim_port: int, broker: Mosquitto, period_ms: int
+    ) -> None:
+        d = workdir / "node-red"
+        d.mkdir()
+        (d / "node_modules").symlink_to(
+            NR_DIR / "node_modules"
+        )  # userDir/node_modules: the palette
+        flows: list[dict[str, Any]] = [
+            {"id": "flow", "type": "tab", "label": "peer"},
+            {
+                # Node-RED reads any property equal to a config node's id as a dependency on it:
+                # an id equal to the node's own name is a "circular config node dependency".
+                "id": "client1",
+                "type": "modbus-client",
+                "name": "plc",
+                "clienttype": "tcp",
+                "bufferCommands": True,
+                "stateLogEnabled": False,
+                "queueLogEnabled": False,
+                "failureLogEnabled": True,
+                "tcpHost": LOOPBACK,
+                "tcpPort": str(sim_port),
+                "tcpType": "DEFAULT",
+                "unit_id": "1",
+                "commandDelay": "1",
+                "clientTimeout": "1000",
+                "reconnectOnTimeout": True,
+                "reconnectTimeout": "2000",
+                "parallelUnitIdsAllowed": True,
+            },
+            {
+                "id": "broker1",
+                "type": "mqtt-broker",
+                "name": "cloud",
+                "broker": LOOPBACK,
+                "port": str(broker.port),
+                "clientid": "peer-node-red",
+                "autoConnect": True,
+                "usetls": False,
+                "protocolVersion": "4",
+                "keepalive": "60",
+                "cleansession": True,
+            },
+            {
+                "id": "out",
+                "type": "mqtt out",
+                "z": "flow",
+                "name": "",
+                "topic": "",  # msg.topic: nodered/<unit>/<address>
+                "qos": "2",
+                "retain": "false",
+                "broker": "broker1",
+                "wires": [],
+            },
+        ]
+        for u in range(1, UNITS + 1):
+            for adr, qty in self.READS:
+                flows.append(
+                    {
+                        "id": f"r{u}_{adr}",
+                        "type": "modbus-read",
+                        "z": "flow",
+                        "name": "",
+                        "topic": f"nodered/{u}/{adr}",
+                        "showStatusActivities": False,
+                        "logIOActivities": False,
+                        "showErrors": True,
+                        "unitid": str(u),
+                        "dataType": "HoldingRegister",
+                        "adr": str(adr),
+                        "quantity": str(qty),
+                        "rate": str(period_ms),
+                        "rateUnit": "ms",
+                        "delayOnStart": False,
+                        "startDelayTime": "",
+                        "server": "client1",
+                        "useIOFile": False,
+                        "ioFile": "",
+                        "useIOForPayload": False,
+                        "emptyMsgOnFail": False,
+                        "wires": [["out"], []],
+                    }
+                )
+        (d / "flows.json").write_text(json.dumps(flows, indent=1))
+        (d / "settings.js").write_text(
+            "module.exports = {\n"
+            f'  uiHost: "{LOOPBACK}", uiPort: {free_port()},\n'
+            "  httpAdminRoot: false, httpNodeRoot: false,  // headless: no editor, no HTTP nodes\n"
+            '  flowFile: "flows.json", credentialSecret: false,\n'
+            '  logging: { console: { level: "warn", metrics: false, audit: false } }\n'
+            "};\n"
+        )
+        self.log = open(workdir / "node-red.log", "wb")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(
+            [
+                shutil.which("node") or "node",
+                str(NR_MAIN),
+                "--settings",
+                str(d / "settings.js"),
+                "--userDir",
+                str(d),
+            ],
+            cwd=d,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @staticmethod
+    def subscriber(broker: Mosquitto, tally: Tally) -> Any:
+        """One JSON array of register values per message: each value is one datapoint. The payload
+        carries no timestamp, so the arrival time stands for it."""
+        c = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id="peer-cloud-nr",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+
+        def on_message(_c: mqtt.Client, _ud: object, msg: mqtt.MQTTMessage) -> None:
+            values = json.loads(msg.payload)
+            tally.add(msg.topic.split("/")[1], int(time.time() * 1000), len(values))
+
+        c.on_connect = lambda c, *_: c.subscribe("nodered/#", 2)
+        c.on_message = on_message
+        c.connect_async(LOOPBACK, broker.port)
+        c.loop_start()
+        return c
+
+    def stop(self) -> None:
+        stop_pid(self.proc, timeout=10)  # type: ignore[arg-type]
+        self.log.close()
+
+
 # -- edge-gateway -------------------------------------------------------------------------------------------------
 class EdgeGateway:
     name = "edge-gateway"
@@ -444,18 +622,36 @@ def run(
             if tally.total == 0:
                 raise RuntimeError(f"{kind.name}: nothing delivered in 90 s")
             time.sleep(warm)
-            c0, cpu0, t0 = tally.total, cpu_seconds(gw.proc.pid), time.monotonic()
+            assert broker.proc is not None
+            pids = {
+                "gateway": gw.proc.pid,
+                "simulator": sim.proc.pid,
+                "broker": broker.proc.pid,
+                "subscriber": os.getpid(),  # the subscriber's paho thread; the main thread sleeps
+            }
+            c0, t0 = tally.total, time.monotonic()
+            cpu0 = {n: cpu_seconds(pid) for n, pid in pids.items()}
             wall0 = time.time()
-            time.sleep(window)
-            c1, cpu1, t1 = tally.total, cpu_seconds(gw.proc.pid), time.monotonic()
+            rss = []
+            while time.monotonic() - t0 < window:
+                rss.append(rss_mib(gw.proc.pid))
+                time.sleep(min(1.0, max(0.0, window - (time.monotonic() - t0))))
+            c1, t1 = tally.total, time.monotonic()
+            cpu = {n: cpu_seconds(pid) - cpu0[n] for n, pid in pids.items()}
+            delivered = c1 - c0
             out: dict[str, Any] = {
                 "gateway": kind.name,
                 "period_ms": period_ms,
                 "offered_per_s": round(offered),
-                "delivered_per_s": round((c1 - c0) / (t1 - t0)),
-                "delivered_share": round((c1 - c0) / (t1 - t0) / offered, 3),
-                "cpu_pct_one_core": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
-                "rss_mib": round(rss_mib(gw.proc.pid), 1),
+                "delivered_per_s": round(delivered / (t1 - t0)),
+                "delivered_share": round(delivered / (t1 - t0) / offered, 3),
+                "cpu_pct_one_core": round(100 * cpu["gateway"] / (t1 - t0), 1),
+                "cpu_ms_per_1000": {
+                    n: round(1e6 * c / delivered, 2) if delivered else None
+                    for n, c in cpu.items()
+                },
+                "rss_mib": round(max(rss), 1),
+                "loadavg": [round(x, 2) for x in os.getloadavg()],
             }
             if outage:
                 out.update(_outage(broker, tally, outage, period_ms, wall0))
@@ -505,33 +701,56 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument(
         "--quick",
         action="store_true",
-        help="two poll periods, short windows, a 10 s outage",
+        help="two poll periods, one run each, short windows, a 10 s outage",
     )
-    ap.add_argument("--only", choices=("edge", "tb"), help="measure one gateway")
+    ap.add_argument("--only", choices=("edge", "tb", "nr"), help="measure one gateway")
+    ap.add_argument(
+        "--runs",
+        type=int,
+        default=2,
+        help="runs at 100 ms (the table's point); other periods once",
+    )
     args = ap.parse_args(argv)
-    periods = [1000, 250] if args.quick else [1000, 500, 250, 100]
-    warm, window, outage = (8.0, 12.0, 10.0) if args.quick else (10.0, 30.0, 30.0)
+    periods = [1000, 100] if args.quick else [1000, 500, 250, 100]
+    warm, window, outage = (6.0, 8.0, 10.0) if args.quick else (8.0, 15.0, 30.0)
+    runs_at = {100: 1 if args.quick else max(1, args.runs)}
     figures: dict[str, Any] = {
         "workload": f"{UNITS} units x {REGS} holding registers, Modbus/TCP simulator",
         "runs": [],
+        "skipped": {},
     }
     kinds: list[type] = []
-    if args.only != "tb":
+    if args.only in (None, "edge"):
         kinds.append(EdgeGateway)
-    if args.only != "edge":
+    if args.only in (None, "tb"):
         why = tb_ready()
         if why is None:
             kinds.append(ThingsBoard)
         else:
             figures["thingsboard"] = f"not measured: {why}"
+            figures["skipped"][ThingsBoard.name] = why
+    if args.only in (None, "nr"):
+        why = node_red_ready()
+        if why is None:
+            kinds.append(NodeRed)
+        else:
+            figures["skipped"][NodeRed.name] = why
     for kind in kinds:
         for p in periods:
-            try:
-                r = run(kind, p, warm, window)
-            except (RuntimeError, OSError, AssertionError) as e:
-                r = {"gateway": kind.name, "period_ms": p, "error": str(e)}
-            print(json.dumps(r), flush=True)
-            figures["runs"].append(r)
+            for i in range(1, runs_at.get(p, 1) + 1):
+                try:
+                    r = {"run": i, **run(kind, p, warm, window)}
+                except (RuntimeError, OSError, AssertionError) as e:
+                    r = {
+                        "gateway": kind.name,
+                        "period_ms": p,
+                        "run": i,
+                        "error": str(e),
+                    }
+                print(json.dumps(r), flush=True)
+                figures["runs"].append(r)
+        if kind is NodeRed:
+            continue  # its payload has no timestamp: outage cycles cannot be attributed
         try:
             r = run(kind, 1000, warm, 5.0, outage=outage)
         except (RuntimeError, OSError, AssertionError) as e:

@@ -50,6 +50,7 @@ class Point:
     endian: str = "big"
     word_order: str = "big"
     length: int = 1
+    _memo: tuple[Any, list[int] | bool] | None = field(default=None, repr=False)
 
     def current(self, t: float) -> Any:
         v = self.value
@@ -71,6 +72,16 @@ class Point:
 
     def registers(self, t: float) -> list[int] | bool:
         v = self.current(t)
+        memo = (
+            self._memo
+        )  # a counter changes once a second: re-encoding it on every read is the cost
+        if memo is not None and memo[0] == v and type(memo[0]) is type(v):
+            return memo[1]
+        regs = self._encode(v)
+        self._memo = (v, regs)
+        return regs
+
+    def _encode(self, v: Any) -> list[int] | bool:
         if self.table in ("coil", "discrete"):
             return bool(v)
         if self.type == "bool":
@@ -105,14 +116,23 @@ class Unit:
     written: dict[tuple[str, int], int | bool] = field(default_factory=dict)
     requests: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # (table, addr) → the point covering it (the first in profile order, as a linear scan would find):
+    # a scan per register made a 125-register read cost O(points) each, the simulator's limit under load.
+    _index: dict[tuple[str, int], Point] = field(default_factory=dict, repr=False)
+
+    def index(self) -> None:
+        self._index = {}
+        for p in self.points:
+            for a in range(p.addr, p.addr + p.length):
+                self._index.setdefault((p.table, a), p)
 
     def value_at(self, table: str, addr: int, t: float) -> int | bool:
         if (table, addr) in self.written:
             return self.written[(table, addr)]
-        for p in self.points:
-            if p.table == table and p.addr <= addr < p.addr + p.length:
-                regs = p.registers(t)
-                return regs if isinstance(regs, bool) else regs[addr - p.addr]
+        p = self._index.get((table, addr))
+        if p is not None:
+            regs = p.registers(t)
+            return regs if isinstance(regs, bool) else regs[addr - p.addr]
         return False if table in ("coil", "discrete") else 0
 
     def exception_for(self, table: str, start: int, count: int) -> int:
@@ -152,6 +172,7 @@ class Plc:
                     )
                 )
             self.set_faults(unit, u.get("faults", {}))
+            unit.index()
             self.units[unit.unit] = unit
 
     @staticmethod
