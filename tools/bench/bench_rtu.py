@@ -127,6 +127,8 @@ def main() -> None:
     chars = 8 + (5 + 2 * REGS)  # request + response
     per_poll = chars * rtu.char_time(ep) + 2 * rtu.silent_interval(ep)
     bound = 1 / per_poll
+    # SPEC §9: 99 % of the wire at 9 600, 97 % at 115 200
+    target = 0.99 if baud <= 19200 else 0.97
     figures = {
         "baud": baud,
         "units": len(UNITS),
@@ -136,7 +138,7 @@ def main() -> None:
         "ratio": round(achieved / bound, 3),
         "errors": errors,
         "seconds": seconds,
-        "target_ratio": 0.9,
+        "target_ratio": target,
     }
     md = f"""## RTU line (`tools/bench/bench_rtu.py`)
 
@@ -147,7 +149,7 @@ delayed by its wire time). Wire bound per poll: {chars} characters × 11 bits + 
 |---|---|---|
 | polls/s achieved ({seconds:.0f} s) | {achieved:.1f} | |
 | polls/s the wire allows | {bound:.1f} | |
-| achieved / wire bound | {achieved / bound:.1%} | ≥ 90 % |
+| achieved / wire bound | {achieved / bound:.1%} | ≥ {target:.0%} |
 | failed transactions | {errors:.0f} | 0 |
 """
     write(a.out, "rtu" if baud == 19200 else f"rtu_{baud}", figures, md)
