@@ -30,7 +30,7 @@ from edge_gateway import __version__
 from edge_gateway.metrics import REGISTRY, build_revision
 from edge_gateway.testkit import LOOPBACK
 
-from .acquisition_mqtt.conftest import Publisher
+from .drivers_mqtt_source.conftest import Publisher
 from .runtime.plant import Plant
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "tools" / "grafana" / "edge-gateway.json"

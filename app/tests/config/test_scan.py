@@ -23,7 +23,7 @@ from edge_gateway.drivers.modbus import scan
 from edge_gateway.runtime.control import request
 from edge_gateway.testkit import LOOPBACK, PtyPair, free_port, stop_pid, wait_port
 
-from ..acquisition.conftest import Sim
+from ..drivers_modbus.conftest import Sim
 
 BIN = Path(sys.executable).parent
 BAUD = 115200  # the simulator emulates wire time at this baud; a pty itself ignores it

@@ -24,7 +24,7 @@ from edge_gateway.runtime.control import request
 from edge_gateway.testkit import LOOPBACK, Mosquitto, PtyPair, free_port, stop_pid
 from tests.consumer import BatchSubscriber
 
-from ..acquisition.conftest import Sim
+from ..drivers_modbus.conftest import Sim
 from ..drivers_opcua.conftest import OpcuaSim
 from ..drivers_s7.conftest import S7Sim
 

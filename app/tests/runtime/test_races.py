@@ -31,8 +31,8 @@ except ImportError:  # … and the one of issue 15
     from edge_gateway.core.frame import Frame
     from edge_gateway.drivers.modbus import line as line_module
 
-from ..acquisition.conftest import driver, tcp_endpoint, var
 from ..bus.test_wal import cfg, frames
+from ..drivers_modbus.conftest import driver, tcp_endpoint, var
 
 ENDPOINTS = """\
 a:

@@ -8,7 +8,7 @@ import pytest
 from edge_gateway.bus.framebus import FrameBus
 from edge_gateway.core.frame import Frame
 
-from ..acquisition_mqtt.conftest import collect as collect_mqtt
+from ..drivers_mqtt_source.conftest import collect as collect_mqtt
 from .conftest import collect, drain_for
 
 
