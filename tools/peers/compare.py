@@ -37,10 +37,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "app"))
+# procstat: CPU and RSS by PID, read as bench_e2e reads them
+sys.path.insert(0, str(ROOT / "tools" / "bench"))
 
 import paho.mqtt.client as mqtt
 from edge_gateway.testkit import LOOPBACK, Mosquitto, free_port, stop_pid
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from procstat import cpu_seconds, rss_mib
 from tests.consumer import BatchSubscriber, Message
 
 UNITS, REGS = 10, 360
@@ -48,7 +51,6 @@ TB_VERSION = "3.8.5"
 TB_VENV = ROOT / "build" / "peers" / "tb-venv"
 # What TB's Modbus connector pip-installs when it loads (PEERS.md): pre-installed so it never tries.
 TB_EXTRAS = ["pymodbus==3.9.2", "pyserial", "pyserial-asyncio"]
-HZ = os.sysconf("SC_CLK_TCK")
 NR_LOCK = (
     ROOT / "tools" / "peers" / "node-red"
 )  # package.json + package-lock.json (npm generated)
@@ -191,18 +193,6 @@ class Tally:
             return sum(
                 sum(1 for s in st if lo <= s < hi) for st in self.stamps.values()
             )
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / HZ
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 # -- ThingsBoard IoT Gateway -----------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ from pathlib import Path
 from edge_gateway.bus import metrics, record
 from edge_gateway.bus.cursor import Cursor, ReadHint
 from edge_gateway.config.model import WalCfg
+from edge_gateway.core.durable import atomic_write, fsync_dir
 from edge_gateway.core.frame import Frame
 
 log = logging.getLogger(__name__)
@@ -86,33 +87,6 @@ def seg_name(first_seq: int) -> str:
 def errno_name(e: OSError) -> str:
     """`enospc`, `eio`, ...: the label of a write fault."""
     return errno.errorcode.get(e.errno or 0, "oserror").lower()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write-to-temp, fsync, rename, fsync the directory: the file is old or new, never torn.
-    On failure (a full disk) the old file stays and the temp file is removed."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        try:
-            if os.write(fd, data) != len(data):
-                raise OSError(errno.ENOSPC, "short write", str(tmp))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
@@ -226,7 +200,7 @@ class Wal:
                 break
             # nothing valid in the tail segment: it held no committed frame
             (self.dir / seg_name(tail)).unlink()
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
             self.segments.pop()
             del self.sizes[tail]
         self.next_seq = max(meta_next, last + 1, floor)
@@ -505,7 +479,7 @@ class Wal:
             return
         fd = os.open(self.dir / seg_name(first_seq), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
         try:
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         except OSError:
             os.close(fd)
             raise

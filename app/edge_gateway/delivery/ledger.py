@@ -24,6 +24,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_gateway.core.durable import fsync_dir
+
 log = logging.getLogger(__name__)
 
 PENDING = "pending"
@@ -140,11 +142,7 @@ class SeqLedger:
                 os.fsync(f.fileno())
             os.replace(tmp, self._path)
             with contextlib.suppress(OSError):
-                dfd = os.open(self._path.parent, os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
+                fsync_dir(self._path.parent)
             self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             self._lines = len(self._d)
         except OSError as e:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_gateway.bus.wal import atomic_write
+from edge_gateway.core.durable import atomic_write
 
 log = logging.getLogger(__name__)
 

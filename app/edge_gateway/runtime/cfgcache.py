@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_gateway.config.loader import FILES
+from edge_gateway.core.durable import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +46,6 @@ def file_name(table: str) -> str | None:
     for anything else, so a stray key can never name a path outside the revision directory."""
     name = table if table.endswith(".yml") else f"{table}.yml"
     return name if name in FILE_NAMES else None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -87,11 +80,11 @@ class RevisionCache:
             _write(tmp / name, text.encode("utf-8"))
         info = {"revision": revision, "written_at": time.time(), **(meta or {})}
         _write(tmp / META, json.dumps(info, sort_keys=True, default=str).encode())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)  # a revision refused earlier, fetched again after a resync
         os.rename(tmp, final)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         return final
 
     def commit(self, revision: int) -> None:
@@ -101,7 +94,7 @@ class RevisionCache:
             link.unlink()
         os.symlink(f"{PREFIX}{revision}", link)
         os.replace(link, self.root / CURRENT)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         self.prune(keep=revision)
 
     def discard(self, revision: int) -> None:
