@@ -49,6 +49,8 @@ test: venv
 	cd app && ../$(PY) -m pytest -q
 	$(MAKE) --no-print-directory fuzz FUZZ_ARGS="$(FUZZ_SHORT)"
 	$(MAKE) --no-print-directory hil
+	@if why=$$(tools/vm/kvm-probe); then $(MAKE) --no-print-directory vm-test; \
+	else echo "make vm-test SKIPPED: $$why (run it by hand: make vm-test, about 25 min under TCG)"; fi
 
 lint: venv
 	$(VENV)/bin/ruff check app tools hil-tests
