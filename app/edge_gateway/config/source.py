@@ -277,14 +277,19 @@ class _CompactComposer(_Composer):  # type: ignore[misc]
             self.anchors[anchor] = node
         return node
 
-    def compose_sequence_node(self, anchor: str | None) -> yaml.SequenceNode:
+    def _open_collection(self, kind: type, cls: type, anchor: str | None) -> Any:
+        """The node a SequenceStart/MappingStart event opens: tag resolved, anchor registered."""
         start = self.get_event()
         tag = start.tag
         if tag is None or tag == "!":
-            tag = self.resolve(yaml.SequenceNode, None, start.implicit)
-        node = _Sequence(tag, start.start_mark.line, start.start_mark.column, start.flow_style)
+            tag = self.resolve(kind, None, start.implicit)
+        node = cls(tag, start.start_mark.line, start.start_mark.column, start.flow_style)
         if anchor is not None:
             self.anchors[anchor] = node
+        return node
+
+    def compose_sequence_node(self, anchor: str | None) -> yaml.SequenceNode:
+        node = self._open_collection(yaml.SequenceNode, _Sequence, anchor)
         index = 0
         while not self.check_event(yaml.SequenceEndEvent):
             node.value.append(self.compose_node(node, index))
@@ -293,13 +298,7 @@ class _CompactComposer(_Composer):  # type: ignore[misc]
         return node
 
     def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
-        start = self.get_event()
-        tag = start.tag
-        if tag is None or tag == "!":
-            tag = self.resolve(yaml.MappingNode, None, start.implicit)
-        node = _Mapping(tag, start.start_mark.line, start.start_mark.column, start.flow_style)
-        if anchor is not None:
-            self.anchors[anchor] = node
+        node = self._open_collection(yaml.MappingNode, _Mapping, anchor)
         while not self.check_event(yaml.MappingEndEvent):
             key = self.compose_node(node, None)
             node.value.append((key, self.compose_node(node, key)))
