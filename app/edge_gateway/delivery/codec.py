@@ -28,7 +28,7 @@ class Compressor:
     """zstd level 3 with one ZstdCompressor per instance: ZstdCompressor is not thread-safe, so each
     uplink thread owns one. The frame header carries the content size, so decoders need no limit."""
 
-    def __init__(self, enabled: bool, level: int = 3) -> None:
+    def __init__(self, enabled: bool, level: int = 1) -> None:
         self.encoding = "zstd" if enabled else "identity"
         self._z = zstandard.ZstdCompressor(level=level, write_content_size=True) if enabled else None
 
