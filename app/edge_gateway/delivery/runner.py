@@ -171,15 +171,18 @@ class Runner(threading.Thread):
 
     # -- called from other threads -------------------------------------------------------------------
     def wake(self, *_: object) -> None:
-        """New committed frames (WAL listener) or a command ack is waiting: end the select early."""
-        self._waker.set()
+        """New committed frames (the WAL writer's listener): end the select early, unless the window
+        is full — then nothing can be sent before a final ack, and the turn that settles it reads the
+        cursor anyway (the commit is visible before the writer calls this)."""
+        if not self.window.full:
+            self._waker.set()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish in-flight batches (up to drain_timeout), say goodbye, disconnect, end the thread."""
         if self.downlink is not None:
             self.downlink.accepting = False
         self._stopping.set()
-        self.wake()
+        self._waker.set()
         if self.is_alive():
             self.join(timeout)
         if self.downlink is not None:
@@ -189,7 +192,7 @@ class Runner(threading.Thread):
         """`edge-ctl connector mqtt reconnect`: let in-flight batches finish (a few seconds at most),
         then reconnect with a fresh client, so new credentials and TLS files are read."""
         self._reconnect_asked = True
-        self.wake()
+        self._waker.set()
 
     @property
     def connected(self) -> bool:
@@ -566,7 +569,7 @@ class Runner(threading.Thread):
         """From any thread: queue the ack for this thread (the transport is only touched here)."""
         if ack.seq is not None:
             self._acks.put(ack)
-            self.wake()
+            self._waker.set()
 
     def _send_acks(self) -> None:
         while not self._acks.empty():  # this thread is the only reader

@@ -201,7 +201,7 @@ class Client(mqtt.Client):
         if len(out) < 2 or any(p["command"] & 0xF0 == mqtt.DISCONNECT or
                                (p["command"] & 0xF0 == mqtt.PUBLISH and p["qos"] == 0) for p in out):  # fmt: skip
             return super()._packet_write()
-        data = b"".join([memoryview(p["packet"])[p["pos"] :] for p in out])
+        data = b"".join([memoryview(p["packet"])[p["pos"] :] if p["pos"] else p["packet"] for p in out])
         try:
             n = self._sock_send(data)
         except (AttributeError, ValueError):  # no socket (any more): as paho does
