@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from edge_gateway.delivery.batcher import Batch
 
 
-@dataclass
+@dataclass(slots=True)
 class Flight:
     batch: Batch
     qos: int
@@ -25,7 +25,6 @@ class Flight:
     tries: int = 0
     payload: bytes = b""  # encoded once, reused by retries
     dup: bool = False  # encoded with dup=possible marks
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 class Window:

@@ -43,7 +43,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from queue import Empty, SimpleQueue
+from queue import SimpleQueue
 from typing import Any, Protocol
 
 from edge_gateway.bus.record import Run
@@ -142,6 +142,7 @@ class Runner(threading.Thread):
         self._drop_socket = False  # abort the connection once the transport's event has returned
         self._publishing = False
         self._early: set[int] = set()  # tokens acknowledged inside publish()
+        self._ack_seq = 0  # settled up to here, acknowledged in the WAL at the end of the turn (_flush_ack)
         self._acks: SimpleQueue[Ack] = SimpleQueue()
         self.session_resumed = False
         self._waker = Waker()
@@ -159,11 +160,7 @@ class Runner(threading.Thread):
         self._recent_sizes: deque[int] = deque(maxlen=1024)
         self._recent_latency: deque[float] = deque(maxlen=1024)
         lbl = {"connector": connector.id}
-        self._m_out = metrics.OUT_BYTES.labels(**lbl)
-        self._m_frames = metrics.OUT_FRAMES.labels(**lbl)
-        self._m_batch = metrics.BATCH_SIZE.labels(**lbl)
-        self._m_latency = metrics.LATENCY.labels(**lbl)
-        self._m_inflight = metrics.INFLIGHT.labels(**lbl)
+        self._meter = metrics.meter(connector.id)  # per-batch figures: plain numbers, read when scraped
         self._m_connected = metrics.CONNECTED.labels(**lbl)
         self._m_retry_connect = metrics.RETRY.labels(what="connect", **lbl)
         self._m_retry_publish = metrics.RETRY.labels(what="publish", **lbl)
@@ -174,15 +171,18 @@ class Runner(threading.Thread):
 
     # -- called from other threads -------------------------------------------------------------------
     def wake(self, *_: object) -> None:
-        """New committed frames (WAL listener) or a command ack is waiting: end the select early."""
-        self._waker.set()
+        """New committed frames (the WAL writer's listener): end the select early, unless the window
+        is full — then nothing can be sent before a final ack, and the turn that settles it reads the
+        cursor anyway (the commit is visible before the writer calls this)."""
+        if not self.window.full:
+            self._waker.set()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish in-flight batches (up to drain_timeout), say goodbye, disconnect, end the thread."""
         if self.downlink is not None:
             self.downlink.accepting = False
         self._stopping.set()
-        self.wake()
+        self._waker.set()
         if self.is_alive():
             self.join(timeout)
         if self.downlink is not None:
@@ -192,7 +192,7 @@ class Runner(threading.Thread):
         """`edge-ctl connector mqtt reconnect`: let in-flight batches finish (a few seconds at most),
         then reconnect with a fresh client, so new credentials and TLS files are read."""
         self._reconnect_asked = True
-        self.wake()
+        self._waker.set()
 
     @property
     def connected(self) -> bool:
@@ -253,6 +253,7 @@ class Runner(threading.Thread):
                     self._send_acks()
                     self._pump(now)
                 self._io(self._timeout(time.monotonic()))
+                self._flush_ack()
                 if self._need_reset:
                     self._reset("client replaced")
                 elif self._drop_socket:
@@ -264,7 +265,7 @@ class Runner(threading.Thread):
         finally:
             self.state = State.STOPPED
             self._m_connected.set(0)
-            self._m_inflight.set(0)
+            self._meter.inflight = 0
 
     def _timeout(self, now: float) -> float:
         t = 1.0  # keepalive checks and heartbeats
@@ -453,13 +454,14 @@ class Runner(threading.Thread):
         self._next_attempt = 0.0
 
     def _rewind(self, why: str) -> None:
+        self._flush_ack()  # what was settled stays acknowledged: the rewind resends only the rest
         unsettled = self.window.open
         self.window.clear()
         self._ready.clear()
         self._retry.clear()
         self.batcher.clear()
         self.cursor.rewind()
-        self._m_inflight.set(0)
+        self._meter.inflight = 0
         log.info("%s %s: %s; resending from seq %d", self.cfg.kind, self.cfg.id, why, self.cursor.acked + 1,
                  extra={"lost": unsettled})  # fmt: skip
 
@@ -486,7 +488,7 @@ class Runner(threading.Thread):
                     self._ready.append(due)
                 continue
             self._dispatch(self._ready.popleft())
-        self._m_inflight.set(self.window.open)
+        self._meter.inflight = self.window.open
 
     def _dispatch(self, batch: Batch) -> None:
         flight = Flight(batch, self.qos)
@@ -529,9 +531,9 @@ class Runner(threading.Thread):
         flight.tries += 1
         self.window.track(flight, token)
         self.out_bytes += len(flight.payload)
-        self._m_out.inc(len(flight.payload))
+        self._meter.out_bytes += len(flight.payload)
         if flight.tries == 1:
-            self._m_batch.observe(b.count)
+            self._meter.batch_size.observe(b.count)
             self._recent_sizes.append(b.count)
         if token in self._early:
             self._early.discard(token)
@@ -542,32 +544,36 @@ class Runner(threading.Thread):
         if flight is None:
             return
         dt = time.monotonic() - flight.sent_at
-        self._m_latency.observe(dt)
+        self._meter.latency.observe(dt)
         self._recent_latency.append(dt)
         self.batches += 1
         self.frames += flight.batch.count
-        self._m_frames.inc(flight.batch.count)
+        self._meter.frames += flight.batch.count
         self._advance()
 
     def _advance(self) -> None:
         last = self.window.advance()
         if last is not None:
-            self.cursor.ack(last)
-        self._m_inflight.set(self.window.open)
+            self._ack_seq = last
+        self._meter.inflight = self.window.open
+
+    def _flush_ack(self) -> None:
+        """Acknowledge in the WAL what the last turn settled: once per turn, not per batch (an ack takes
+        the WAL's lock, which its writer holds while it commits)."""
+        if self._ack_seq:
+            self.cursor.ack(self._ack_seq)
+            self._ack_seq = 0
 
     # -- downlink ----------------------------------------------------------------------------------------
     def _ack_ready(self, ack: Ack) -> None:
         """From any thread: queue the ack for this thread (the transport is only touched here)."""
         if ack.seq is not None:
             self._acks.put(ack)
-            self.wake()
+            self._waker.set()
 
     def _send_acks(self) -> None:
-        while True:
-            try:
-                ack = self._acks.get_nowait()
-            except Empty:
-                return
+        while not self._acks.empty():  # this thread is the only reader
+            ack = self._acks.get_nowait()
             assert ack.seq is not None
             self.transport.reply(ack.seq, ack.payload())
 
@@ -584,6 +590,7 @@ class Runner(threading.Thread):
             self.heartbeat = time.monotonic()
             self._send_acks()
             self._io(0.05)
+            self._flush_ack()
         if self.window.open:
             log.info("%s %s: %d batches unacknowledged at stop; they are resent next start", self.cfg.kind,
                      self.cfg.id, self.window.open)  # fmt: skip

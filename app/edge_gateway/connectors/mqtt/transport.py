@@ -44,12 +44,21 @@ from edge_gateway.config.model import Connector
 from edge_gateway.connectors.mqtt import config
 from edge_gateway.connectors.mqtt.topics import Topics
 from edge_gateway.delivery.contract import ConnectorPlugin, Events, Message, Poll, Session
-from edge_gateway.net.mqtt import PackedProperties, defer_writes, new_client, pack_properties, read_secret
+from edge_gateway.net.mqtt import (
+    Client,
+    PackedProperties,
+    buffer_reads,
+    defer_writes,
+    new_client,
+    pack_properties,
+    read_secret,
+)
 from edge_gateway.net.session import Options, SessionState
 
 log = logging.getLogger(__name__)
 
 ACK_RESERVE = 8  # in-flight slots kept free for status and command acks
+MISC_EVERY = 0.1  # paho's loop_misc (keepalive PINGREQ, PINGRESP timeout) at most this often, not every turn
 
 
 class MqttTransport:
@@ -65,7 +74,7 @@ class MqttTransport:
         self.connect_timeout = connect_timeout
         self._window_cfg = max(1, window)
         self._ev: Events | None = None
-        self._client: mqtt.Client | None = None
+        self._client: Client | None = None
         self.qos: int = cfg.qos  # effective, for subscriptions and command acks
         self.granted_qos = 2
         self._receive_max = 65535
@@ -75,6 +84,7 @@ class MqttTransport:
         key = f"{cfg.host}:{cfg.port} {cfg.client_id}"
         self.session = SessionState.load(state_dir, f"uplink-{cfg.id}", key)
         self._sub_pending: dict[int, tuple[str, str, Options]] = {}  # mid → (subscribe|unsubscribe, filter, opts)
+        self._misc_at = 0.0
 
     def bind(self, events: Events) -> None:
         self._ev = events
@@ -85,7 +95,7 @@ class MqttTransport:
         return self._ev
 
     # -- connection ------------------------------------------------------------------------------------
-    def _new_client(self) -> mqtt.Client:
+    def _new_client(self) -> Client:
         c = self.cfg
         cl = new_client(c.client_id, tls=c.scheme == "tls", files=c.tls, connect_timeout=self.connect_timeout)
         cl.on_connect = self._on_connect
@@ -97,6 +107,7 @@ class MqttTransport:
         cl.max_inflight_messages_set(min(self._receive_max, self._window_cfg + ACK_RESERVE))
         cl.max_queued_messages_set(0)
         defer_writes(cl)  # written by io() on the runner's select, the window's publishes together
+        buffer_reads(cl)  # a window of acks parsed from one recv; poll() reports what waits in the buffer
         cl.will_set(self.topics.status, b"offline", qos=min(1, self.granted_qos), retain=True)
         return cl
 
@@ -151,7 +162,8 @@ class MqttTransport:
         return Poll(
             read=sock,
             write=cl.want_write(),
-            ready=pending is not None and pending() > 0,  # TLS has decrypted bytes select() cannot see
+            # bytes select() cannot see: read by net.mqtt.Client ahead of paho, or decrypted by TLS
+            ready=cl.buffered > 0 or (pending is not None and pending() > 0),
         )
 
     def io(self, readable: bool, writable: bool) -> None:
@@ -162,7 +174,9 @@ class MqttTransport:
             cl.loop_read()
         if cl.socket() is not None and (writable or cl.want_write()):
             cl.loop_write()
-        if cl.socket() is not None:
+        now = time.monotonic()
+        if cl.socket() is not None and now >= self._misc_at:  # keepalive: its clock counts in seconds
+            self._misc_at = now + MISC_EVERY
             cl.loop_misc()
 
     # -- publishing ------------------------------------------------------------------------------------------
