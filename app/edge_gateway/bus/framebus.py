@@ -4,7 +4,10 @@ Producers (line threads) never block here: `publish` appends under a short lock 
 returns. Seq numbers are assigned here, under the same lock, so deque order is seq order
 and the WAL writer can append without sorting. The deque holds each publish's frames as one
 list (a poll cycle), so a frame costs no deque operation of its own; `drain` splits a list
-only when it stops inside one.
+only when it stops inside one. A Modbus line publishes FrameBlocks (core.frame: one per read)
+instead: a block gets its seq range in one step, travels whole (never split: a drain may take
+up to one block more than asked) and is encoded by the WAL writer in one pass. The ring's
+capacity, `ring_full` drops and the pause marks count frames either way.
 
 Flow control has two sources, combined into one `paused` state with hysteresis:
   * the ring: above `pause_hi × capacity` it pauses; it resumes only below
@@ -24,7 +27,7 @@ from operator import attrgetter
 
 from edge_gateway.bus import metrics
 from edge_gateway.config.model import BusCfg
-from edge_gateway.core.frame import Frame, Kind
+from edge_gateway.core.frame import Frame, FrameBlock, Kind
 
 FlowListener = Callable[[bool], None]  # called with True on Pause, False on Resume
 _kind = attrgetter("kind")
@@ -35,7 +38,7 @@ class FrameBus:
         self.capacity = cfg.capacity
         self._hi = max(1, int(cfg.capacity * cfg.pause_hi))
         self._lo = int(cfg.capacity * cfg.resume_lo)
-        self._ring: deque[list[Frame]] = deque()  # one list per publish, in seq order
+        self._ring: deque[list[Frame] | FrameBlock] = deque()  # one list per publish or a block, in seq order
         self._used = 0  # frames in the ring
         self._cond = threading.Condition(threading.Lock())
         self._next_seq = next_seq
@@ -82,22 +85,58 @@ class FrameBus:
             self._notify(changed)
         return n
 
+    def publish_blocks(self, blocks: Sequence[FrameBlock]) -> int:
+        """`publish` for blocks: each gets its seq range and is enqueued whole. Returns the frames accepted;
+        into a ring without room for a whole block, that block and the ones after it are dropped (counted)."""
+        with self._cond:
+            room = self.capacity - self._used
+            seq = self._next_seq
+            n = 0
+            for b in blocks:
+                k = len(b.values)
+                if n + k > room:
+                    break
+                b.seq = seq + n
+                n += k
+                self._ring.append(b)
+            if n:
+                self._next_seq += n
+                self._used += n
+                self._cond.notify()
+            used = self._used
+            changed = self._update_flow_locked(used)
+        self._publish_data.inc(n)
+        offered = sum(map(len, blocks))
+        if n < offered:
+            self._drop_full.inc(offered - n)
+        metrics.RING_USED.set(used)
+        if changed is not None:
+            self._notify(changed)
+        return n
+
     # -- the WAL writer ----------------------------------------------------------------------------
-    def drain(self, max_frames: int, timeout: float) -> list[Frame]:
-        """Take up to `max_frames` in seq order, waiting up to `timeout` s for the first one."""
+    def drain(self, max_frames: int, timeout: float) -> list[Frame | FrameBlock]:
+        """Take up to `max_frames` frames in seq order (a block whole, so up to one block more), waiting up
+        to `timeout` s for the first one. `core.frame.frames_of` turns the result into frames."""
         with self._cond:
             if not self._ring:
                 self._cond.wait(timeout)
             ring = self._ring
-            out: list[Frame] = []
-            while ring and len(out) < max_frames:
+            out: list[Frame | FrameBlock] = []
+            taken = 0
+            while ring and taken < max_frames:
                 chunk = ring.popleft()
-                room = max_frames - len(out)
+                if isinstance(chunk, FrameBlock):
+                    out.append(chunk)
+                    taken += len(chunk.values)
+                    continue
+                room = max_frames - taken
                 if len(chunk) > room:
                     ring.appendleft(chunk[room:])
                     chunk = chunk[:room]
                 out += chunk
-            self._used -= len(out)
+                taken += len(chunk)
+            self._used -= taken
             used = self._used
             changed = self._update_flow_locked(used)
         metrics.RING_USED.set(used)

@@ -38,12 +38,13 @@ import struct
 import sys
 import zlib
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate
+from itertools import accumulate, count, groupby
+from operator import add, attrgetter
 
 from edge_gateway.bus import framejson
-from edge_gateway.core.frame import GOOD, Frame, Kind, Value
+from edge_gateway.core.frame import GOOD, Frame, FrameBlock, Kind, Value
 
 MAGIC = 0xE6A7
 VERSION = 2  # written
@@ -62,6 +63,7 @@ _U32 = struct.Struct("<I")
 _MAGIC_BYTES = struct.pack("<H", MAGIC)
 MAX_PAYLOAD = 1 << 30
 
+_kind = attrgetter("kind")
 _KINDS = tuple(Kind)  # indexing beats Kind(n), which is a slow enum lookup in the hot loop
 
 # value types
@@ -180,18 +182,29 @@ class Run:
         return Run(self.block, lo, min(self.hi, lo + n))
 
 
-def block_of(frames: list[Frame]) -> Block:
-    """Frames with consecutive seqs in their stored form: each one's JSON (bus.framejson), once."""
-    first = frames[0].seq
-    if frames[-1].seq - first != len(frames) - 1:
-        raise ValueError(f"seqs {first}..{frames[-1].seq} are not consecutive for {len(frames)} frames")
-    texts = framejson.frames_json(frames)
-    ends = array("I", [e + k for k, e in enumerate(accumulate(map(len, texts)))])  # + the commas before
-    marks = bytearray([f.kind for f in frames])  # Kind.CMD == MARK_CMD
-    for i, f in enumerate(frames):
-        if f.meta and framejson.dup_marked(f):
-            marks[i] |= MARK_DUP
-    return Block.of(first, bytes(marks), ends, ",".join(texts).encode("ascii"))
+def block_of(items: Sequence[Frame | FrameBlock]) -> Block:
+    """Frames and blocks with consecutive seqs in their stored form: each frame's JSON (bus.framejson), once."""
+    first, last = items[0], items[-1]
+    last_seq = last.seq + len(last) - 1 if type(last) is FrameBlock else last.seq
+    texts: list[str] = []
+    marks = bytearray()
+    for cls, group in groupby(items, type):
+        if cls is FrameBlock:
+            for b in group:
+                texts += framejson.block_json(b)  # type: ignore[arg-type]
+            marks += bytes(len(texts) - len(marks))  # data frames without meta
+            continue
+        frames: list[Frame] = list(group)  # type: ignore[arg-type]
+        texts += framejson.frames_json(frames)
+        at = len(marks)
+        marks += bytes(map(_kind, frames))  # Kind.CMD == MARK_CMD
+        for i, f in enumerate(frames, at):
+            if f.meta and framejson.dup_marked(f):
+                marks[i] |= MARK_DUP
+    if last_seq - first.seq != len(texts) - 1:
+        raise ValueError(f"seqs {first.seq}..{last_seq} are not consecutive for {len(texts)} frames")
+    ends = array("I", map(add, accumulate(map(len, texts)), count()))  # + the commas before
+    return Block.of(first.seq, bytes(marks), ends, ",".join(texts).encode("ascii"))
 
 
 def pack(block: Block) -> bytes:
@@ -206,9 +219,9 @@ def pack(block: Block) -> bytes:
     return HEADER.pack(MAGIC, VERSION, 0, len(payload), crc, block.first_seq, block.count) + payload
 
 
-def encode(frames: list[Frame]) -> tuple[bytes, Block]:
-    """One record for frames with consecutive seqs starting at frames[0].seq, and its block."""
-    block = block_of(frames)
+def encode(items: Sequence[Frame | FrameBlock]) -> tuple[bytes, Block]:
+    """One record for frames and blocks with consecutive seqs starting at items[0].seq, and its block."""
+    block = block_of(items)
     return pack(block), block
 
 

@@ -53,7 +53,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +61,7 @@ from edge_gateway.bus import metrics, record
 from edge_gateway.bus.cursor import Cursor, ReadHint
 from edge_gateway.config.model import WalCfg
 from edge_gateway.core.durable import atomic_write, fsync_dir
-from edge_gateway.core.frame import Frame
+from edge_gateway.core.frame import Frame, FrameBlock
 
 log = logging.getLogger(__name__)
 
@@ -336,8 +336,8 @@ class Wal:
             self._persist_failed(e)
 
     # -- writing (the writer thread only) ----------------------------------------------------------
-    def append(self, frames: list[Frame]) -> None:
-        """Buffer frames (seqs following on from next_seq) as one record for the next commit."""
+    def append(self, frames: Sequence[Frame | FrameBlock]) -> None:
+        """Buffer frames and blocks (seqs following on from next_seq) as one record for the next commit."""
         if not frames:
             return
         if frames[0].seq < self.next_seq:
@@ -347,8 +347,8 @@ class Wal:
         data, block = record.encode(frames)
         self._buf += data
         self._records.append((len(data), block))
-        self._unwritten += len(frames)
-        self.next_seq = frames[-1].seq + 1
+        self._unwritten += block.count
+        self.next_seq = block.first_seq + block.count
 
     @property
     def unwritten(self) -> int:

@@ -16,7 +16,7 @@ import yaml
 
 from edge_gateway.bus.framebus import FrameBus
 from edge_gateway.config.model import BusCfg
-from edge_gateway.core.frame import Frame
+from edge_gateway.core.frame import Frame, frames_of
 from edge_gateway.drivers.modbus.model import DATATYPE_REGS, Address, Driver, Endpoint, ModbusCfg, Variable
 from edge_gateway.testkit import stop_pid
 
@@ -134,7 +134,7 @@ def collect(bus: FrameBus, want: int, timeout: float = 10.0, pred: Any = None, w
     while len(out) < want:
         if time.monotonic() > deadline:
             raise AssertionError(_short_message(want, timeout, pred, what, out, others))
-        for f in bus.drain(10000, 0.05):
+        for f in frames_of(bus.drain(10000, 0.05)):
             (out if pred is None or pred(f) else others).append(f)
     return out
 
@@ -144,7 +144,7 @@ def drain_for(bus: FrameBus, seconds: float, pred: Any = None) -> list[Frame]:
     out: list[Frame] = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        out += [f for f in bus.drain(10000, 0.05) if pred is None or pred(f)]
+        out += [f for f in frames_of(bus.drain(10000, 0.05)) if pred is None or pred(f)]
     return out
 
 

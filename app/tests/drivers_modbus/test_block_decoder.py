@@ -70,7 +70,7 @@ def test_block_decoder_matches_per_tag_decode(seed: int, overlap: bool) -> None:
             assert (
                 pdu.parse(pdu.read_request(read.fc, read.start, read.count), bytes([read.fc, len(data)]) + data) == regs
             )
-            got = read.decoder.frames(data, 1234)
+            got = read.decoder.block(data, 1234).frames()
             want = [reference(v, regs, read.start, 1234) for v in read.variables]
             assert len(got) == len(want)
             for g, w in zip(got, want, strict=True):
@@ -85,7 +85,7 @@ def test_every_datatype_and_order_exhaustively_on_random_words(dt: str, endian: 
     decoder = codec.BlockDecoder(0, [v], bits=False)
     for _ in range(500):
         regs = [rng.randrange(0x10000) for _ in range(3 + v.address.len)]
-        got = decoder.frames(struct.pack(f">{len(regs)}H", *regs), 0)[0]
+        got = decoder.block(struct.pack(f">{len(regs)}H", *regs), 0).frames()[0]
         assert same(got, reference(v, regs, 0, 0))
 
 
@@ -93,5 +93,5 @@ def test_bits_and_the_read_order_of_frames() -> None:
     vs = tuple(var(f"c{i}", "d", "coil", 2 * i, "bool") for i in range(5))
     [read] = Planner(tcp_endpoint(502), max_regs=125).plan(vs)
     bits = [bool(i % 3) for i in range(read.count)]
-    frames = read.decoder.frames(bits, 7)
+    frames = read.decoder.block(bits, 7).frames()
     assert [(f.tag, f.value, f.q) for f in frames] == [(v.tag, bits[2 * i], GOOD) for i, v in enumerate(vs)]

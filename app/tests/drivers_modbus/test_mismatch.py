@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import pytest
 
+from edge_gateway.core.frame import frames_of
 from edge_gateway.drivers.modbus import pdu, rtu
 from edge_gateway.drivers.modbus.line import start_line
 from edge_gateway.metrics import value
@@ -94,7 +95,7 @@ def gather(bus, tags: dict[str, int], timeout: float = 20.0) -> list:  # type: i
     out: list = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(sum(f.tag == t for f in out) < n for t, n in tags.items()):
-        out += bus.drain(10000, 0.05)
+        out += frames_of(bus.drain(10000, 0.05))
     return out
 
 

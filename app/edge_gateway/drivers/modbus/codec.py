@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_gateway.core.datatypes import INT_RANGES
-from edge_gateway.core.frame import Frame, Value, bad
+from edge_gateway.core.frame import GOOD, FrameBlock, Value, bad
 from edge_gateway.drivers.modbus.model import Variable
 
 FMT = {
@@ -129,8 +129,9 @@ def encode(var: Variable, value: Value) -> list[int] | bool:
 #   endian little, word little (DCBA) → as is,    '<'
 # (16-bit values agree under either word order; strings and binary ignore it and use '>' with 's'.)
 # Each view is decoded by one precompiled struct.Struct whose pad bytes ('x') skip what the view does not
-# own, so a read costs one unpack per view in use (one for a device with one byte order) and a Frame per
-# tag; only tags with a scale, string, binary or holding-register bool get a per-tag conversion.
+# own, so a read costs one unpack per view in use (one for a device with one byte order) and one FrameBlock
+# (core.frame: the read's frames in one object, no Frame per tag); only tags with a scale, string, binary or
+# holding-register bool get a per-tag conversion.
 
 _Convert = Callable[[Any], Value]
 BAD_SCALE = bad("scale")
@@ -173,7 +174,7 @@ class _Layout:
 
 
 class BlockDecoder:
-    """Decodes the answer to one planned read into its frames. Built once per plan (planner.Read)."""
+    """Decodes the answer to one planned read into its FrameBlock. Built once per plan (planner.Read)."""
 
     __slots__ = ("bits", "tags", "offsets", "converts", "layouts", "needs_swap", "plain")
 
@@ -231,20 +232,23 @@ class BlockDecoder:
                 out[slot] = item
         return out
 
-    def frames(self, data: bytes | Sequence[bool], ts: int) -> list[Frame]:
-        """The read's frames: a value per tag, or bad:scale where the scale fails for this value."""
+    def block(self, data: bytes | Sequence[bool], ts: int) -> FrameBlock:
+        """The read's frames as one block: a value per tag, or bad:scale / bad:decode (value None) where
+        the tag's conversion fails for this value."""
         items = self.values(data)
         if self.plain:
-            return [Frame(0, ts, tag, item) for tag, item in zip(self.tags, items, strict=True)]
-        out = []
-        for tag, convert, item in zip(self.tags, self.converts, items, strict=True):
-            if convert is None:
-                out.append(Frame(0, ts, tag, item))
-                continue
-            try:
-                out.append(Frame(0, ts, tag, convert(item)))
-            except ArithmeticError:
-                out.append(Frame(0, ts, tag, None, BAD_SCALE))
-            except (ValueError, struct.error):
-                out.append(Frame(0, ts, tag, None, BAD_DECODE))
-        return out
+            return FrameBlock(0, ts, self.tags, items)
+        values: list[Value] = []
+        qs: list[str] = []
+        for convert, item in zip(self.converts, items, strict=True):
+            q = GOOD
+            if convert is not None:
+                try:
+                    item = convert(item)
+                except ArithmeticError:
+                    item, q = None, BAD_SCALE
+                except (ValueError, struct.error):
+                    item, q = None, BAD_DECODE
+            values.append(item)
+            qs.append(q)
+        return FrameBlock(0, ts, self.tags, values, GOOD if qs.count(GOOD) == len(qs) else qs)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from edge_gateway.bus.framebus import FrameBus
 from edge_gateway.config.expr import ExprError
-from edge_gateway.core.frame import GOOD, Frame, Value, bad, now_ms
+from edge_gateway.core.frame import GOOD, FrameBlock, Value, bad, now_ms
 from edge_gateway.drivers.modbus import codec, metrics, pdu, writes
 from edge_gateway.drivers.modbus.model import Driver, Endpoint, Variable
 from edge_gateway.drivers.modbus.pdu import DeviceException, Disconnected, Mismatch, ModbusError
@@ -236,7 +236,7 @@ class ModbusLine(threading.Thread):
             self._schedule(unit, unit.driver.modbus.polling)
             return
         attempts = 1 if unit.state == "fault" else unit.driver.modbus.retry + 1
-        frames: list[Frame] = []
+        blocks: list[FrameBlock] = []  # one per read: the bus and the WAL writer work per read, not per tag
         failed = 0
         good = 0  # frames with a value: the decoder's, less those its conversions refused
         error = ""
@@ -262,25 +262,25 @@ class ModbusLine(threading.Thread):
                     with self._lock:
                         unit.reads = reads = unit.planner.plan(unit.variables)
                     continue  # i now indexes the first of the split reads
-                frames += self._bad(read, e.reason)
+                blocks.append(self._bad(read, e.reason))
                 error = str(e)
                 i += 1
                 continue  # a device that answers is alive, even if it refuses this read
             except ModbusError as e:
-                frames += self._bad(read, e.reason)
+                blocks.append(self._bad(read, e.reason))
                 failed += 1
                 error = str(e)
                 i += 1
                 continue
             assert values is not None
-            decoded = read.decoder.frames(values, now_ms())
-            frames += decoded
-            good += len(decoded) if read.decoder.plain else sum(1 for f in decoded if f.q == GOOD)
+            block = read.decoder.block(values, now_ms())
+            blocks.append(block)
+            good += len(block) if isinstance(block.q, str) else block.q.count(GOOD)
             i += 1
         with self._lock:
             unit.polls += 1
-        if frames:
-            self.bus.publish(frames)
+        if blocks:
+            self.bus.publish_blocks(blocks)
             metrics.POINTS.labels(driver_id=unit.id).inc(good)
         self._account(unit, failed == len(reads) and failed > 0, error)
 
@@ -307,9 +307,8 @@ class ModbusLine(threading.Thread):
         self._schedule(unit, period)
 
     @staticmethod
-    def _bad(read: Read, reason: str) -> list[Frame]:
-        ts = now_ms()
-        return [Frame(0, ts, v.tag, None, bad(reason)) for v in read.variables]
+    def _bad(read: Read, reason: str) -> FrameBlock:
+        return FrameBlock(0, now_ms(), read.decoder.tags, [None] * len(read.variables), bad(reason))
 
     def _transact(self, unit: Unit, request: bytes, attempts: int) -> bytes | list[bool] | None:
         func = pdu.FC_NAME.get(request[0], str(request[0]))
