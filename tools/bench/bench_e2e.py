@@ -16,6 +16,7 @@ Two throughput figures, because they measure different things:
 Zero loss = the subscriber saw every seq exactly in the published range (duplicates counted apart).
 
     .venv/bin/python tools/bench/bench_e2e.py --out build/bench [--quick] [--runs N] [--parts gateway]
+    .venv/bin/python tools/bench/bench_e2e.py --out build/bench --parts memory --runs 1   # RSS only, ~1 min
 
 Full run 3.3 min here (uplink path ~1 min, simulator-driven ~2.3 min); --quick about 1.5 min.
 writes build/bench/e2e.json and build/bench/e2e.md.
@@ -249,11 +250,20 @@ def zstd_ratio(batch: int, frames: list[Frame]) -> dict[str, Any]:
 MAX_RATE_AFFINITY = {"gateway": {0}, "broker": {0}, "simulator": {1}, "subscriber": {1}}
 
 
-def gateway_workloads(quick: bool, max_sims: int) -> list[tuple[Workload, int]]:
-    """(workload, runs): the issue's reference point, the max-rate run, and the memory points."""
+RSS_TARGET_MIB = {
+    "memory-1k": 35,
+    "memory-10k": 50,
+}  # SPEC §9: resident memory at 1 000 and 10 000 tags
+
+
+def gateway_workloads(
+    quick: bool, max_sims: int, memory_only: bool = False
+) -> list[tuple[Workload, int]]:
+    """(workload, runs): the issue's reference point, the max-rate run, and the memory points
+    (`memory_only`: just those, for `--parts memory`)."""
     reference = Workload("reference", units=10, regs=360, period_s=0.1)
-    out = [(reference, 2)]
-    if os.cpu_count() and os.cpu_count() >= 2 and not quick:  # type: ignore[operator]
+    out = [] if memory_only else [(reference, 2)]
+    if os.cpu_count() and os.cpu_count() >= 2 and not quick and not memory_only:  # type: ignore[operator]
         out.append(
             (
                 Workload(
@@ -383,6 +393,13 @@ def gateway_markdown(r: dict[str, Any]) -> str:
             f"| {s['workload']} | {s['runs']} | {_ms(s['delivered_per_s'], ',.0f')} | **{_ms(cpu.get('gateway'))}** | "
             f"{sim} | {_ms(cpu.get('broker'))} | {_ms(cpu.get('subscriber'))} | {_ms(s['gateway_rss_mib'], '.1f')} |"
         )
+    for s in r.get("gateway_summary", []):
+        rss, target = s["gateway_rss_mib"]["max"], RSS_TARGET_MIB.get(s["workload"])
+        if target is not None and rss is not None:
+            out.append(
+                f"\n{s['workload']}: gateway RSS {rss:.1f} MiB (max of the runs), target ≤ {target} MiB "
+                f"(SPEC §9): {'met' if rss <= target else 'NOT met'}."
+            )
     pinned = [g for g in r["gateway"] if g.get("affinity")]
     if pinned:
         aff = pinned[0]["affinity"]
@@ -422,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--parts",
         default="uplink,gateway",
-        help="uplink (in-process path + zstd), gateway (simulator)",
+        help="uplink (in-process path + zstd), gateway (simulator), memory (only the gateway's memory-1k"
+        " and memory-10k runs)",
     )
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -451,8 +469,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result["zstd"]), flush=True)
         timing = Timing(warm_min=3.0, window=5.0) if args.quick else Timing(window=10.0)
         for w, runs in (
-            gateway_workloads(args.quick, args.max_sims)
-            if "gateway" in args.parts
+            gateway_workloads(
+                args.quick, args.max_sims, memory_only="gateway" not in args.parts
+            )
+            if "gateway" in args.parts or "memory" in args.parts
             else ()
         ):
             done = []

@@ -26,15 +26,14 @@ Problems are `file:line: message`, as the loader reports them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edge_gateway.config import schema
-from edge_gateway.config.loader import ConfigError
+from edge_gateway.config.model import STORE_SCHEME, EtcdSourceCfg, is_store_url
+from edge_gateway.config.problems import ConfigError
 from edge_gateway.config.source import Source, read, secret_file
 
-SCHEME = "etcd://"
 PLACEHOLDER = "{gateway_id}"
 
 _ADDR = "^[^\\s,/]+:[0-9]{1,5}$"
@@ -78,27 +77,6 @@ SCHEMA: dict[str, Any] = {
         "control": {"type": "object", "additionalProperties": False, "properties": {"socket": _PATH}},
     },
 }
-
-
-@dataclass(frozen=True)
-class EtcdSourceCfg:
-    """A configuration store to run from. TLS and credential fields left None are taken from the
-    command line or the environment (EDGE_ETCD_*), as `edge-cfg` takes them."""
-
-    url: str  # etcd://H:P[,H:P…]/PREFIX, {gateway_id} already replaced
-    gateway_id: str | None = None  # None: the prefix's last segment
-    ca: str | None = None
-    cert: str | None = None
-    key: str | None = None
-    username: str | None = None
-    password_file: str | None = None
-    metrics_listen: tuple[str, int] | None = None  # host-local overrides (bootstrap file only)
-    control_socket: str | None = None
-    origin: str = "--config"  # where it was configured, for messages
-
-
-def is_store_url(config: str) -> bool:
-    return config.startswith(SCHEME)
 
 
 def resolve(config: str) -> EtcdSourceCfg | None:
@@ -153,7 +131,7 @@ def _from_file(directory: Path, src: Source) -> EtcdSourceCfg:
         raise ConfigError(src.problems)
     line = src.line(("config_source",), key=True)
     return EtcdSourceCfg(
-        url=SCHEME + ",".join(etcd["endpoints"]) + prefix,
+        url=STORE_SCHEME + ",".join(etcd["endpoints"]) + prefix,
         gateway_id=gw_id,
         ca=path("ca"),
         cert=path("cert"),

@@ -12,7 +12,8 @@ from edge_gateway.config.clihelp import Help
 from edge_gateway.config.diff import diff
 from edge_gateway.config.etcd import cli as etcd_cli
 from edge_gateway.config.loader import ConfigError, lint, load_snapshot
-from edge_gateway.config.source import printable
+from edge_gateway.config.model import NAMES
+from edge_gateway.config.problems import printable
 from edge_gateway.core import registry
 
 EXIT_CODES = """\
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         "schema",
         "print the JSON Schema of one file (or all)",
         "Print the JSON Schema of one file, or of all five as one JSON object keyed by\nname.",
-    ).add_argument("name", nargs="?", choices=schema.NAMES, metavar="NAME", help=f"one of {', '.join(schema.NAMES)}")
+    ).add_argument("name", nargs="?", choices=NAMES, metavar="NAME", help=f"one of {', '.join(NAMES)}")
     p_diff = h.command(sub, "diff", "what a reload from OLD to NEW would touch", DIFF_HELP)
     p_diff.add_argument("old", metavar="OLD", help="the running (or current) config directory")
     p_diff.add_argument("new", metavar="NEW", help="the edited copy, or an etcd URL (etcd://HOST:PORT/PREFIX)")
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{printable(args.dir)}: {errors} error(s), {warnings} warning(s)", file=sys.stderr)
         return 1 if errors else 0
     if args.cmd == "schema":
-        names = [args.name] if args.name else list(schema.NAMES)
+        names = [args.name] if args.name else list(NAMES)
         out = schema.schema(names[0]) if args.name else {n: schema.schema(n) for n in names}
         print(json.dumps(out, indent=2))
         return 0

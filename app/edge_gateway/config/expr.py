@@ -74,6 +74,11 @@ class Scale:
     def __repr__(self) -> str:
         return f"Scale({self.source!r})"
 
+    def __reduce__(self) -> tuple[Callable[[str], Scale], tuple[str]]:
+        """Pickled as its source text and compiled again where it is loaded (the closures cannot
+        travel): the loader child (config/isolated.py) sends it to the gateway so."""
+        return compile_scale, (self.source,)
+
     @property
     def invertible(self) -> bool:
         return self._line() is not None

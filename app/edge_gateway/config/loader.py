@@ -16,23 +16,17 @@ from typing import Any
 
 from edge_gateway.config import schema
 from edge_gateway.config.expr import compile_for_tag
-from edge_gateway.config.model import Backoff, BusCfg, Connector, GatewayCfg, Snapshot, WalCfg
+from edge_gateway.config.model import FILES, NAMES, Backoff, BusCfg, Connector, GatewayCfg, Snapshot, WalCfg
+from edge_gateway.config.problems import ConfigError
 from edge_gateway.config.source import Problem, Source, positive, read
 from edge_gateway.config.units import parse_duration, parse_size
 from edge_gateway.core import registry
 from edge_gateway.core.driver import Built, DeviceItem, DriverPlugin, EndpointItem, TagItem
 
-FILES = {name: f"{name}.yml" for name in schema.NAMES}
 OPTIONAL = {"gateway"}
 RESERVED_KINDS = ("wasm",)  # a driver kind named by the design, not built in this release
 
 DEFAULT_KIND = "mqtt5"  # connector.yml `kind` when an entry names none
-
-
-class ConfigError(Exception):
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
 
 
 def lint(directory: str | Path) -> list[Problem]:
@@ -95,7 +89,7 @@ class _Build:
                 # `42` or a list as endpoints.yml: the schema reported it at its line; build nothing from it.
                 data[name] = empty
         snapshot = None
-        if all(data.get(n) is not None or n in OPTIONAL for n in schema.NAMES):
+        if all(data.get(n) is not None or n in OPTIONAL for n in NAMES):
             snapshot = self._build(data, bad)
         problems = [p for s in self.src.values() for p in s.problems]
         problems.sort(key=_order)
@@ -137,7 +131,7 @@ class _Build:
         if data.get("gateway") is not None and not bad["gateway"]:
             gateway = self._gateway(data["gateway"], s["gateway"])
         digest = hashlib.sha256()
-        for name in schema.NAMES:
+        for name in NAMES:
             digest.update(name.encode() + b"\0" + s[name].raw + b"\0")
         built_endpoints = {k: e for es in (plugin_endpoints, *endpoints.values()) for k, e in es.items()}
         built_devices = {k: d for ds in (plugin_devices, *devices.values()) for k, d in ds.items()}
@@ -401,4 +395,4 @@ def _split(table: Any, pred: Callable[[dict], bool]) -> tuple[dict[str, Any], di
 def _order(p: Problem) -> tuple[int, int, int]:
     """Files in the order a reader meets them (endpoints first), then by line and column."""
     stem = Path(p.file).stem
-    return (schema.NAMES.index(stem) if stem in schema.NAMES else len(schema.NAMES), p.line, p.column)
+    return (NAMES.index(stem) if stem in NAMES else len(NAMES), p.line, p.column)

@@ -19,6 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+NAMES = ("endpoints", "drivers", "variables", "connector", "gateway")  # the five files, in reading order
+FILES = {name: f"{name}.yml" for name in NAMES}
+
 
 @dataclass(frozen=True)
 class TlsFiles:
@@ -121,3 +124,28 @@ class Snapshot:
             if t.tag == name:
                 return t
         return None
+
+
+STORE_SCHEME = "etcd://"
+
+
+def is_store_url(config: str) -> bool:
+    """`--config etcd://…` names a configuration store, anything else a directory."""
+    return config.startswith(STORE_SCHEME)
+
+
+@dataclass(frozen=True)
+class EtcdSourceCfg:
+    """A configuration store to run from. TLS and credential fields left None are taken from the
+    command line or the environment (EDGE_ETCD_*), as `edge-cfg` takes them."""
+
+    url: str  # etcd://H:P[,H:P…]/PREFIX, {gateway_id} already replaced
+    gateway_id: str | None = None  # None: the prefix's last segment
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    username: str | None = None
+    password_file: str | None = None
+    metrics_listen: tuple[str, int] | None = None  # host-local overrides (bootstrap file only)
+    control_socket: str | None = None
+    origin: str = "--config"  # where it was configured, for messages

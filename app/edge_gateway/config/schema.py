@@ -12,10 +12,9 @@ from typing import Any
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
 
-from edge_gateway.config.source import Source, item, key_path, printable, where
+from edge_gateway.config.problems import printable
+from edge_gateway.config.source import Source, item, key_path, where
 from edge_gateway.core import registry
-
-NAMES = ("endpoints", "drivers", "variables", "connector", "gateway")
 
 
 @cache

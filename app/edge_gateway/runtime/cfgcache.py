@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_gateway.config.loader import FILES
+from edge_gateway.config.model import FILES
 from edge_gateway.core.durable import fsync_dir
 
 log = logging.getLogger(__name__)

@@ -31,14 +31,14 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from edge_gateway import __version__
-from edge_gateway.config import bootstrap, stdout
-from edge_gateway.config.bootstrap import EtcdSourceCfg
+from edge_gateway.config import isolated, stdout
 from edge_gateway.config.clihelp import Help
-from edge_gateway.config.loader import ConfigError, load_snapshot
+from edge_gateway.config.model import EtcdSourceCfg, Snapshot
+from edge_gateway.config.problems import ConfigError
+from edge_gateway.core import registry
 from edge_gateway.runtime import logs
 
 if TYPE_CHECKING:
-    from edge_gateway.config.model import Snapshot
     from edge_gateway.runtime.fleet import EtcdSource
 
 log = logging.getLogger("edge_gateway")
@@ -135,24 +135,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     logs.setup(args.log_level, args.log_format)
+    answer = isolated.start(args.config)  # read and validated in a child: this process imports no YAML ...
+    from edge_gateway.runtime import gateway  # noqa: F401 - ... but its runtime and plugins, meanwhile
+
+    registry.drivers()
     try:
-        store_cfg = bootstrap.resolve(args.config)
+        first = answer()
     except ConfigError as e:
-        for problem in e.problems:
-            print(problem, file=sys.stderr)
+        return _invalid(args.config, e)
+    except OSError as e:
+        print(f"{args.config}: {e}", file=sys.stderr)
         return 2
-    if store_cfg is None:
-        return run_gateway(args.config)
+    if isinstance(first, Snapshot):
+        return run_gateway(args.config, first)
     store_cfg = dataclasses.replace(
-        store_cfg,
-        gateway_id=store_cfg.gateway_id or args.gateway_id,
-        ca=store_cfg.ca or args.etcd_ca,
-        cert=store_cfg.cert or args.etcd_cert,
-        key=store_cfg.key or args.etcd_key,
-        username=store_cfg.username or args.etcd_user,
-        password_file=store_cfg.password_file or args.etcd_password_file,
+        first,
+        gateway_id=first.gateway_id or args.gateway_id,
+        ca=first.ca or args.etcd_ca,
+        cert=first.cert or args.etcd_cert,
+        key=first.key or args.etcd_key,
+        username=first.username or args.etcd_user,
+        password_file=first.password_file or args.etcd_password_file,
     )
-    return run_gateway(args.config, store_cfg, Path(args.state_dir))
+    return run_gateway(args.config, None, store_cfg, Path(args.state_dir))
 
 
 def _first_from_store(cfg: EtcdSourceCfg, state: Path, stop: threading.Event) -> tuple[Snapshot, EtcdSource] | int:
@@ -174,30 +179,35 @@ def _first_from_store(cfg: EtcdSourceCfg, state: Path, stop: threading.Event) ->
         return 1
 
 
-def run_gateway(config_dir: str, store_cfg: EtcdSourceCfg | None = None, state: Path | None = None) -> int:
+def _invalid(config: str, e: ConfigError) -> int:
+    for problem in e.problems:
+        print(problem, file=sys.stderr)
+    log.error("invalid configuration in %s: %d problem(s)", config, len(e.problems))
+    return 2
+
+
+def run_gateway(
+    config_dir: str, snapshot: Snapshot | None, store_cfg: EtcdSourceCfg | None = None, state: Path | None = None
+) -> int:
+    """Run on `snapshot`, or on the first configuration of the store `store_cfg` (cached under `state`)."""
     stop = threading.Event()
     source: EtcdSource | None = None
-    snapshot: Snapshot
-    try:
-        if store_cfg is not None and state is not None:
-            for sig in (signal.SIGTERM, signal.SIGINT):  # while waiting for a first revision
-                signal.signal(sig, lambda _s, _f: stop.set())
+    if snapshot is None:
+        assert store_cfg is not None and state is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):  # while waiting for a first revision
+            signal.signal(sig, lambda _s, _f: stop.set())
+        try:
             first = _first_from_store(store_cfg, state, stop)
-            if isinstance(first, int):
-                return first
-            snapshot, source = first
-        else:
-            snapshot = load_snapshot(config_dir)
-    except ConfigError as e:
-        for problem in e.problems:
-            print(problem, file=sys.stderr)
-        log.error("invalid configuration in %s: %d problem(s)", config_dir, len(e.problems))
-        return 2
-    except OSError as e:
-        print(f"{config_dir}: {e}", file=sys.stderr)
-        return 2
+        except ConfigError as e:
+            return _invalid(config_dir, e)
+        except OSError as e:
+            print(f"{config_dir}: {e}", file=sys.stderr)
+            return 2
+        if isinstance(first, int):
+            return first
+        snapshot, source = first
 
-    from edge_gateway.runtime.gateway import Gateway  # after logging is set up: imports log too
+    from edge_gateway.runtime.gateway import Gateway  # imported by main() already, while the child loaded
 
     signals = {"n": 0}
 

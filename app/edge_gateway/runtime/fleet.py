@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import Counter, Gauge
 
 from edge_gateway import __version__
-from edge_gateway.config.bootstrap import EtcdSourceCfg
+from edge_gateway.config import isolated
 from edge_gateway.config.etcd.store import Compacted, EtcdError, EtcdUnavailable, PermissionDenied, Store
-from edge_gateway.config.loader import ConfigError, load_snapshot
-from edge_gateway.config.model import Snapshot
+from edge_gateway.config.model import EtcdSourceCfg, Snapshot
+from edge_gateway.config.problems import ConfigError
 from edge_gateway.core.frame import GOOD, Frame, now_ms
 from edge_gateway.metrics import REGISTRY
 from edge_gateway.runtime.cfgcache import RevisionCache
@@ -93,12 +93,13 @@ def make_store(cfg: EtcdSourceCfg, timeout: float = 5.0) -> tuple[Any, str]:
 
 
 def loader(cfg: EtcdSourceCfg, state: Path) -> Callable[[str], Snapshot]:
-    """How a revision directory becomes a Snapshot: the ordinary loader, relative paths against the
+    """How a revision directory becomes a Snapshot: the ordinary loader (in its child process:
+    config/isolated.py), relative paths against the
     state directory (they must not move with every revision), the bootstrap file's host-local
     settings over the fleet's."""
 
     def load(directory: str) -> Snapshot:
-        snap = load_snapshot(directory, base=state)
+        snap = isolated.load_snapshot(directory, base=state)
         g = snap.gateway
         if cfg.metrics_listen is not None:
             g = dataclasses.replace(g, metrics_host=cfg.metrics_listen[0], metrics_port=cfg.metrics_listen[1])

@@ -47,7 +47,6 @@ from edge_gateway.delivery.runner import Runner
 from edge_gateway.metrics import REGISTRY, MetricsServer
 from edge_gateway.runtime import commands, heap, plan, status
 from edge_gateway.runtime.control import ControlServer, TailHub
-from edge_gateway.runtime.gwfile import where
 from edge_gateway.runtime.reload import ApplyError, Reloader
 from edge_gateway.runtime.supervisor import Notifier, Supervisor, Watched
 from edge_gateway.runtime.workers import WorkerTable
@@ -66,6 +65,14 @@ RESTART_ONLY = ("bus", "wal", "control_socket")
 
 class BindError(OSError):
     """A socket the configuration asks for cannot be bound; the message names the address and the setting."""
+
+
+def _where(directory: str, *keys: str) -> str:
+    """gateway.yml's line of a setting, for a bind error: read then, so the running gateway imports
+    PyYAML (runtime/gwfile.py) only on that path."""
+    from edge_gateway.runtime.gwfile import where
+
+    return where(directory, *keys)
 
 
 class Gateway:
@@ -108,7 +115,7 @@ class Gateway:
         try:
             self.control.bind()  # first: a second gateway on the same config fails here, before the WAL
         except OSError as e:
-            at = where(snap.directory, "control", "socket")
+            at = _where(snap.directory, "control", "socket")
             raise BindError(f"cannot bind the control socket {self.control.path} ({at}): {e}") from e
         try:
             self.bus, self.wal, self.writer = open_bus_and_wal(snap.gateway)
@@ -129,7 +136,7 @@ class Gateway:
             self._watched = self._build_watched()
             self.supervisor = Supervisor(self.watched, self.summary, self.notifier)
             self.supervisor.start()
-            heap.settle()  # the loader's node trees are gone; the configuration is here to stay
+            heap.settle()  # the configuration (from the loader's child) is here to stay
         except (WalLocked, OSError) as e:
             # Expected at start (the WAL or a socket is another process's, a port is taken): the one-line
             # reason is the caller's "cannot start: ..."; a traceback would only bury it.
@@ -245,7 +252,7 @@ class Gateway:
         try:
             server = MetricsServer(g.metrics_host, g.metrics_port, REGISTRY)
         except OSError as e:
-            at = where(self.snapshot.directory, "metrics", "listen")
+            at = _where(self.snapshot.directory, "metrics", "listen")
             raise BindError(f"cannot serve /metrics on {g.metrics_host}:{g.metrics_port} ({at}): {e}") from e
         server.start()
         self._close_metrics()

@@ -9,11 +9,10 @@ configuration, workers) to the permanent generation, which collections never wal
 generation-0 threshold makes collections rarer. Cycles are still collected, only in larger steps; a
 reload first unfreezes, so what an old configuration left behind is collected then.
 
-Pages. Loading a config is the process's high-water mark: the YAML node tree of every file (about 30
-MiB for 10 000 tags) lives until the Snapshot is built, then is freed. glibc keeps freed pages for
-reuse, so the resident size stays near that mark for as long as the gateway runs; malloc_trim(0)
-returns the free ones (3.1 MiB at 10 000 tags, 0.8 MiB at 1 000, measured with bench_e2e's gateway
-runs). A no-op where the C library has no malloc_trim (musl) or off Linux.
+Pages. The YAML node trees are built in the loader's child (config/isolated.py), so what is left of a
+load here is the pickle the child sent and the unpickling's transients; glibc keeps freed pages for
+reuse, and malloc_trim(0) returns the free ones (1.3 MiB at 10 000 tags). A no-op where the C library
+has no malloc_trim (musl) or off Linux.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Every trigger lands in one queue served by one thread, so two reloads never interleave and none
 runs inside a signal handler, the control socket's thread or a worker. A reload loads and
 validates the whole directory first (an invalid edit changes nothing and is counted in
-`cfg_invalid_total`), then hands the new Snapshot to `Gateway.apply`, which diffs it against the
+`cfg_invalid_total`) in a child process (config/isolated.py: the gateway's heap never holds YAML
+or the validator), then hands the new Snapshot to `Gateway.apply`, which diffs it against the
 running one and touches only what changed (rolling back if that fails).
 
 The directory is watched by polling a signature of its YAML files (name, inode, mtime, size):
@@ -32,8 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from edge_gateway.config.loader import ConfigError, load_snapshot
+from edge_gateway.config import isolated
 from edge_gateway.config.model import Snapshot
+from edge_gateway.config.problems import ConfigError
 from edge_gateway.metrics import REGISTRY
 from edge_gateway.runtime import heap
 
@@ -130,7 +132,7 @@ class Reloader:
         watch_files: bool = True,
         store_revision: int | None = None,
     ) -> None:
-        """`load` (default: the loader) and `watch_files=False` are the configuration store's
+        """`load` (default: the loader, in its child process) and `watch_files=False` are the configuration store's
         (runtime/fleet.py): its revision directories are written once and never edited, so nothing is
         polled, and each revision comes as `request(..., directory=, store_revision=)` from its thread."""
         self.gateway = gateway
@@ -224,10 +226,10 @@ class Reloader:
         self._pending = None
         log.info("reloading configuration from %s (%s)", where, reason)
         try:
-            snapshot = self.load(where) if self.load is not None else load_snapshot(where)
+            snapshot = self.load(where) if self.load is not None else isolated.load_snapshot(where)
         except ConfigError as e:
             return self._refused(reason, [str(p) for p in e.problems])
-        except OSError as e:
+        except OSError as e:  # also the loader child's failure (isolated.LoadFailed), which says why
             return self._refused(reason, [f"{where}: {e}"])
         except Exception as e:  # a loader bug must not end reloading: refuse this edit, keep running
             log.exception("loading %s failed unexpectedly", where)

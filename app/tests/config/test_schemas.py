@@ -12,6 +12,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from edge_gateway.config import schema
+from edge_gateway.config.model import NAMES
 from edge_gateway.config.units import DURATION_RE, RATE_RE, SIZE_RE
 
 EDGE_CFG = Path(sys.executable).with_name("edge-cfg")
@@ -30,7 +31,7 @@ def _objects(node: Any, path: str = "") -> list[tuple[str, dict]]:
     return out
 
 
-@pytest.mark.parametrize("name", schema.NAMES)
+@pytest.mark.parametrize("name", NAMES)
 def test_schema_is_valid_and_strict(name: str) -> None:
     s = schema.schema(name)
     Draft202012Validator.check_schema(s)
@@ -40,7 +41,7 @@ def test_schema_is_valid_and_strict(name: str) -> None:
             assert obj.get("additionalProperties") is False, f"{name}{path} is not strict"
 
 
-@pytest.mark.parametrize("name", schema.NAMES)
+@pytest.mark.parametrize("name", NAMES)
 def test_units_share_one_grammar_with_the_parser(name: str) -> None:
     s = schema.schema(name)
     for unit, pattern in GRAMMAR.items():
@@ -56,6 +57,6 @@ def test_units_share_one_grammar_with_the_parser(name: str) -> None:
 
 def test_cli_schema_prints_all_or_one() -> None:
     r = subprocess.run([EDGE_CFG, "schema"], capture_output=True, text=True)
-    assert r.returncode == 0 and set(json.loads(r.stdout)) == set(schema.NAMES)
+    assert r.returncode == 0 and set(json.loads(r.stdout)) == set(NAMES)
     r = subprocess.run([EDGE_CFG, "schema", "nope"], capture_output=True, text=True)
     assert r.returncode == 2

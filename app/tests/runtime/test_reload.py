@@ -256,7 +256,7 @@ def test_a_loader_bug_is_refused_as_invalid(tmp_path: Path, monkeypatch: pytest.
     def broken(_d: str) -> None:
         raise TypeError("'int' object is not iterable")
 
-    monkeypatch.setattr(reload_module, "load_snapshot", broken)
+    monkeypatch.setattr(reload_module.isolated, "load_snapshot", broken)
     rl = Reloader(StubGateway(), str(tmp_path), poll=0.05)  # type: ignore[arg-type]
     rl.start()
     try:

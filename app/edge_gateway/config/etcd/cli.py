@@ -34,7 +34,7 @@ from edge_gateway.config.etcd.store import (
 )
 from edge_gateway.config.etcd.url import ENV, SCHEME, Credentials, EtcdUrl, UrlError
 from edge_gateway.config.loader import lint
-from edge_gateway.config.source import printable
+from edge_gateway.config.problems import printable
 
 OK, INVALID, NETWORK, CONFLICT = 0, 1, 2, 3
 COMMANDS = ("push", "watch", "history", "rollback", "fleet")

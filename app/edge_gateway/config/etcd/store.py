@@ -34,7 +34,7 @@ from etcd3gw.client import Etcd3Client
 
 from edge_gateway import __version__
 from edge_gateway.config.etcd.url import Credentials, EtcdUrl
-from edge_gateway.config.schema import NAMES
+from edge_gateway.config.model import NAMES
 
 TABLES = NAMES  # endpoints, drivers, variables, connector, gateway
 META = "_meta"

@@ -41,7 +41,6 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_gateway.config.model import Connector
-from edge_gateway.connectors.mqtt import config
 from edge_gateway.connectors.mqtt.topics import Topics
 from edge_gateway.delivery.contract import ConnectorPlugin, Events, Message, Poll, Session
 from edge_gateway.net.mqtt import (
@@ -339,9 +338,16 @@ def factory(cfg: Connector, **kw: Any) -> MqttTransport:
     return MqttTransport(cfg, **kw)
 
 
+def _build(b: Any, ident: str, c: dict[str, Any], src: Any) -> Connector | None:
+    """connector.yml's builder (config.py), imported where the loader runs: it reads the YAML source."""
+    from edge_gateway.connectors.mqtt import config
+
+    return config.build(b, ident, c, src)
+
+
 PLUGIN = ConnectorPlugin(
     "mqtt5",
     factory,
     schema=json.loads(resources.files(__package__).joinpath("schema.json").read_text()),
-    build=config.build,
+    build=_build,
 )
