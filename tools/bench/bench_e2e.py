@@ -320,7 +320,7 @@ def markdown(r: dict[str, Any]) -> str:
         )
     out += [
         "",
-        "zstd (level 3) on realistic batches (8 units × 25 tags, drifting floats, counters, flags):",
+        "zstd (the connector's level, delivery.codec.Compressor) on realistic batches (8 units × 25 tags, drifting floats, counters, flags):",
         "",
     ]
     out += [
