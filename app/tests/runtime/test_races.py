@@ -205,6 +205,11 @@ class _Bus:
         self.sink.extend(frames)
         return len(frames)
 
+    def publish_blocks(self, blocks: list[Any]) -> int:  # a Modbus line publishes a FrameBlock per read
+        from edge_gateway.core.frame import frames_of
+
+        return self.publish(frames_of(blocks))
+
 
 class _LockedList(list):  # type: ignore[type-arg]
     """`wal.segments`, asserting every read from the test thread holds the WAL's lock."""
