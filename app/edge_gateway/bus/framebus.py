@@ -75,14 +75,7 @@ class FrameBus:
             used = self._used
             changed = self._update_flow_locked(used)
         cmds = list(map(_kind, accepted)).count(Kind.CMD) if n else 0
-        self._publish_data.inc(n - cmds)
-        if cmds:
-            self._publish_cmd.inc(cmds)
-        if n < len(frames):
-            self._drop_full.inc(len(frames) - n)
-        metrics.RING_USED.set(used)
-        if changed is not None:
-            self._notify(changed)
+        self._published(n - cmds, cmds, len(frames) - n, used, changed)
         return n
 
     def publish_blocks(self, blocks: Sequence[FrameBlock]) -> int:
@@ -105,14 +98,19 @@ class FrameBus:
                 self._cond.notify()
             used = self._used
             changed = self._update_flow_locked(used)
-        self._publish_data.inc(n)
-        offered = sum(map(len, blocks))
-        if n < offered:
-            self._drop_full.inc(offered - n)
+        self._published(n, 0, sum(map(len, blocks)) - n, used, changed)
+        return n
+
+    def _published(self, data: int, cmds: int, dropped: int, used: int, changed: bool | None) -> None:
+        """A publish's accounting, after the lock: counters, ring use, and a flow change heard once."""
+        self._publish_data.inc(data)
+        if cmds:
+            self._publish_cmd.inc(cmds)
+        if dropped:
+            self._drop_full.inc(dropped)
         metrics.RING_USED.set(used)
         if changed is not None:
             self._notify(changed)
-        return n
 
     # -- the WAL writer ----------------------------------------------------------------------------
     def drain(self, max_frames: int, timeout: float) -> list[Frame | FrameBlock]:
