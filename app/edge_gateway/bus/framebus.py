@@ -7,7 +7,8 @@ list (a poll cycle), so a frame costs no deque operation of its own; `drain` spl
 only when it stops inside one. A Modbus line publishes FrameBlocks (core.frame: one per read)
 instead: a block gets its seq range in one step, travels whole (never split: a drain may take
 up to one block more than asked) and is encoded by the WAL writer in one pass. The ring's
-capacity, `ring_full` drops and the pause marks count frames either way.
+capacity, `ring_full` drops and the pause marks count frames either way. There is one drainer, the
+WAL writer; a publish wakes it only when enough frames wait (`drain(wake_at=…)`), not every time.
 
 Flow control has two sources, combined into one `paused` state with hysteresis:
   * the ring: above `pause_hi × capacity` it pauses; it resumes only below
@@ -41,6 +42,7 @@ class FrameBus:
         self._ring: deque[list[Frame] | FrameBlock] = deque()  # one list per publish or a block, in seq order
         self._used = 0  # frames in the ring
         self._cond = threading.Condition(threading.Lock())
+        self._wake_at = 1  # frames in the ring that wake the drainer early (see `drain`)
         self._next_seq = next_seq
         self._ring_paused = False
         self._held = False
@@ -71,18 +73,12 @@ class FrameBus:
                 self._next_seq += n
                 self._ring.append(accepted)
                 self._used += n
-                self._cond.notify()
+                if self._used >= self._wake_at:
+                    self._cond.notify()
             used = self._used
             changed = self._update_flow_locked(used)
         cmds = list(map(_kind, accepted)).count(Kind.CMD) if n else 0
-        self._publish_data.inc(n - cmds)
-        if cmds:
-            self._publish_cmd.inc(cmds)
-        if n < len(frames):
-            self._drop_full.inc(len(frames) - n)
-        metrics.RING_USED.set(used)
-        if changed is not None:
-            self._notify(changed)
+        self._published(n - cmds, cmds, len(frames) - n, used, changed)
         return n
 
     def publish_blocks(self, blocks: Sequence[FrameBlock]) -> int:
@@ -102,25 +98,36 @@ class FrameBus:
             if n:
                 self._next_seq += n
                 self._used += n
-                self._cond.notify()
+                if self._used >= self._wake_at:
+                    self._cond.notify()
             used = self._used
             changed = self._update_flow_locked(used)
-        self._publish_data.inc(n)
-        offered = sum(map(len, blocks))
-        if n < offered:
-            self._drop_full.inc(offered - n)
+        self._published(n, 0, sum(map(len, blocks)) - n, used, changed)
+        return n
+
+    def _published(self, data: int, cmds: int, dropped: int, used: int, changed: bool | None) -> None:
+        """A publish's accounting, after the lock: counters, ring use, and a flow change heard once."""
+        self._publish_data.inc(data)
+        if cmds:
+            self._publish_cmd.inc(cmds)
+        if dropped:
+            self._drop_full.inc(dropped)
         metrics.RING_USED.set(used)
         if changed is not None:
             self._notify(changed)
-        return n
 
     # -- the WAL writer ----------------------------------------------------------------------------
-    def drain(self, max_frames: int, timeout: float) -> list[Frame | FrameBlock]:
+    def drain(self, max_frames: int, timeout: float, wake_at: int = 1) -> list[Frame | FrameBlock]:
         """Take up to `max_frames` frames in seq order (a block whole, so up to one block more), waiting up
-        to `timeout` s for the first one. `core.frame.frames_of` turns the result into frames."""
+        to `timeout` s until `wake_at` frames are in the ring, then taking what is there. The WAL writer
+        waits for a drain's worth: it commits on its own clock, so being woken by every poll would only
+        cost a thread switch per publish (issue 19). `wake_at` is capped below the pause mark, so a
+        sleeping writer never makes producers pause. `core.frame.frames_of` turns the result into frames."""
         with self._cond:
-            if not self._ring:
+            self._wake_at = max(1, min(wake_at, self._hi // 2))
+            if self._used < self._wake_at:
                 self._cond.wait(timeout)
+            self._wake_at = 1
             ring = self._ring
             out: list[Frame | FrameBlock] = []
             taken = 0

@@ -1,5 +1,8 @@
 """The WAL writer thread: drains the bus into segments and group-commits every `flush_ms`.
 
+It wakes on its own clock (at least every 0.1 s, for the heartbeat) or when a drain's worth of frames
+waits, not on every publish: committed frames reach consumers at the commit anyway.
+
 It is the only thread that touches segment files for writing, so appends need no lock; it
 is also where GC and the `max_bytes` policy run, right after a commit.
 
@@ -103,7 +106,7 @@ class WalWriter(threading.Thread):
                 continue
             self.heartbeat = now
             if self.wal.fault is None:
-                frames = self.bus.drain(DRAIN_BATCH, timeout=max(0.0, min(0.1, next_commit - now)))
+                frames = self.bus.drain(DRAIN_BATCH, timeout=max(0.0, min(0.1, next_commit - now)), wake_at=DRAIN_BATCH)
                 if frames:
                     self.wal.append(frames)
                 due = time.monotonic() >= next_commit

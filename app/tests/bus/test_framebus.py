@@ -6,7 +6,7 @@ import threading
 
 from edge_gateway.bus.framebus import FrameBus
 from edge_gateway.config.model import BusCfg
-from edge_gateway.core.frame import Frame
+from edge_gateway.core.frame import Frame, FrameBlock, frames_of
 from edge_gateway.metrics import value
 
 
@@ -66,3 +66,35 @@ def test_drain_waits_for_a_producer() -> None:
     got = bus.drain(10, 5.0)
     t.join()
     assert len(got) >= 1
+
+
+def test_a_drain_waiting_for_more_frames_takes_what_is_there_at_its_timeout() -> None:
+    """The WAL writer waits for a drain's worth (wake_at), not for every publish; at its timeout it takes
+    whatever waits, and a publish that reaches wake_at wakes it at once."""
+    bus = FrameBus(BusCfg(capacity=1000, pause_hi=0.8, resume_lo=0.6))
+    bus.publish([Frame(0, 1, f"t{i}", i) for i in range(10)])
+    got = bus.drain(500, timeout=0.05, wake_at=100)
+    assert [f.value for f in frames_of(got)] == list(range(10))
+
+    out: list[list[Frame | FrameBlock]] = []
+    t = threading.Thread(target=lambda: out.append(bus.drain(500, timeout=60, wake_at=100)))
+    t.start()
+    bus.publish([Frame(0, 1, "a", i) for i in range(40)])
+    bus.publish_blocks([FrameBlock(0, 1, tuple(f"b{i}" for i in range(60)), list(range(60)))])
+    t.join(30)
+    assert not t.is_alive()
+    assert len(frames_of(out[0])) == 100
+    assert bus.drain(500, timeout=0) == []
+
+
+def test_wake_at_is_capped_below_the_pause_mark() -> None:
+    """A writer asking for more than the ring holds before pausing is still woken in time."""
+    bus = FrameBus(BusCfg(capacity=100, pause_hi=0.8, resume_lo=0.6))
+    out: list[list[Frame | FrameBlock]] = []
+    t = threading.Thread(target=lambda: out.append(bus.drain(8192, timeout=60, wake_at=8192)))
+    t.start()
+    bus.publish([Frame(0, 1, "a", i) for i in range(40)])  # 40 = the cap (pause mark 80 // 2)
+    t.join(30)
+    assert not t.is_alive()
+    assert len(frames_of(out[0])) == 40
+    assert not bus.paused

@@ -28,6 +28,8 @@ from edge_gateway.drivers.modbus import rtu
 from edge_gateway.drivers.modbus.model import Endpoint
 from edge_gateway.drivers.modbus.pdu import CrcError, Disconnected, Mismatch, ModbusError, Timeout
 
+RECV_SIZE = 4096  # one recv takes a whole answer (a Modbus/TCP ADU is at most 260 bytes)
+
 
 class Transport(Protocol):
     bytes_out: int
@@ -129,6 +131,7 @@ class SocketWire:
         except (OSError, ssl.SSLError) as e:
             raise Disconnected(f"cannot connect to {ep.host}:{ep.port}: {e}") from None
         self.sock = sock
+        self._rx = b""  # received, not yet read: the next answer's start, or a stray answer
 
     def write(self, data: bytes) -> None:
         try:
@@ -137,24 +140,30 @@ class SocketWire:
             raise Disconnected(str(e)) from None
 
     def read(self, n: int, deadline: float) -> bytes:
-        buf = b""
+        """n bytes, or fewer at the deadline. A recv takes whatever has arrived (up to RECV_SIZE): an
+        MBAP answer comes in one segment, so its header and body cost one poll and one recv, not two."""
+        buf = self._rx
         while len(buf) < n:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             self.sock.settimeout(left)
             try:
-                chunk = self.sock.recv(n - len(buf))
+                chunk = self.sock.recv(max(RECV_SIZE, n - len(buf)))
             except TimeoutError:
                 break
             except OSError as e:
+                self._rx = b""
                 raise Disconnected(str(e)) from None
             if not chunk:
+                self._rx = b""
                 raise Disconnected("connection closed by peer")
             buf += chunk
-        return buf
+        self._rx = buf[n:]
+        return buf[:n]
 
     def discard(self) -> None:
+        self._rx = b""
         self.sock.settimeout(0)
         try:
             while self.sock.recv(4096):
