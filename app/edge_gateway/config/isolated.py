@@ -11,16 +11,20 @@ revision) runs
 
 (no shell) and gets back, pickled on the child's stdout, the built and validated result or its
 `file:line: message` problems, exactly those the loader reports in-process. The parent reads them with
-an Unpickler that admits only the model classes of edge_gateway and of the installed driver plugins and
-a few plain builtins: the bytes are our own child's, never the config's text, but nothing else could
-be constructed from them anyway. A child that does not answer within TIMEOUT is killed by its PID and
-the load fails with LoadFailed (an OSError, refused as an unreadable directory is), which says so.
+an Unpickler that admits only the model classes (config/model.py's, and those in the package of each
+installed driver plugin) and a few plain builtins: the bytes are our own child's, never the config's
+text, but nothing else could be constructed from them anyway. A child that does not answer within
+TIMEOUT is killed by its PID and the load fails with LoadFailed (an OSError, refused as an unreadable
+directory is), which says so.
 `edge-cfg lint` and tests keep loading in-process.
 """
 
 from __future__ import annotations
 
 import builtins
+import dataclasses
+import enum
+import gc
 import importlib
 import io
 import logging
@@ -95,24 +99,50 @@ def start(config: str) -> Callable[[], Snapshot | EtcdSourceCfg]:
     return Load("start", config).result
 
 
+# What a Snapshot, an EtcdSourceCfg or a problem list is made of, outside the plugins' packages.
+_MODEL_MODULES = frozenset({"edge_gateway.config.model"})  # every class there is a model record
+_MODEL_NAMES = frozenset(
+    {
+        ("edge_gateway.config.problems", "Problem"),
+        ("edge_gateway.config.expr", "compile_scale"),  # a Scale pickles as its source text
+        ("edge_gateway.core.driver", "EndpointItem"),
+        ("edge_gateway.core.driver", "DeviceItem"),
+        ("edge_gateway.core.driver", "TagItem"),
+    }
+)
+
+
 class _Unpickler(pickle.Unpickler):
-    """Only model classes (and Scale's compile_scale) of edge_gateway and the installed driver plugins."""
+    """Only the model: the classes of config/model.py, the generic tables' items, a problem, a
+    scale, and in an installed driver plugin's own package (edge_gateway/drivers/modbus/, say) its
+    dataclasses and enums, which are its model records. Not any other class of edge_gateway (a
+    worker, a plugin, the gateway itself), whose construction could do more than hold values."""
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "builtins" and name in _BUILTINS:
             return getattr(builtins, name)
-        if module.partition(".")[0] in _model_packages():
+        if (module, name) in _MODEL_NAMES:
+            return getattr(importlib.import_module(module), name)
+        if module in _MODEL_MODULES or _in_package(module, _plugin_packages()):
             obj = getattr(importlib.import_module(module), name, None)
-            if isinstance(obj, type) or (module, name) == ("edge_gateway.config.expr", "compile_scale"):
+            if isinstance(obj, type) and (
+                module in _MODEL_MODULES or dataclasses.is_dataclass(obj) or issubclass(obj, enum.Enum)
+            ):
                 return obj
         raise pickle.UnpicklingError(f"the configuration loader sent {module}.{name}, which is not a model class")
 
 
-def _model_packages() -> set[str]:
-    """edge_gateway, and the top-level package of every installed driver plugin (its own model)."""
+def _in_package(module: str, packages: set[str]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+def _plugin_packages() -> set[str]:
+    """The package of every installed driver plugin, where its model lives: edge_gateway.drivers.s7
+    for the built-in S7 plugin (edge_gateway/drivers/s7/plugin.py), `acme` for `acme.plugin`."""
     from edge_gateway.core import registry
 
-    return {"edge_gateway"} | {type(p).__module__.partition(".")[0] for p in registry.drivers().values()}
+    modules = {type(p).__module__ for p in registry.drivers().values()}
+    return {m.rpartition(".")[0] or m for m in modules}
 
 
 def _child(argv: list[str]) -> tuple[str, Any]:
@@ -132,5 +162,9 @@ def _child(argv: list[str]) -> tuple[str, Any]:
 
 
 if __name__ == "__main__":
+    # A child that lives for one load: its garbage goes with it. The cyclic collector would walk the
+    # growing heap (130 000 YAML nodes, then the model) again and again for nothing: ~10 % of a
+    # 10 000-tag load. Nothing here makes cycles of any size (a recursive alias is refused small).
+    gc.disable()
     sys.stdout.buffer.write(pickle.dumps(_child(sys.argv[1:]), protocol=pickle.HIGHEST_PROTOCOL))
     sys.stdout.flush()

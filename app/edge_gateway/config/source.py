@@ -228,17 +228,36 @@ class _Mapping(_Positioned, _MappingNode):  # type: ignore[misc]
         self.value: list[tuple[yaml.Node, yaml.Node]] = []
 
 
+class _TooDeep(Exception):
+    """A collection nested deeper than MAX_DEPTH, at its start (0-based line and column)."""
+
+    def __init__(self, line: int, column: int) -> None:
+        super().__init__(line, column)
+        self.line, self.column = line, column
+
+
 class _CompactComposer(_Composer):  # type: ignore[misc]
     """PyYAML's composer (anchors, aliases and tag resolution unchanged) building _Positioned nodes,
-    with one str object per distinct short scalar text (`holding`, `datatype`, …) in a file."""
+    with one str object per distinct short scalar text (`holding`, `datatype`, …) in a file. It
+    recurses once per level, in Python: it stops at the first collection nested deeper than
+    MAX_DEPTH (_TooDeep), so a hostile `[[[[…` never gets near the recursion limit."""
 
     def compose_scalar_node(self, anchor: str | None) -> yaml.ScalarNode:
         event = self.get_event()
         tag = event.tag
-        if tag is None or tag == "!":
-            tag = self.resolve(yaml.ScalarNode, event.value, event.implicit)
         value = event.value
-        if len(value) <= 32:
+        short = len(value) <= 32
+        if tag is None or tag == "!":
+            # The implicit resolver is a pure function of the text (the safe loader has no path
+            # resolvers) and its regex scan is most of a scalar's cost: a 10 000-tag file repeats
+            # `holding`, `uint16`, `address` ten thousand times, so remember it per short text.
+            key = (value, event.implicit)
+            tag = self.resolved.get(key) if short else None
+            if tag is None:
+                tag = self.resolve(yaml.ScalarNode, value, event.implicit)
+                if short:
+                    self.resolved[key] = tag
+        if short:
             value = self.texts.setdefault(value, value)
         mark = event.start_mark
         node = _Scalar(tag, value, mark.line, mark.column, event.style)
@@ -249,6 +268,9 @@ class _CompactComposer(_Composer):  # type: ignore[misc]
     def _open_collection(self, kind: type, cls: type, anchor: str | None) -> Any:
         """The node a SequenceStart/MappingStart event opens: tag resolved, anchor registered."""
         start = self.get_event()
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _TooDeep(start.start_mark.line, start.start_mark.column)
         tag = start.tag
         if tag is None or tag == "!":
             tag = self.resolve(kind, None, start.implicit)
@@ -264,6 +286,7 @@ class _CompactComposer(_Composer):  # type: ignore[misc]
             node.value.append(self.compose_node(node, index))
             index += 1
         self.get_event()
+        self.depth -= 1
         return node
 
     def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
@@ -272,6 +295,7 @@ class _CompactComposer(_Composer):  # type: ignore[misc]
             key = self.compose_node(node, None)
             node.value.append((key, self.compose_node(node, key)))
         self.get_event()
+        self.depth -= 1
         return node
 
 
@@ -284,6 +308,8 @@ class _ConfigLoader(_CompactComposer, _Loader):  # type: ignore[valid-type,misc]
         _Loader.__init__(self, stream)
         self.anchors: dict[str, yaml.Node] = {}
         self.texts: dict[str, str] = {}
+        self.resolved: dict[tuple[str, Any], str] = {}
+        self.depth = 0
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:
@@ -333,16 +359,21 @@ def read(path: Path, name: str) -> Source:
         )
         return src
     try:
-        if _nesting_ok(src, text):
-            loader = _ConfigLoader(text)
-            try:
-                root = loader.get_single_node()
-                if root is not None and _check_tree(src, root):
-                    src.root = root
-                    src.data = loader.construct_document(root)
-            finally:
-                loader.dispose()
+        loader = _ConfigLoader(text)
+        try:
+            root = loader.get_single_node()
+            if root is not None and _check_tree(src, root):
+                src.root = root
+                src.data = loader.construct_document(root)
+        finally:
+            loader.dispose()
+    except _TooDeep as e:
+        src.problems.append(Problem(name, e.line + 1, e.column + 1, message=f"nested deeper than {MAX_DEPTH} levels"))
+        src.root = src.data = None
     except yaml.MarkedYAMLError as e:
+        src.root = src.data = None
+        if _deep_before(src, text):
+            return src
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         what = " ".join(x for x in (e.context, e.problem) if x)
@@ -367,11 +398,21 @@ def _position(text: Any, offset: int, newline: Any) -> tuple[int, int]:
     return text.count(newline, 0, offset) + 1, offset - line_start + 1
 
 
+def _deep_before(src: Source, text: str) -> bool:
+    """After a YAML error: is there a collection nested too deep anywhere in the stream (a second
+    document, or past an undefined alias, that the composer never reached)? Reported instead, as
+    it always was: the depth is checked before anything else is said about a file."""
+    try:
+        return not _nesting_ok(src, text)
+    except yaml.YAMLError:
+        return False
+
+
 def _nesting_ok(src: Source, text: str) -> bool:
     """Walk the parser's events (libyaml's parser is iterative) and stop at the first collection
-    nested deeper than MAX_DEPTH. The composer that builds the node tree recurses once per level —
-    in C with libyaml, so 100 000 `[` overflow the C stack and kill the process with SIGSEGV —
-    and must never see such a document."""
+    nested deeper than MAX_DEPTH. A composer recurses once per level (libyaml's own in C, where
+    100 000 `[` overflow the C stack): ours stops itself at the same collection (_TooDeep), and this
+    walk runs only after a YAML error, to report a too-deep collection the composer did not reach."""
     parser = _Loader(text)
     depth = 0
     try:
@@ -403,16 +444,21 @@ def _check_tree(src: Source, root: yaml.Node) -> bool:
     while stack:
         node, ancestors = stack.pop()
         count += 1
-        where = (node.start_mark.line + 1, node.start_mark.column + 1)
-        if id(node) in ancestors:
-            src.problems.append(Problem(src.name, *where, message="recursive alias: a node contains itself"))
+        if not isinstance(node, yaml.ScalarNode) and id(node) in ancestors:  # only a collection can contain
+            src.problems.append(Problem(src.name, *_at(node), message="recursive alias: a node contains itself"))
             return False
         if len(ancestors) >= MAX_DEPTH:
-            src.problems.append(Problem(src.name, *where, message=f"nested deeper than {MAX_DEPTH} levels"))
+            src.problems.append(Problem(src.name, *_at(node), message=f"nested deeper than {MAX_DEPTH} levels"))
             return False
         if count > MAX_NODES:
             src.problems.append(Problem(src.name, 1, message=f"more than {MAX_NODES} nodes once aliases are expanded"))
             return False
+        if isinstance(node, yaml.ScalarNode):  # most nodes: checked without building their ancestry
+            if node.tag == _INT_TAG and len(node.value) > MAX_INT_CHARS:
+                long = f"an integer of {len(node.value)} characters: no setting takes one"
+                src.problems.append(Problem(src.name, *_at(node), message=long))
+                ok = False
+            continue
         inner = (*ancestors, id(node))
         if isinstance(node, yaml.MappingNode):
             if id(node) not in checked:
@@ -422,12 +468,12 @@ def _check_tree(src: Source, root: yaml.Node) -> bool:
             stack.extend((child, inner) for pair in node.value for child in pair)
         elif isinstance(node, yaml.SequenceNode):
             stack.extend((child, inner) for child in node.value)
-        elif node.tag == _INT_TAG and len(node.value) > MAX_INT_CHARS:
-            src.problems.append(
-                Problem(src.name, *where, message=f"an integer of {len(node.value)} characters: no setting takes one")
-            )
-            ok = False
     return ok
+
+
+def _at(node: yaml.Node) -> tuple[int, int]:
+    """1-based (line, column) of a node, for a problem (its mark is made only then)."""
+    return node.start_mark.line + 1, node.start_mark.column + 1
 
 
 def _names_as_keys(src: Source, node: yaml.MappingNode) -> bool:
@@ -452,21 +498,19 @@ def _names_as_keys(src: Source, node: yaml.MappingNode) -> bool:
 
 
 def _duplicate_keys(src: Source, node: yaml.MappingNode) -> None:
-    seen: dict[str, int] = {}
+    seen: dict[str, yaml.Node] = {}
     for k, _v in node.value:
         if not isinstance(k, yaml.ScalarNode):
             continue
-        if k.value in seen:
+        first = seen.setdefault(k.value, k)
+        if first is not k:
             src.problems.append(
                 Problem(
                     src.name,
-                    k.start_mark.line + 1,
-                    k.start_mark.column + 1,
-                    message=f"duplicate key {k.value!r} (first at line {seen[k.value]}); YAML keeps only the last",
+                    *_at(k),
+                    message=f"duplicate key {k.value!r} (first at line {_at(first)[0]}); YAML keeps only the last",
                 )
             )
-        else:
-            seen[k.value] = k.start_mark.line + 1
 
 
 def secret_file(src: Source, path: tuple[str, ...], resolved: str) -> bool:
