@@ -220,7 +220,7 @@ def block_text(b: FrameBlock) -> tuple[str, list[int]] | None:
     unless HI gains a digit inside the block (999 → 1000 thousand): that block takes `block_json`."""
     q, values, seq = b.q, b.values, b.seq
     n = len(values)
-    if type(q) is not str or not 1000 <= seq or not 0 < n <= 1000 or not _finite_numbers(values):
+    if type(q) is not str or seq < 1000 or not 0 < n <= 1000 or not _finite_numbers(values):
         return None
     hi, lo = divmod(seq, 1000)
     head, head2 = str(hi), str(hi + 1)
