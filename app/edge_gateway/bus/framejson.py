@@ -17,8 +17,9 @@ from __future__ import annotations
 import base64
 import json
 import math
+from dataclasses import dataclass, field
 from itertools import repeat
-from operator import mod
+from operator import add, mod
 from typing import Any
 
 from edge_gateway.core.frame import Frame, FrameBlock, Kind, Value
@@ -170,6 +171,75 @@ def block_json(b: FrameBlock) -> list[str]:
     qj = _quoted(_q_json, q).replace("%", "%%")
     fmt = f'{{"seq":%d,"ts":{b.ts},"tag":%s,"value":%r,"q":{qj}}}'
     return list(map(mod, repeat(fmt), zip(range(b.seq, b.seq + len(tags)), tags, b.values, strict=True)))
+
+
+_LOW3 = tuple(f"{i:03d}" for i in range(1000))  # a seq's last three digits
+
+
+@dataclass(slots=True)
+class _Layout:
+    """What is constant for a block's tags: the join's pieces with each tag's `,"tag":…,"value":` in
+    place, and per frame the length of everything but the value, by the block's constant length."""
+
+    pieces: list[str]
+    tag_lens: tuple[int, ...]
+    lens_by_const: dict[int, tuple[int, ...]] = field(default_factory=dict)
+
+    def lens(self, const: int) -> tuple[int, ...]:
+        got = self.lens_by_const.get(const)
+        if got is None:
+            got = self.lens_by_const[const] = tuple(n + const for n in self.tag_lens)
+        return got
+
+
+_layouts: dict[tuple[str, ...], _Layout] = {}
+
+
+def _layout(tags: tuple[str, ...]) -> _Layout:
+    lay = _layouts.get(tags)
+    if lay is None:
+        if len(_layouts) >= _TAG_CACHE_MAX // 100:
+            _layouts.clear()
+        parts = [f',"tag":{_encode(t)},"value":' for t in tags]
+        pieces = [""] * (5 * len(tags) + 1)
+        pieces[3::5] = parts
+        lay = _layouts[tags] = _Layout(pieces, tuple(map(len, parts)))
+    return lay
+
+
+def block_text(b: FrameBlock) -> tuple[str, list[int]] | None:
+    """A plain read's frames (ints and finite floats, one quality, seq >= 1000, at most 1000 frames) as
+    the text `",".join(block_json(b))` and each frame's length + 1 (its comma), or None for any other
+    block. No per-frame string is built: one "".join over 5 pieces per frame,
+
+        '{"seq":' + HI | LO_0 | ',"ts":T' | ',"tag":J_0,"value":' | V_0 | ',"q":Q},{"seq":' + HI | LO_1 | …
+
+    HI is seq // 1000 (in the piece before LO; +1 once the block passes a multiple of 1000), LO the last
+    three digits (a slice of `_LOW3`), the tag pieces come from the tags' cached layout, V is repr; the
+    last frame ends `,"q":Q}`. A frame's length is then its tag piece's and its value's plus a constant,
+    unless HI gains a digit inside the block (999 → 1000 thousand): that block takes `block_json`."""
+    q, values, seq = b.q, b.values, b.seq
+    n = len(values)
+    if type(q) is not str or seq < 1000 or not 0 < n <= 1000 or not _finite_numbers(values):
+        return None
+    hi, lo = divmod(seq, 1000)
+    head, head2 = str(hi), str(hi + 1)
+    k = min(n, 1000 - lo)  # frames before the next multiple of 1000
+    if k < n and len(head2) != len(head):
+        return None
+    lay = _layout(b.tags)
+    qj = _quoted(_q_json, q)
+    ts = ',"ts":' + str(b.ts)
+    sep = ',"q":' + qj + '},{"seq":'
+    vals = list(map(repr, values))
+    p = lay.pieces.copy()
+    p[0] = '{"seq":' + head
+    p[1::5] = _LOW3[lo : lo + n] if k == n else _LOW3[lo:] + _LOW3[: n - k]
+    p[2::5] = [ts] * n
+    p[4::5] = vals
+    p[5::5] = [sep + head] * (k - 1) + [sep + head2] * (n - k) + [',"q":' + qj + "}"]
+    const = len('{"seq":') + len(head) + 3 + len(ts) + len(',"q":') + len(qj) + len("}") + len(",")
+    return "".join(p), list(map(add, map(len, vals), lay.lens(const)))
 
 
 def frame_of(d: dict[str, Any], kind: Kind = Kind.DATA) -> Frame:

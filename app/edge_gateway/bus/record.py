@@ -40,8 +40,8 @@ import zlib
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate, count, groupby
-from operator import add, attrgetter
+from itertools import accumulate, groupby, islice
+from operator import attrgetter
 
 from edge_gateway.bus import framejson
 from edge_gateway.core.frame import GOOD, Frame, FrameBlock, Kind, Value
@@ -64,6 +64,7 @@ _MAGIC_BYTES = struct.pack("<H", MAGIC)
 MAX_PAYLOAD = 1 << 30
 
 _kind = attrgetter("kind")
+_PLUS1 = (1).__add__
 _KINDS = tuple(Kind)  # indexing beats Kind(n), which is a slow enum lookup in the hot loop
 
 # value types
@@ -186,25 +187,37 @@ def block_of(items: Sequence[Frame | FrameBlock]) -> Block:
     """Frames and blocks with consecutive seqs in their stored form: each frame's JSON (bus.framejson), once."""
     first, last = items[0], items[-1]
     last_seq = last.seq + len(last) - 1 if type(last) is FrameBlock else last.seq
-    texts: list[str] = []
+    chunks: list[str] = []  # the text, in pieces joined by ","
+    lens: list[int] = []  # per frame, its JSON's length + 1 (the comma after it)
     marks = bytearray()
     for cls, group in groupby(items, type):
         if cls is FrameBlock:
             for b in group:
-                texts += framejson.block_json(b)  # type: ignore[arg-type]
-            marks += bytes(len(texts) - len(marks))  # data frames without meta
+                if not len(b):  # type: ignore[arg-type]
+                    continue
+                fast = framejson.block_text(b)  # type: ignore[arg-type]
+                if fast is not None:
+                    chunks.append(fast[0])
+                    lens += fast[1]
+                else:
+                    texts = framejson.block_json(b)  # type: ignore[arg-type]
+                    chunks.append(",".join(texts))
+                    lens += map(_PLUS1, map(len, texts))
+            marks += bytes(len(lens) - len(marks))  # data frames without meta
             continue
         frames: list[Frame] = list(group)  # type: ignore[arg-type]
-        texts += framejson.frames_json(frames)
+        texts = framejson.frames_json(frames)
+        chunks.append(",".join(texts))
+        lens += map(_PLUS1, map(len, texts))
         at = len(marks)
         marks += bytes(map(_kind, frames))  # Kind.CMD == MARK_CMD
         for i, f in enumerate(frames, at):
             if f.meta and framejson.dup_marked(f):
                 marks[i] |= MARK_DUP
-    if last_seq - first.seq != len(texts) - 1:
-        raise ValueError(f"seqs {first.seq}..{last_seq} are not consecutive for {len(texts)} frames")
-    ends = array("I", map(add, accumulate(map(len, texts)), count()))  # + the commas before
-    return Block.of(first.seq, bytes(marks), ends, ",".join(texts).encode("ascii"))
+    if last_seq - first.seq != len(lens) - 1:
+        raise ValueError(f"seqs {first.seq}..{last_seq} are not consecutive for {len(lens)} frames")
+    ends = array("I", islice(accumulate(lens, initial=-1), 1, None))  # frame i ends before its comma
+    return Block.of(first.seq, bytes(marks), ends, ",".join(chunks).encode("ascii"))
 
 
 def pack(block: Block) -> bytes:
@@ -213,10 +226,12 @@ def pack(block: Block) -> bytes:
     if _BIG_ENDIAN:
         ends = array("I", ends)
         ends.byteswap()
-    payload = b"".join((block.marks, ends.tobytes(), block.text))
+    marks, ends_b, text = block.marks, ends.tobytes(), block.text
     tail = struct.pack("<QI", block.first_seq, block.count)
-    crc = zlib.crc32(payload, zlib.crc32(tail))
-    return HEADER.pack(MAGIC, VERSION, 0, len(payload), crc, block.first_seq, block.count) + payload
+    crc = zlib.crc32(text, zlib.crc32(ends_b, zlib.crc32(marks, zlib.crc32(tail))))  # = crc of tail + payload
+    length = len(marks) + len(ends_b) + len(text)
+    header = HEADER.pack(MAGIC, VERSION, 0, length, crc, block.first_seq, block.count)
+    return b"".join((header, marks, ends_b, text))  # one copy of the payload
 
 
 def encode(items: Sequence[Frame | FrameBlock]) -> tuple[bytes, Block]:
